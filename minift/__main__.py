@@ -1,0 +1,3 @@
+from minift.cli import main
+
+raise SystemExit(main())

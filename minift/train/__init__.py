@@ -1,0 +1,1 @@
+"""The training loop (loop.py), device and seeding (device.py), and the recipe glue (run.py)."""

@@ -1,0 +1,99 @@
+"""From names and files to the objects the loop needs: model, tokenizer, loaders, optimizer (lesson 12).
+
+These are the few decisions a fine-tuning recipe makes before the loop starts — which head, which
+parameters get weight decay, how long the warmup is — kept in one place so the CLI, the benchmarks and
+the lessons make them the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from minift.checkpoint import read_config
+from minift.data import LabelMap, make_classification_collate, make_loader
+from minift.hub import resolve
+from minift.models import BertForSequenceClassification
+from minift.optim import AdamW, param_groups
+from minift.optim.schedules import make_scheduler
+from minift.tokenizer import load_tokenizer
+from minift.train.device import to_device
+from minift.train.loop import TrainArgs, total_steps
+
+# model_type in config.json -> the class with a sequence-classification head. Plain data: a reader
+# sees every supported architecture here.
+CLASSIFIERS = {"bert": BertForSequenceClassification}
+
+
+def classifier_class(folder: Path) -> type:
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if model_type not in CLASSIFIERS:
+        raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} has no classification head in "
+                         f"minift (supported: {', '.join(sorted(CLASSIFIERS))})")
+    return CLASSIFIERS[model_type]
+
+
+def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = "sdpa",
+                     fast_tokenizer: bool = False):
+    """A pretrained encoder with a fresh classification head sized for ``labels``."""
+    folder = resolve(name_or_folder)
+    cls = classifier_class(folder)
+    model = cls.from_pretrained(folder, num_labels=len(labels), id2label=labels.id2label,
+                                label2id=labels.label2id, attn_impl=attn_impl)
+    return model, load_tokenizer(folder, fast=fast_tokenizer), folder
+
+
+def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False):
+    """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config."""
+    folder = resolve(name_or_folder)
+    model = classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl)
+    labels = LabelMap.from_config(model.config.id2label)
+    return model, load_tokenizer(folder, fast=fast_tokenizer), labels
+
+
+def make_loaders(tokenizer, labels: LabelMap, train_examples, dev_examples, *, batch_size: int,
+                 max_length: int, seed: int, device: torch.device, shuffle: bool = True):
+    """Train loader (shuffled with a seeded generator) and dev loader (in file order, twice the batch:
+    no gradients are kept at evaluation, so it fits)."""
+    collate = make_classification_collate(tokenizer, labels, max_length=max_length)
+    pin = device.type == "cuda"  # pinned host memory makes the non_blocking copy truly asynchronous
+    train = make_loader(train_examples, collate, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                        pin_memory=pin)
+    dev = (make_loader(dev_examples, collate, batch_size=2 * batch_size, shuffle=False, seed=seed,
+                       pin_memory=pin) if dev_examples else None)
+    return train, dev
+
+
+def make_optimizer(model: torch.nn.Module, args: TrainArgs, batches_per_epoch: int, *, lr: float,
+                   weight_decay: float, warmup_ratio: float, schedule: str):
+    """AdamW without decay on biases and LayerNorm weights, and the warmup + decay schedule."""
+    optimizer = AdamW(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay)
+    steps = total_steps(args, batches_per_epoch)
+    scheduler = make_scheduler(optimizer, schedule, warmup_steps=int(warmup_ratio * steps), total_steps=steps)
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], id2label: dict[int, str], *, device: torch.device,
+            max_length: int = 128, batch_size: int = 64) -> list[dict]:
+    """Label and probability of the most likely class for each text."""
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i:i + batch_size], max_length=max_length, padding="longest",
+                          truncation=True, return_tensors="pt")
+        batch = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        probs = torch.softmax(model(**batch).logits.float(), dim=-1)
+        score, index = probs.max(dim=-1)
+        out += [{"label": id2label[int(j)], "score": float(s)} for s, j in zip(score, index)]
+    return out
+
+
+def save_run(model, tokenizer, folder: Path) -> None:
+    """The public layout: config.json + model.safetensors + tokenizer files, loadable by
+    ``from_pretrained`` here and in transformers."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real MiniLM checkpoint and the public evaluation data.
+
+Both are optional on a developer machine (the tests that need them skip), but `make test` pulls the
+weights first and sets MINIFT_REQUIRE_WEIGHTS=1, so there a missing checkpoint fails loudly instead
+of skipping silently.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MINILM = Path(
+    os.environ.get("MINIFT_MINILM", REPO / "weights" / "sentence-transformers--all-MiniLM-L6-v2")
+)
+
+
+def minilm_or_skip() -> Path:
+    if (MINILM / "model.safetensors").is_file():
+        return MINILM
+    if os.environ.get("MINIFT_REQUIRE_WEIGHTS") == "1":
+        pytest.fail(f"MINIFT_REQUIRE_WEIGHTS=1 but {MINILM} holds no model.safetensors; run `make weights`")
+    pytest.skip(f"real MiniLM weights not found at {MINILM} (run `minift weights pull all-MiniLM-L6-v2`)")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Folder of sentence-transformers/all-MiniLM-L6-v2 (config.json, model.safetensors, vocab)."""
+    return minilm_or_skip()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (SST-5, CFIMDB, WNUT17, GPT-2 BPE files); skip cleanly when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public evaluation data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,162 @@
+"""`minift finetune / evaluate / predict` end to end on a tiny BERT, and the CLI's error messages.
+
+The tiny checkpoint is written by transformers (random weights, a vocabulary made here), so the test
+also covers: reading a transformers checkpoint, saving the run in the public layout, and transformers
+loading the run directory with the label names and the same outputs.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from minift.cli import main
+from minift.models import BertForSequenceClassification
+from minift.tokenizer import WordPieceTokenizer
+
+transformers.logging.set_verbosity_error()
+GOOD = ["great", "lovely", "superb", "fun", "brilliant", "warm"]
+BAD = ["awful", "boring", "dull", "broken", "rude", "bland"]
+FILLER = ["the", "film", "was", "food", "service", "really", "quite", "and", "a", "book"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + GOOD + BAD + FILLER
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def write_dataset(path, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    rows = ["text\tlabel"]
+    for i in range(n):
+        positive = i % 2 == 0
+        words = [FILLER[int(j)] for j in torch.randint(0, len(FILLER), (4,), generator=g)]
+        words.insert(int(torch.randint(0, 4, (1,), generator=g)), (GOOD if positive else BAD)[i % 6])
+        rows.append(" ".join(words) + "\t" + ("positive" if positive else "negative"))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def run(capsys, *argv) -> tuple[int, dict | None, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if lines else None), err
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    write_dataset(root / "train.tsv", 96, 0)
+    write_dataset(root / "dev.tsv", 32, 1)
+    code = main(["finetune", "--model", str(tiny_model), "--train", str(root / "train.tsv"), "--dev",
+                 str(root / "dev.tsv"), "--out", str(root / "out"), "--epochs", "5", "--batch-size", "16",
+                 "--lr", "5e-3", "--warmup-ratio", "0", "--quiet", "--device", "cpu"])
+    assert code == 0
+    return root
+
+
+def test_finetune_learns_and_saves_the_public_layout(finetuned, capsys):
+    out = finetuned / "out"
+    for name in ("config.json", "model.safetensors", "vocab.txt", "metrics.jsonl", "best/model.safetensors"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["event"] == "eval"]
+    assert [e["epoch"] for e in evals] == [0, 1, 2, 3, 4, 5]
+    # the task is one keyword away: five epochs must take a random head well above chance
+    assert evals[-1]["accuracy"] >= 0.9 > evals[0]["accuracy"]
+
+
+def test_transformers_loads_the_run_with_same_outputs_and_names(finetuned):
+    out = finetuned / "out"
+    ours = BertForSequenceClassification.from_pretrained(out)
+    ref = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    assert ref.config.id2label == {0: "negative", 1: "positive"}
+    tok = WordPieceTokenizer.from_pretrained(out)
+    ref_tok = transformers.BertTokenizer.from_pretrained(out)
+    texts = ["the film was superb", "really awful food and rude service", "a book"]
+    batch = tok(texts, return_tensors="pt")
+    assert batch["input_ids"].tolist() == ref_tok(texts, padding=True, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        diff = (ours(**batch).logits - ref(**batch).logits).abs().max().item()
+    assert diff <= 1e-5  # fp32 activations
+
+
+def test_evaluate_and_predict(finetuned, capsys):
+    out = finetuned / "out"
+    code, result, _ = run(capsys, "evaluate", "--model", out, "--data", finetuned / "dev.tsv", "--device", "cpu")
+    assert code == 0
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert result["accuracy"] == pytest.approx(last["accuracy"], abs=1e-12)
+    assert result["examples"] == 32
+    code, result, _ = run(capsys, "predict", "--model", out, "the food was great", "boring and dull")
+    assert code == 0
+    assert [p["label"] for p in result["predictions"]] == ["positive", "negative"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("text\tlabel\nfine film\n", "train.tsv:2"),                   # a row without a label
+    ("text\tlabel\n", "train.tsv"),                                # an empty dataset
+    ("words\tlabel\nfine\tpositive\n", "text"),                    # no text column
+])
+def test_bad_training_file_gets_one_clear_message(tiny_model, tmp_path, capsys, content, message):
+    (tmp_path / "train.tsv").write_text(content, encoding="utf-8")
+    code, _, err = run(capsys, "finetune", "--model", tiny_model, "--train", tmp_path / "train.tsv",
+                       "--out", tmp_path / "out", "--quiet")
+    assert code == 1
+    assert "error" in err and message in err and "Traceback" not in err
+
+
+def test_dev_label_unknown_to_training_is_named(tiny_model, tmp_path, capsys):
+    write_dataset(tmp_path / "train.tsv", 8, 0)
+    (tmp_path / "dev.tsv").write_text("text\tlabel\nsuperb\tneutral\n", encoding="utf-8")
+    code, _, err = run(capsys, "finetune", "--model", tiny_model, "--train", tmp_path / "train.tsv",
+                       "--dev", tmp_path / "dev.tsv", "--out", tmp_path / "out", "--quiet")
+    assert code == 1 and "dev.tsv:2" in err and "neutral" in err
+
+
+def test_missing_inputs_and_bad_flags(tiny_model, tmp_path, capsys):
+    write_dataset(tmp_path / "train.tsv", 8, 0)
+    code, _, err = run(capsys, "finetune", "--model", tiny_model, "--train", tmp_path / "nope.tsv",
+                       "--out", tmp_path / "out")
+    assert code == 1 and "nope.tsv" in err
+    code, _, err = run(capsys, "finetune", "--model", tmp_path / "no-model", "--train", tmp_path / "train.tsv",
+                       "--out", tmp_path / "out")
+    assert code == 1 and "no-model" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "finetune", "--model", tiny_model, "--train", tmp_path / "train.tsv",
+                       "--out", tmp_path / "file" / "out")
+    assert code == 1 and "not a directory" in err
+    code, _, err = run(capsys, "finetune", "--model", tiny_model, "--train", tmp_path / "train.tsv",
+                       "--lr", "0", "--out", tmp_path / "out")
+    assert code == 1 and "--lr" in err
+
+
+def test_unknown_model_type_is_named(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    write_dataset(tmp_path / "train.tsv", 8, 0)
+    code, _, err = run(capsys, "finetune", "--model", tmp_path / "m", "--train", tmp_path / "train.tsv",
+                       "--out", tmp_path / "out")
+    assert code == 1 and "t5" in err and "config.json" in err
+
+
+def test_help_lists_the_contract_flags():
+    out = subprocess.run([sys.executable, "-m", "minift", "finetune", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ["--task", "--model", "--train", "--dev", "--out", "--epochs", "--max-steps", "--batch-size",
+                 "--max-length", "--lr", "--seed", "--save-every", "--resume"]:
+        assert flag in out
