@@ -1,0 +1,53 @@
+"""Tokenizers: text -> token ids -> text (lessons/02-wordpiece.md and lessons/20-byte-level-bpe.md).
+
+- `WordPieceTokenizer` (minift/tokenizer/wordpiece.py): BERT's tokenizer, written out by hand;
+- `ByteLevelBPETokenizer` (minift/tokenizer/bpe.py): GPT-2's, written out by hand;
+- `FastTokenizer` (minift/tokenizer/fast.py): the same interface over the Rust `tokenizers` package;
+- `BatchEncoding` (minift/tokenizer/base.py): what a batch call returns;
+- `load_tokenizer(folder, fast=False)`: the right one of them for a checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minift.tokenizer.base import BatchEncoding, read_json
+from minift.tokenizer.fast import FastTokenizer
+from minift.tokenizer.wordpiece import WordPieceTokenizer
+
+__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer"]
+
+
+def __getattr__(name: str):
+    # bpe.py is imported on first use only, so the BERT tokenizers do not depend on it.
+    if name == "ByteLevelBPETokenizer":
+        from minift.tokenizer.bpe import ByteLevelBPETokenizer
+
+        return ByteLevelBPETokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_tokenizer(folder: str | Path, fast: bool = False):
+    """The tokenizer of a checkpoint folder: GPT-2's byte-level BPE when it holds vocab.json and
+    merges.txt, BERT's WordPiece when it holds vocab.txt or a WordPiece tokenizer.json;
+    ``fast=True`` gives a `FastTokenizer` over the `tokenizers` package for either."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
+    if fast:
+        return FastTokenizer.from_pretrained(folder)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        from minift.tokenizer.bpe import ByteLevelBPETokenizer
+
+        return ByteLevelBPETokenizer.from_pretrained(folder)
+    if (folder / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_pretrained(folder)
+    if (folder / "tokenizer.json").is_file():
+        data = read_json(folder / "tokenizer.json")
+        model_type = data.get("model", {}).get("type") if isinstance(data, dict) else None
+        if model_type == "WordPiece":
+            return WordPieceTokenizer.from_pretrained(folder)
+        raise ValueError(f"{folder / 'tokenizer.json'}: a {model_type!r} model has no hand-written "
+                         f"tokenizer in minift; load it with load_tokenizer(folder, fast=True)")
+    raise FileNotFoundError(f"{folder} holds no tokenizer files (vocab.txt, vocab.json + merges.txt or "
+                            f"tokenizer.json)")
