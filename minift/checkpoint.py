@@ -377,16 +377,32 @@ def _copy_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
         (report.newly_initialized if new_head else report.missing).append(name)
     for name in sorted(incoming.keys() - expected):  # reported by the checkpoint's own names
         (report.unused if in_head(name) else report.unexpected).append(origin.get(name, name))
+    transposed = _transposed(model)
     with torch.no_grad():
         for name in sorted(incoming.keys() & expected):
             value, target = incoming[name], model_tensors[name]
-            if tuple(value.shape) != tuple(target.shape):
-                report.mismatched.append((name, tuple(value.shape), tuple(target.shape)))
+            # A weight stored (in, out) (see _transposed) is compared and reported in that layout.
+            expected_shape = tuple(reversed(target.shape)) if transposed(name) else tuple(target.shape)
+            if tuple(value.shape) != expected_shape:
+                report.mismatched.append((name, tuple(value.shape), expected_shape))
                 continue
+            if transposed(name):
+                value = value.t()
             target.copy_(value.to(dtype=target.dtype))
             report.loaded.append(name)
     tie_weights(model)
     return report
+
+
+# GPT-2's attention and MLP projections: OpenAI's TensorFlow code wrote them as 1x1 convolutions,
+# whose kernel is stored (in_features, out_features), and transformers' `Conv1D` kept that layout;
+# minift models use nn.Linear, whose weight is (out_features, in_features). A model lists the
+# affected names as regexes in `_transposed_weights`; they are transposed here on load and in
+# `PretrainedModel.save_pretrained` on save, and nowhere else.
+def _transposed(model: torch.nn.Module) -> Callable[[str], bool]:
+    """A test for model-side names: is this weight stored transposed in the checkpoint?"""
+    patterns = [re.compile(p) for p in getattr(model, "_transposed_weights", ())]
+    return lambda name: any(p.search(name) for p in patterns)
 
 
 def _raise_or_warn(report: LoadReport, strict: bool, stacklevel: int) -> None:
@@ -585,7 +601,8 @@ class PretrainedModel(torch.nn.Module):
 
     Subclasses set ``config_class`` (a dataclass with ``from_dict(d, source)`` and ``to_dict()``),
     ``base_model_prefix`` (the attribute holding the base model in head models, e.g. ``"bert"``),
-    optionally ``_keys_to_ignore_on_load`` (regexes) and ``_tied_weights_keys`` ({target: source}),
+    optionally ``_keys_to_ignore_on_load`` (regexes), ``_tied_weights_keys`` ({target: source}) and
+    ``_transposed_weights`` (regexes of weights the checkpoint stores as (in, out), e.g. GPT-2's),
     and implement ``_init_weights(module)``.
     """
 
@@ -593,6 +610,7 @@ class PretrainedModel(torch.nn.Module):
     base_model_prefix: str = ""
     _keys_to_ignore_on_load: tuple[str, ...] = ()
     _tied_weights_keys: dict[str, str] = {}
+    _transposed_weights: tuple[str, ...] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -647,6 +665,8 @@ class PretrainedModel(torch.nn.Module):
         state_dict = self.state_dict()
         for target in _tied_pairs(self):
             state_dict.pop(target, None)  # transformers keeps the source and re-ties on load
+        transposed = _transposed(self)  # back to the checkpoint's (in, out) layout, see _transposed
+        state_dict = {name: t.t() if transposed(name) else t for name, t in state_dict.items()}
         save_state_dict(state_dict, folder, max_shard_size=max_shard_size)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
         _write_json(config, folder / CONFIG_NAME)

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         # Errors raised by minift are sentences meant for the user: print them, not a traceback.
         print(f"minift {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"minift {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"minift {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write a resumable checkpoint every K optimizer steps")
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest complete checkpoint")
+    ft.add_argument("--keep", type=int, default=2, metavar="N",
+                    help="resumable checkpoints kept on disk; older ones are deleted (default 2)")
     _add_common(ft)
     ft.set_defaults(run=cmd_finetune)
 
@@ -126,15 +128,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         _check_positive("--" + name.replace("_", "-"), getattr(args, name))
     _check_positive("--max-steps", args.max_steps, allow_none=True)
     _check_positive("--save-every", args.save_every, allow_none=True)
+    _check_positive("--keep", args.keep)
     if not 0 <= args.warmup_ratio < 1:
         raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    if args.save_every is not None or args.resume:
-        raise ValueError("--save-every/--resume: resumable checkpoints are not available in this version "
-                         "of minift yet; run without them")
     if args.train is None:
         print(DEMO_NOTE, file=sys.stderr)
         args.train, args.dev = demo_path("train"), args.dev or demo_path("dev")
     _check_writable(args.out)
+    _check_run_identity(args)
 
     set_seed(args.seed)
     device = select_device(args.device)
@@ -155,17 +156,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                             batch_size=args.batch_size, max_length=args.max_length,
                                             seed=args.seed, device=device)
     train_args = TrainArgs(epochs=args.epochs, max_steps=args.max_steps, max_grad_norm=args.max_grad_norm,
-                           progress=not args.quiet)
+                           progress=not args.quiet, save_every=args.save_every, keep=args.keep)
     optimizer, scheduler = make_optimizer(model, train_args, len(train_loader), lr=args.lr,
                                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                                           schedule=args.schedule)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.jsonl").unlink(missing_ok=True)
+    if not args.resume:
+        (args.out / "metrics.jsonl").unlink(missing_ok=True)
     evaluate_fn = (lambda: evaluate(model, dev_loader, device, labels.id2label)) if dev_loader else None
     summary = train(model, optimizer, scheduler, train_loader, device=device, args=train_args,
                     evaluate_fn=evaluate_fn, log_path=args.out / "metrics.jsonl",
-                    save_best=lambda m: save_run(model, tokenizer, args.out / "best"))
+                    save_best=lambda m: save_run(model, tokenizer, args.out / "best"),
+                    run_dir=args.out, resume=args.resume)
     save_run(model, tokenizer, args.out)
 
     result = {"task": args.task, "model": str(folder), "out": str(args.out), "steps": summary["steps"],
@@ -193,6 +195,57 @@ def _check_writable(out: Path) -> None:
         raise NotADirectoryError(f"--out {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK):
         raise PermissionError(f"--out {out}: {probe} is not writable")
+
+
+# What makes two runs the same run: --resume refuses a run directory made with other values.
+RUN_KEYS = ("task", "model", "train", "dev", "epochs", "max_steps", "batch_size", "max_length", "lr",
+            "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "seed")
+
+
+def _run_identity(args: argparse.Namespace) -> dict:
+    identity = {}
+    for key in RUN_KEYS:
+        value = getattr(args, key)
+        if isinstance(value, Path):  # a data file is identified by its content, not only its name
+            value = {"path": str(value), "sha256": _sha256(value)} if value.is_file() else str(value)
+        identity[key] = value
+    return identity
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_run_identity(args: argparse.Namespace) -> None:
+    """--resume continues only the same run; a new run never overwrites another run's checkpoints."""
+    from minift.train.state import checkpoint_dirs
+
+    run_file = args.out / "run.json"
+    identity = _run_identity(args)
+    if args.resume:
+        if not run_file.is_file() or not checkpoint_dirs(args.out):
+            raise FileNotFoundError(f"--resume: {args.out} holds no resumable run (no run.json and "
+                                    "checkpoints/step-*); start it without --resume")
+        saved = json.loads(run_file.read_text(encoding="utf-8"))
+        differ = [k for k in RUN_KEYS if saved.get(k) != identity[k]]
+        if differ:
+            details = "; ".join(f"{k}: run has {saved.get(k)!r}, now {identity[k]!r}" for k in differ)
+            raise ValueError(f"--resume: {args.out} holds a different run ({details}). Use the same flags, "
+                             "or another --out for a new run")
+        return
+    if checkpoint_dirs(args.out):
+        raise ValueError(f"{args.out} already holds a run with resumable checkpoints; continue it with "
+                         "--resume, or choose another --out (nothing was overwritten)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(identity, indent=1), encoding="utf-8")
+    os.replace(tmp, run_file)
 
 
 def _print_examples(predictions: list[dict], examples) -> None:

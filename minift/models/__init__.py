@@ -1,0 +1,30 @@
+"""The models, with the class names `transformers` uses: BERT (bert.py, lesson 05) and GPT-2
+(gpt2.py, lesson 21)."""
+
+from minift.models.bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from minift.models.gpt2 import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2ForTokenClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+)
+
+__all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "GPT2Config",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+]

@@ -1,0 +1,555 @@
+"""BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers"): the config,
+the encoder and its task heads, with the parameter names of the public checkpoints.
+
+Lesson: `lessons/05-bert.md` (embeddings, the post-LN layer, the pooler, the heads, and the
+parameter count of all-MiniLM-L6-v2 worked out by hand).
+
+    input_ids (B, T) -> BertEmbeddings -> N x BertLayer (minift/nn/blocks.py) -> (B, T, C)
+                     -> pooler: tanh(Dense(h_[CLS]))                          -> (B, C)
+    heads: sequence classification (pooled), token classification (every position),
+           masked LM (every position, decoder tied to the word embeddings).
+
+`tests/test_bert.py` checks every output, loss and parameter gradient against `transformers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minift.checkpoint import PretrainedModel
+from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+from minift.nn.attention import IMPLS, padding_mask
+from minift.nn.blocks import BertLayer
+from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+class ConfigError(ValueError):
+    """A config.json (or BertConfig argument) that does not describe a BERT minift can build."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------
+
+# Keys of a config.json that change the architecture in ways minift does not implement: accepting
+# them silently would build a different model than the checkpoint's (a wrong answer, not an error).
+_UNSUPPORTED = {
+    "position_embedding_type": ("absolute",),
+    "is_decoder": (False,),
+    "add_cross_attention": (False,),
+}
+# Without these the model's shapes are unknown; a default would only fail later, less clearly.
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+@dataclass
+class BertConfig:
+    """The fields of a BERT config.json that the model uses; defaults are BERT-base's.
+
+    id2label / label2id map class ids to names; `num_labels`, when given and different from
+    len(id2label), wins and rebuilds both maps as LABEL_0, LABEL_1, ... (as transformers does).
+    attn_impl is how to run the model ("eager": the readable path, "sdpa": fused kernels); it is
+    not part of the checkpoint and is not written to config.json.
+    """
+
+    model_type: ClassVar[str] = "bert"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    initializer_range: float = 0.02
+    classifier_dropout: float | None = None
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    tie_word_embeddings: bool = True
+    attn_impl: str = "eager"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "BertConfig")
+        self._settle_labels("BertConfig")
+
+    def _settle_labels(self, source: str) -> None:
+        if self.id2label is not None and (self.num_labels is None or self.num_labels == len(self.id2label)):
+            self.num_labels = len(self.id2label)
+            if self.label2id is None:
+                self.label2id = {name: i for i, name in self.id2label.items()}
+            elif self.label2id != {name: i for i, name in self.id2label.items()}:
+                raise ConfigError(
+                    f"{source}: label2id {self.label2id} is not the inverse of id2label {self.id2label}"
+                )
+        else:  # no names, or a new num_labels: generic names, as transformers' num_labels setter
+            self.num_labels = 2 if self.num_labels is None else self.num_labels
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+            self.label2id = {name: i for i, name in self.id2label.items()}
+        if self.problem_type == "single_label_classification" and self.num_labels < 2:
+            raise ConfigError(
+                f"{source}: problem_type single_label_classification needs num_labels >= 2, "
+                f"got {self.num_labels} (use problem_type 'regression' for one output)"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> BertConfig:
+        """Build from a config.json dict (plus any overrides merged into it); `source` names the
+        file in every error. Keys minift does not use (transformers_version, use_cache, ...) are
+        ignored; keys that would change the architecture unsupported-ly are errors."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
+        model_type = d.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ConfigError(f"{source}: model_type is {model_type!r}, but BertConfig reads 'bert' configs")
+        missing = [key for key in _REQUIRED if key not in d]
+        if missing:
+            raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
+        for key, allowed in _UNSUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise ConfigError(
+                    f"{source}: {key}={d[key]!r} is not supported (minift implements {key}={allowed[0]!r})"
+                )
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for key in ("id2label", "label2id"):
+            if values.get(key) is not None:
+                values[key] = _label_map(key, values[key], source)
+        config = cls.__new__(cls)
+        for f in dataclasses.fields(cls):  # defaults first, then the file's values
+            setattr(config, f.name, values.get(f.name, _default(f)))
+        _check_fields(config, source)
+        config._settle_labels(source)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """A config.json dict `transformers` loads: model_type, every architecture field, and the
+        label maps with string keys (JSON object keys are strings, as in the public files)."""
+        d = {"model_type": self.model_type}
+        for f in dataclasses.fields(self):
+            if f.name not in ("attn_impl", "num_labels"):  # num_labels is len(id2label) on reload
+                d[f.name] = getattr(self, f.name)
+        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
+        d["label2id"] = dict(self.label2id)
+        return d
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _label_map(key: str, value: Any, source: str) -> dict:
+    """id2label {"0": "NEG"} -> {0: "NEG"}; label2id {"NEG": "0"} -> {"NEG": 0}."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
+    try:
+        if key == "id2label":
+            return {int(i): str(name) for i, name in value.items()}
+        return {str(name): int(i) for name, i in value.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key} must map integer ids and label names, got {value}") from None
+
+
+def _check_fields(config: BertConfig, source: str) -> None:
+    """Types and ranges of every field; one ConfigError naming `source` and the key."""
+
+    def fail(key: str, expected: str) -> None:
+        raise ConfigError(f"{source}: {key} must be {expected}, got {getattr(config, key)!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    ):
+        if not is_int(getattr(config, key)) or getattr(config, key) < 1:
+            fail(key, "a positive integer")
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        value = getattr(config, key)
+        if value is None and key == "classifier_dropout":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            fail(key, "a probability in [0, 1)")
+    for key in ("layer_norm_eps", "initializer_range"):
+        value = getattr(config, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            fail(key, "a non-negative number")
+    if config.pad_token_id is not None and not (
+        is_int(config.pad_token_id) and 0 <= config.pad_token_id < config.vocab_size
+    ):
+        fail("pad_token_id", f"null or a token id in [0, vocab_size={config.vocab_size})")
+    if config.num_labels is not None and (not is_int(config.num_labels) or config.num_labels < 1):
+        fail("num_labels", "a positive integer")
+    if config.hidden_act not in ACTIVATION_NAMES:
+        fail("hidden_act", f"one of {ACTIVATION_NAMES}")
+    if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
+        fail("problem_type", f"null or one of {PROBLEM_TYPES}")
+    if config.attn_impl not in IMPLS:
+        fail("attn_impl", f"one of {IMPLS}")
+    if not isinstance(config.tie_word_embeddings, bool):
+        fail("tie_word_embeddings", "true or false")
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ConfigError(
+            f"{source}: hidden_size={config.hidden_size} is not divisible by "
+            f"num_attention_heads={config.num_attention_heads}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BertModelOutput:
+    last_hidden_state: torch.Tensor  # (B, T, C)
+    pooler_output: torch.Tensor | None = None  # (B, C), None without a pooling layer
+
+
+@dataclass
+class BertHeadOutput:
+    logits: torch.Tensor  # (B, num_labels), (B, T, num_labels) or (B, T, vocab_size)
+    loss: torch.Tensor | None = None  # scalar, when labels were given
+
+
+# ----------------------------------------------------------------------------------------------------
+# The encoder
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_ids(name: str, ids: torch.Tensor, limit: int, limit_name: str) -> None:
+    """Token and segment ids must index their embedding table: a bad id is a deep IndexError on the
+    CPU and an unrecoverable device-side assert on a GPU, so it is caught here, by name."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+    if ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)
+    if low < 0 or high >= limit:
+        bad = int(low) if low < 0 else int(high)
+        raise ValueError(f"{name} holds {bad}, outside [0, {limit_name}={limit})")
+
+
+class BertEmbeddings(nn.Module):
+    """Token + segment + position embeddings, summed, then LayerNorm and dropout (BERT sec. 3.2,
+    fig. 2)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        # padding_idx: the [PAD] row gets no gradient, so it stays what the checkpoint holds.
+        self.word_embeddings = nn.Embedding(config.vocab_size, hidden, padding_idx=config.pad_token_id)
+        # Learned position vectors (BERT sec. 3.2), not the sinusoids of Vaswani et al. sec. 3.5.
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, hidden)
+        self.LayerNorm = LayerNorm(hidden, eps=config.layer_norm_eps, fast=config.attn_impl == "sdpa")
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        length = input_ids.shape[1]
+        x = self.word_embeddings(input_ids)  # (B, T, C)
+        if token_type_ids is None:  # every token in segment A (row 0)
+            x = x + self.token_type_embeddings.weight[0]  # (C,) broadcast
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
+        x = x + self.position_embeddings.weight[:length]  # (T, C): positions 0..T-1, broadcast over B
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertPooler(nn.Module):
+    """tanh(Dense(h_[CLS])): the sentence vector BERT's next-sentence head was trained on (sec. 3.1)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, C), from the first ([CLS]) token
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)  # (B, T, C)
+        return x
+
+
+class BertPretrainedModel(PretrainedModel):
+    """What every BERT class shares: the config class, the checkpoint prefix and weight init."""
+
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    # Tensors a checkpoint may hold that these classes deliberately do not: the position_ids buffer
+    # old checkpoints saved, and the pre-training heads (masked LM `cls.predictions`, next-sentence
+    # `cls.seq_relationship`) of checkpoints such as bert-base-uncased.
+    _keys_to_ignore_on_load: tuple[str, ...] = (r"position_ids$", r"^cls\.")
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """As BERT's pre-training started: N(0, initializer_range) weights, zero biases, LayerNorm
+        at the identity. Only new heads keep these values; everything else is then loaded."""
+        std = self.config.initializer_range
+        with torch.no_grad():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, BertLMPredictionHead):
+                module.bias.zero_()
+
+
+class BertModel(BertPretrainedModel):
+    """The encoder: embeddings, N post-LN layers, and (optionally) the pooler."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> BertModelOutput:
+        """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
+        mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
+        x = self.encoder(x, mask)  # (B, T, C)
+        pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
+        return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+    ) -> None:
+        config = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = (
+                tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            )
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
+        if input_ids.shape[1] > config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens per sequence, but the model has only "
+                f"max_position_embeddings={config.max_position_embeddings} positions; "
+                "truncate the inputs"
+            )
+        _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
+        for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if other is not None and other.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(other.shape)}, input_ids {tuple(input_ids.shape)}: "
+                    "they must be equal"
+                )
+        if token_type_ids is not None:
+            _check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+
+
+class BertForSequenceClassification(BertPretrainedModel):
+    """One label (or score) per sequence, from the pooled [CLS] vector (BERT sec. 4.1)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> BertHeadOutput:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+        return BertHeadOutput(logits=logits, loss=loss)
+
+    def _problem_type(self, labels: torch.Tensor) -> str:
+        """config.problem_type, or inferred as transformers does: one output is regression, integer
+        labels are single-label classes, float labels are multi-hot rows."""
+        if self.config.problem_type is not None:
+            return self.config.problem_type
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.int64, torch.int32):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem = self._problem_type(labels)
+        if problem == "single_label_classification":
+            return cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+        target = labels.to(logits.dtype)  # regression scores or 0/1 multi-hot, as floats
+        if problem == "multi_label_classification":
+            return binary_cross_entropy_with_logits(logits, target)
+        if self.config.num_labels == 1:  # one score per sequence: logits (B, 1), labels (B,) or (B, 1)
+            logits = logits.squeeze(-1)  # (B,)
+            if target.numel() == logits.numel():
+                target = target.reshape(logits.shape)
+        if logits.shape != target.shape:  # F.mse_loss would broadcast them into a wrong loss
+            raise ValueError(
+                f"regression labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}"
+            )
+        return F.mse_loss(logits, target)
+
+
+class BertForTokenClassification(BertPretrainedModel):
+    """One label per token (e.g. named entities, BERT sec. 5.3); label -100 marks positions to skip."""
+
+    _keys_to_ignore_on_load = (*BertPretrainedModel._keys_to_ignore_on_load, r"pooler\.")
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> BertHeadOutput:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"labels have shape {tuple(labels.shape)}, input_ids "
+                    f"{tuple(input_ids.shape)}: one label (or -100) per token"
+                )
+            loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+        return BertHeadOutput(logits=logits, loss=loss)
+
+
+class BertPredictionTransform(nn.Module):
+    """Dense -> GELU -> LayerNorm before the vocabulary projection (`cls.predictions.transform`)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act, fast=config.attn_impl == "sdpa")
+        self.LayerNorm = LayerNorm(
+            config.hidden_size, eps=config.layer_norm_eps, fast=config.attn_impl == "sdpa"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Scores over the vocabulary: transform, then the word-embedding matrix (tied, Press & Wolf 2017)
+    plus a bias of its own per token. `decoder` has no bias: the checkpoint keeps it as
+    `cls.predictions.bias`."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.transform = BertPredictionTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # weight tied on init
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(x), self.decoder.weight, self.bias)  # (B, T, vocab_size)
+
+
+class BertMLMHead(nn.Module):
+    """A holder, so that the names read `cls.predictions.*` as in the checkpoint."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictions(x)
+
+
+class BertForMaskedLM(BertPretrainedModel):
+    """Predict the tokens at masked positions (BERT sec. 3.1, task #1); label -100 = not scored."""
+
+    # Keep `cls.predictions`; skip the next-sentence head, the pooler, and `decoder.bias`, which
+    # transformers stores as a second name for `cls.predictions.bias`.
+    _keys_to_ignore_on_load = (
+        r"position_ids$",
+        r"pooler\.",
+        r"^cls\.seq_relationship\.",
+        r"^cls\.predictions\.decoder\.bias$",
+    )
+    _tied_weights_keys: ClassVar[dict[str, str]] = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"
+    }
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertMLMHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> BertHeadOutput:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+        logits = self.cls(hidden)  # (B, T, vocab_size)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"labels have shape {tuple(labels.shape)}, input_ids "
+                    f"{tuple(input_ids.shape)}: one token id (or -100) per position"
+                )
+            loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
+        return BertHeadOutput(logits=logits, loss=loss)

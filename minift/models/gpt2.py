@@ -1,0 +1,585 @@
+"""GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"): the config,
+the decoder, its KV cache and its heads, with the parameter names of the public checkpoints.
+
+Lesson: `lessons/21-gpt2.md` (the causal mask, pre-LN vs BERT's post-LN, weight tying, the Conv1D
+transpose, the parameter count); generation with the KV cache is `minift/generate.py`, lesson 22.
+
+    input_ids (B, T) -> wte + wpe -> N x pre-LN Block -> ln_f -> (B, T, C)
+    heads: language model (every position, tied to wte), sequence classification (last real token),
+           token classification (every position).
+
+It follows OpenAI's original TensorFlow code (gpt-2/src/model.py) and the `transformers`
+implementation, which `tests/test_gpt2.py` checks every output, loss and gradient against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minift.checkpoint import PretrainedModel
+from minift.generate import generate as _generate
+from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+from minift.nn.attention import IMPLS, attention, merge_heads, padding_mask, split_heads
+from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class GPT2ConfigError(ValueError):
+    """A config.json (or GPT2Config argument) that does not describe a GPT-2 minift can build."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------
+
+# Keys that would change the architecture in ways minift does not implement: accepting them would
+# build a different model than the checkpoint's. (reorder_and_upcast_attn only changes the order of
+# the float32 attention math under mixed precision; the model is the same, so it is ignored.)
+_UNSUPPORTED = {
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "add_cross_attention": (False,),
+}
+_REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
+_NOT_SAVED = ("attn_impl", "num_labels")  # a run-time choice; num_labels is len(id2label) on reload
+
+
+@dataclass
+class GPT2Config:
+    """The fields of a GPT-2 config.json that the model uses; defaults are GPT-2 small's (124M).
+
+    n_inner None means 4 * n_embd (Radford et al. 2018, sec. 4.1). attn_impl is how to run the
+    model ("eager": the readable path, "sdpa": fused kernels), not part of the checkpoint.
+    """
+
+    model_type: ClassVar[str] = "gpt2"
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+    pad_token_id: int | None = None
+    classifier_dropout: float | None = None
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    tie_word_embeddings: bool = True
+    attn_impl: str = "eager"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "GPT2Config")
+        _settle_labels(self, "GPT2Config")
+
+    @property
+    def inner_size(self) -> int:
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> GPT2Config:
+        """Build from a config.json dict (plus overrides merged into it); `source` names the file in
+        every error. Unused keys (summary_*, use_cache, ...) are ignored; architecture-changing ones
+        minift does not implement are errors."""
+        if not isinstance(d, dict):
+            raise GPT2ConfigError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
+        model_type = d.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise GPT2ConfigError(f"{source}: model_type is {model_type!r}, but GPT2Config reads 'gpt2' configs")
+        missing = [key for key in _REQUIRED if key not in d]
+        if missing:
+            raise GPT2ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
+        for key, allowed in _UNSUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise GPT2ConfigError(f"{source}: {key}={d[key]!r} is not supported (minift implements "
+                                      f"{key}={allowed[0]!r})")
+        config = cls.__new__(cls)
+        for f in dataclasses.fields(cls):  # defaults first, then the file's values
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(config, f.name, d.get(f.name, default))
+        for key in ("id2label", "label2id"):
+            if getattr(config, key) is not None:
+                setattr(config, key, _label_map(key, getattr(config, key), source))
+        _check_fields(config, source)
+        _settle_labels(config, source)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """A config.json dict that `transformers` loads (label maps with string keys, as in JSON)."""
+        d: dict[str, Any] = {"model_type": self.model_type}
+        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED})
+        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
+        return d
+
+
+def _label_map(key: str, value: Any, source: str) -> dict:
+    """id2label {"0": "NEG"} -> {0: "NEG"}; label2id {"NEG": "0"} -> {"NEG": 0}."""
+    if not isinstance(value, dict):
+        raise GPT2ConfigError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
+    try:
+        if key == "id2label":
+            return {int(i): str(name) for i, name in value.items()}
+        return {str(name): int(i) for name, i in value.items()}
+    except (TypeError, ValueError):
+        raise GPT2ConfigError(f"{source}: {key} must map integer ids and label names, got {value}") from None
+
+
+def _settle_labels(config: GPT2Config, source: str) -> None:
+    """num_labels, id2label and label2id made consistent, as transformers does: a num_labels that
+    disagrees with id2label wins and renames the classes LABEL_0, LABEL_1, ..."""
+    if config.id2label is not None and config.num_labels in (None, len(config.id2label)):
+        config.num_labels = len(config.id2label)
+        inverse = {name: i for i, name in config.id2label.items()}
+        if config.label2id is not None and config.label2id != inverse:
+            raise GPT2ConfigError(f"{source}: label2id {config.label2id} is not the inverse of id2label "
+                                  f"{config.id2label}")
+        config.label2id = inverse
+    else:
+        config.num_labels = 2 if config.num_labels is None else config.num_labels
+        config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)}
+        config.label2id = {name: i for i, name in config.id2label.items()}
+
+
+def _check_fields(config: GPT2Config, source: str) -> None:
+    """Types and ranges of every field; one GPT2ConfigError naming `source` and the key."""
+
+    def fail(key: str, expected: str) -> None:
+        raise GPT2ConfigError(f"{source}: {key} must be {expected}, got {getattr(config, key)!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if not is_int(getattr(config, key)) or getattr(config, key) < 1:
+            fail(key, "a positive integer")
+    if config.n_inner is not None and (not is_int(config.n_inner) or config.n_inner < 1):
+        fail("n_inner", "null or a positive integer")
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "classifier_dropout"):
+        value = getattr(config, key)
+        if not (value is None and key == "classifier_dropout") and not (is_number(value) and 0 <= value < 1):
+            fail(key, "a probability in [0, 1)")
+    for key in ("layer_norm_epsilon", "initializer_range"):
+        if not is_number(getattr(config, key)) or getattr(config, key) < 0:
+            fail(key, "a non-negative number")
+    # Types only, no range: transformers' GPT2Config keeps GPT-2's 50256 for any vocab_size, so small
+    # random checkpoints carry special ids outside their vocabulary (an id the model never produces).
+    for key in ("bos_token_id", "pad_token_id"):
+        if getattr(config, key) is not None and not (is_int(getattr(config, key)) and getattr(config, key) >= 0):
+            fail(key, "null or a token id (an integer >= 0)")
+    eos = config.eos_token_id
+    if eos is not None and not all(is_int(i) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])):
+        fail("eos_token_id", "null, a token id or a list of token ids")
+    if config.num_labels is not None and (not is_int(config.num_labels) or config.num_labels < 1):
+        fail("num_labels", "a positive integer")
+    if config.activation_function not in ACTIVATION_NAMES:
+        fail("activation_function", f"one of {ACTIVATION_NAMES}")
+    if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
+        fail("problem_type", f"null or one of {PROBLEM_TYPES}")
+    if config.attn_impl not in IMPLS:
+        fail("attn_impl", f"one of {IMPLS}")
+    if not isinstance(config.tie_word_embeddings, bool):
+        fail("tie_word_embeddings", "true or false")
+    if config.n_embd % config.n_head != 0:
+        raise GPT2ConfigError(f"{source}: n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GPT2ModelOutput:
+    last_hidden_state: torch.Tensor  # (B, T, C)
+    past_key_values: KVCache | None = None  # with use_cache=True: per layer (k, v), (B, H, T_past + T, D)
+
+
+@dataclass
+class GPT2HeadOutput:
+    logits: torch.Tensor  # (B, T, vocab_size), (B, num_labels) or (B, T, num_labels)
+    loss: torch.Tensor | None = None  # scalar, when labels were given
+    past_key_values: KVCache | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The decoder
+# ----------------------------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention (Vaswani et al. 2017, sec. 3.2.3): position t sees 0..t.
+
+    c_attn projects to q, k and v at once (one (C, 3C) matrix, as OpenAI's code); c_proj mixes the
+    heads back. With a cache, only the new tokens are projected; their k and v are appended to the
+    cached ones, and the new queries attend over all of them.
+    """
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = Dropout(config.resid_pdrop)
+        self.attn_pdrop = config.attn_pdrop
+        self.impl = config.attn_impl
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, C); mask additive (B, 1, 1, T_past + T) or None -> (B, T, C) and the new (k, v)."""
+        q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)  # 3 x (B, T, C)
+        q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, H, T, D)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
+            v = torch.cat([past[1], v], dim=2)
+        out = attention(q, k, v, mask, dropout_p=self.attn_pdrop, training=self.training, is_causal=True,
+                        impl=self.impl)  # (B, H, T, D)
+        return self.resid_dropout(self.c_proj(merge_heads(out))), (k, v)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: C -> inner (4C) -> tanh-GELU -> C (Vaswani et al. sec. 3.3)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_size)
+        self.act = activation(config.activation_function, fast=config.attn_impl == "sdpa")
+        self.c_proj = nn.Linear(config.inner_size, config.n_embd)
+        self.dropout = Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LN block (Radford et al. 2019, sec. 2.3: "layer normalization was moved to the input of
+    each sub-block"): x + attn(ln_1(x)), then x + mlp(ln_2(x)). The residual stream itself is never
+    normalised, which is why GPT-2 needs the final ln_f and why deep pre-LN stacks train stably
+    (Xiong et al. 2020)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        fast = config.attn_impl == "sdpa"
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=fast)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=fast)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attn_out, present = self.attn(self.ln_1(x), mask, past)
+        x = x + attn_out  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x, present
+
+
+class GPT2PretrainedModel(PretrainedModel):
+    """What every GPT-2 class shares: the config class, the checkpoint prefix, init and the transpose."""
+
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    # Older checkpoints (openai-community/gpt2 among them) saved the causal mask as a buffer
+    # `h.{i}.attn.bias` (and `attn.masked_bias`); we build the mask when needed instead.
+    _keys_to_ignore_on_load: tuple[str, ...] = (r"\.attn\.bias$", r"\.attn\.masked_bias$")  # not c_attn.bias
+    # OpenAI's TensorFlow code wrote these projections as 1x1 convolutions, whose kernel is stored
+    # (in_features, out_features); transformers kept that as its `Conv1D` module. An nn.Linear weight
+    # is (out, in), so minift/checkpoint.py transposes these four on load and back on save, here only.
+    _transposed_weights: tuple[str, ...] = (
+        r"attn\.c_attn\.weight$",
+        r"attn\.c_proj\.weight$",
+        r"mlp\.c_fc\.weight$",
+        r"mlp\.c_proj\.weight$",
+    )
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, initializer_range) weights, zero biases, LayerNorm at the identity; the two output
+        projections that write into the residual stream are scaled by 1/sqrt(2 n_layer) so the
+        stream's variance does not grow with depth (Radford et al. 2019, sec. 2.3)."""
+        std = self.config.initializer_range
+        with torch.no_grad():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            if isinstance(module, (CausalSelfAttention, MLP)):
+                module.c_proj.weight.normal_(0.0, std / (2 * self.config.n_layer) ** 0.5)
+
+
+def _check_ids(input_ids: Any, vocab_size: int) -> None:
+    """A bad id is a deep IndexError on the CPU (a device-side assert on a GPU): catch it by name."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        bad = int(input_ids.min()) if input_ids.min() < 0 else int(input_ids.max())
+        raise ValueError(f"input_ids holds {bad}, outside [0, vocab_size={vocab_size})")
+
+
+def _check_past(past: KVCache, config: GPT2Config, batch: int) -> int:
+    """The cache must be one (k, v) of shape (B, H, T_past, D) per layer; returns T_past."""
+    head_dim = config.n_embd // config.n_head
+    if not isinstance(past, (list, tuple)) or len(past) != config.n_layer:
+        found = len(past) if isinstance(past, (list, tuple)) else type(past).__name__
+        raise ValueError(f"past_key_values must be a list of n_layer={config.n_layer} (k, v) pairs, got {found}")
+    length = past[0][0].shape[2] if past[0][0].dim() == 4 else -1
+    expected = (batch, config.n_head, length, head_dim)
+    for i, (k, v) in enumerate(past):
+        if tuple(k.shape) != expected or tuple(v.shape) != expected:
+            raise ValueError(f"past_key_values[{i}]: k {tuple(k.shape)} and v {tuple(v.shape)} must both be "
+                             f"(B, H, T_past, D) = {expected}")
+    return length
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions that skip left padding: each real token's position counts the real tokens before
+    it, so a left-padded prompt gets the positions 0, 1, ... it would have unpadded (transformers
+    does the same when generating). attention_mask (B, T_past + T) -> positions of the last `length`
+    tokens (B, length); padding gets position 0 (its output is never used)."""
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, T_past + T)
+    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
+
+
+class GPT2Model(GPT2PretrainedModel):
+    """The decoder: token + learned position embeddings, N pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings, also the LM head
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned, not sinusoidal
+        self.drop = Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=config.attn_impl == "sdpa")
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> GPT2ModelOutput:
+        """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
+        attention_mask (B, T_past + T): 1 = token, 0 = padding, over the past and the new tokens.
+        position_ids (B, T): default from attention_mask (skipping left padding), else T_past, T_past + 1, ...
+        use_cache: also return the updated cache (the past plus these tokens' k and v)."""
+        past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
+        length = input_ids.shape[1]
+        if position_ids is None and attention_mask is not None:
+            position_ids = position_ids_from_mask(attention_mask, length)  # (B, T)
+        elif position_ids is None:
+            position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)[None]  # (1, T)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
+        # `attention` (is_causal=True), which lets sdpa use its fused causal kernel when there is no padding.
+        mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
+        presents = []
+        for i, block in enumerate(self.h):
+            x, present = block(x, mask, None if past_key_values is None else past_key_values[i])
+            presents.append(present)
+        return GPT2ModelOutput(last_hidden_state=self.ln_f(x), past_key_values=presents if use_cache else None)
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, past: KVCache | None) -> int:
+        """Every input's shape against the others; returns the cached length T_past."""
+        config = self.config
+        _check_ids(input_ids, config.vocab_size)
+        batch, length = input_ids.shape
+        past_len = 0 if past is None else _check_past(past, config, batch)
+        if past_len + length > config.n_positions:
+            raise ValueError(f"the sequence is {past_len + length} tokens long ({past_len} cached + {length} in "
+                             f"input_ids), but GPT-2 has only n_positions={config.n_positions} positions; "
+                             "truncate the prompt")
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, past_len + length):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (B, T_past + T) = "
+                             f"{(batch, past_len + length)} for input_ids {tuple(input_ids.shape)} and "
+                             f"{past_len} cached positions")
+        if position_ids is not None:
+            if position_ids.dim() != 2 or position_ids.shape[1] != length or position_ids.shape[0] not in (1, batch):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected (B, T) or (1, T) "
+                                 f"for input_ids {tuple(input_ids.shape)}")
+            if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= config.n_positions):
+                raise ValueError(f"position_ids must lie in [0, n_positions={config.n_positions})")
+        return past_len
+
+
+# ----------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------
+
+
+class GPT2LMHeadModel(GPT2PretrainedModel):
+    """Next-token prediction (Radford et al. 2018, eq. 1); the output matrix is the token embedding
+    matrix itself (weight tying, Press & Wolf 2017), one tensor under two names."""
+
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> GPT2HeadOutput:
+        """labels (B, T) may simply be input_ids: the shift happens here, so position t is scored on
+        token t + 1; -100 marks positions that are not scored (e.g. padding)."""
+        out = self.transformer(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab_size)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
+                                 "one token id (or -100) per position")
+            shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
+            loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
+        return GPT2HeadOutput(logits=logits, loss=loss, past_key_values=out.past_key_values)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The prompt followed by up to `max_new_tokens` new tokens, (B, T + new); see minift/generate.py.
+        As in transformers, eos_token_id and pad_token_id default to the config's (call
+        `minift.generate.generate` directly to generate with no end-of-sequence token)."""
+        return _generate(
+            self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+            top_p=top_p, use_cache=use_cache, attention_mask=attention_mask,
+            eos_token_id=self.config.eos_token_id if eos_token_id is None else eos_token_id,
+            pad_token_id=self.config.pad_token_id if pad_token_id is None else pad_token_id,
+            generator=generator,
+        )
+
+
+def last_token_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """Index of the rightmost token that is not padding, per row (B,), as transformers picks it: with
+    left padding that is the last column, with right padding the last real token. A row that is all
+    padding gives 0. Without a pad_token_id only a batch of one is unambiguous: its last column."""
+    batch, length = input_ids.shape
+    if pad_token_id is None:
+        if batch != 1:
+            raise ValueError(f"GPT2ForSequenceClassification: input_ids {tuple(input_ids.shape)} is a batch of "
+                             f"{batch}, but config.pad_token_id is None, so the last real token of each row is "
+                             "unknown; set pad_token_id (e.g. to the EOS id) or classify one sequence at a time")
+        return torch.full((1,), length - 1, dtype=torch.long, device=input_ids.device)
+    columns = torch.arange(length, device=input_ids.device)  # (T,)
+    return (columns * (input_ids != pad_token_id)).argmax(-1)  # (B,): largest column holding a real token
+
+
+class GPT2ForSequenceClassification(GPT2PretrainedModel):
+    """One label per sequence from the last real token's state: in a causal model only the last
+    token has seen the whole sequence (Radford et al. 2018, sec. 3.3, the extract token)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> GPT2HeadOutput:
+        hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
+        last = last_token_index(input_ids, self.config.pad_token_id)  # (B,)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
+        logits = self.score(pooled)  # (B, num_labels)
+        loss = None if labels is None else self._loss(logits, labels)
+        return GPT2HeadOutput(logits=logits, loss=loss)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """config.problem_type, or inferred as transformers does: one output is regression, integer
+        labels are single-label classes, float labels are multi-hot rows."""
+        num_labels = self.config.num_labels
+        problem = self.config.problem_type
+        if problem is None:
+            integer = labels.dtype in (torch.int64, torch.int32)
+            problem = "regression" if num_labels == 1 else (
+                "single_label_classification" if integer else "multi_label_classification")
+        if problem == "single_label_classification":
+            return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+        target = labels.to(logits.dtype)
+        if problem == "multi_label_classification":
+            return binary_cross_entropy_with_logits(logits, target)
+        if num_labels == 1:  # one score per sequence: logits (B, 1), labels (B,) or (B, 1)
+            logits = logits.squeeze(-1)
+            if target.numel() == logits.numel():
+                target = target.reshape(logits.shape)
+        if logits.shape != target.shape:  # F.mse_loss would broadcast them into a wrong loss
+            raise ValueError(f"regression labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
+        return F.mse_loss(logits, target)
+
+
+class GPT2ForTokenClassification(GPT2PretrainedModel):
+    """One label per token from that token's state (which has seen only the tokens to its left);
+    label -100 marks positions to skip. Dropout: config.classifier_dropout, else 0.1 (transformers)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.dropout = Dropout(0.1 if config.classifier_dropout is None else config.classifier_dropout)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> GPT2HeadOutput:
+        hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
+                                 "one label (or -100) per token")
+            loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+        return GPT2HeadOutput(logits=logits, loss=loss)

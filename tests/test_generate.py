@@ -1,0 +1,229 @@
+"""minift/generate.py against transformers: greedy decoding token for token (with and without the KV
+cache, one prompt and a left-padded batch, EOS stopping), the sampling filters against transformers'
+logits warpers, seeded sampling, and every argument error."""
+
+import pytest
+import torch
+import transformers
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from minift.generate import apply_temperature, generate, next_token, top_k_filter, top_p_filter
+from minift.models.gpt2 import GPT2LMHeadModel
+
+transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids
+
+VOCAB = 41
+CONFIG = {"n_embd": 20, "n_head": 4, "n_layer": 2, "vocab_size": VOCAB, "n_positions": 32}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds waiting on a shared 2-core machine. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A transformers GPT-2 with weights far from init (so greedy choices are not near-ties), saved,
+    and minift's copy of it with each attention implementation."""
+    folder = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(**CONFIG)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    ref.save_pretrained(folder)
+    ours = {impl: GPT2LMHeadModel.from_pretrained(folder, attn_impl=impl) for impl in ("eager", "sdpa")}
+    return ref, ours
+
+
+def hf_generate(ref, ids, new, mask=None, eos=None, pad=None, use_cache=True):
+    return ref.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, eos_token_id=eos,
+                        pad_token_id=pad, use_cache=use_cache)
+
+
+def left_padded_batch():
+    """Three prompts of 6, 3 and 1 tokens, padded on the left with token 0."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, VOCAB, (3, 6), generator=gen)
+    mask = torch.ones_like(ids)
+    for row, pad in ((1, 3), (2, 5)):
+        ids[row, :pad], mask[row, :pad] = 0, 0
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# Greedy decoding vs transformers
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_single_prompt_matches_transformers(models, impl, use_cache):
+    ref, ours = models
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(1))
+    want = hf_generate(ref, ids, 12, use_cache=use_cache)
+    got = generate(ours[impl], ids, 12, use_cache=use_cache)
+    assert got.dtype == torch.long and got.shape == (1, 17)
+    assert torch.equal(got, want)  # token for token
+    assert torch.equal(got[:, :5], ids)  # the prompt comes first
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_left_padded_batch_matches_transformers(models, impl, use_cache):
+    ref, ours = models
+    ids, mask = left_padded_batch()
+    want = hf_generate(ref, ids, 10, mask=mask, pad=0, use_cache=use_cache)
+    got = generate(ours[impl], ids, 10, attention_mask=mask, pad_token_id=0, use_cache=use_cache)
+    assert torch.equal(got, want)
+    # Each row continues as if it had been generated alone, unpadded.
+    for row in range(3):
+        alone = generate(ours[impl], ids[row:row + 1, mask[row].bool()], 10)
+        assert torch.equal(alone[0, -10:], got[row, -10:])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("pad", [0, None])
+def test_eos_stops_rows_as_transformers(models, use_cache, pad):
+    ref, ours = models
+    ids, mask = left_padded_batch()
+    free = generate(ours["eager"], ids, 10, attention_mask=mask)
+    eos = int(free[0, 6 + 2])  # row 0's third new token
+    want = hf_generate(ref, ids, 10, mask=mask, eos=eos, pad=pad, use_cache=use_cache)
+    got = generate(ours["eager"], ids, 10, attention_mask=mask, eos_token_id=eos, pad_token_id=pad,
+                   use_cache=use_cache)
+    assert torch.equal(got, want)
+    new = got[0, 6:]
+    first = int((new == eos).nonzero()[0])
+    filler = eos if pad is None else pad
+    assert (new[first + 1:] == filler).all()  # finished rows are padded (with eos when pad is None)
+
+
+def test_generation_ends_when_every_row_has_finished(models):
+    ref, ours = models
+    ids = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(2))
+    free = generate(ours["eager"], ids, 8)
+    eos = int(free[0, 4 + 2])
+    stop = 4 + int((free[0, 4:] == eos).nonzero()[0]) + 1  # up to and including the first eos
+    got = generate(ours["eager"], ids, 8, eos_token_id=[VOCAB - 1, eos])  # several EOS ids
+    assert torch.equal(got, free[:, :stop])
+    assert torch.equal(got, hf_generate(ref, ids, 8, eos=[VOCAB - 1, eos]))
+    # The method takes eos and pad from the config, as transformers' generation config does.
+    ours["eager"].config.eos_token_id = eos
+    try:
+        assert torch.equal(ours["eager"].generate(ids, 8), got)
+    finally:
+        ours["eager"].config.eos_token_id = 50256
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling filters vs transformers' logits warpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def random_logits(seed: int, shape=(4, 50)) -> torch.Tensor:
+    return 3.0 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def same_filtered(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tokens removed (-inf) and the kept logits equal (both only copy or divide the input)."""
+    return torch.equal(a.isinf(), b.isinf()) and torch.equal(a[~a.isinf()], b[~b.isinf()])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_filters_match_transformers_warpers(seed):
+    logits = random_logits(seed)
+    for t in (0.3, 1.0, 1.7):
+        assert torch.equal(apply_temperature(logits, t), TemperatureLogitsWarper(t)(None, logits))
+    for k in (1, 5, 49, 50, 80):
+        assert same_filtered(top_k_filter(logits, k), TopKLogitsWarper(k)(None, logits))
+    for p in (0.05, 0.3, 0.7, 0.95, 1.0):
+        assert same_filtered(top_p_filter(logits, p), TopPLogitsWarper(p)(None, logits))
+    chain = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(10), TopPLogitsWarper(0.6)])
+    ours = top_p_filter(top_k_filter(apply_temperature(logits, 0.8), 10), 0.6)
+    assert same_filtered(ours, chain(None, logits))
+
+
+def test_filter_corner_cases():
+    ties = torch.tensor([[1.0, 3.0, 1.0, 1.0, 0.0]])
+    assert same_filtered(top_k_filter(ties, 2), TopKLogitsWarper(2)(None, ties))  # ties with the k-th stay
+    assert top_k_filter(ties, 2).isfinite().sum() == 4
+    dominant = torch.tensor([[12.0, 0.0, 0.0, 0.0]])  # p(top) ~ 0.99998
+    assert top_p_filter(dominant, 0.5).isfinite().tolist() == [[True, False, False, False]]
+    assert top_p_filter(dominant, 1e-9).isfinite().sum() == 1  # always at least one token
+    flat = torch.zeros(1, 4)  # four tokens of 0.25: 0.5 is reached by exactly two
+    # Which two of four equal tokens survive is the sort's arbitrary choice, in transformers too.
+    assert top_p_filter(flat, 0.5).isfinite().sum() == TopPLogitsWarper(0.5)(None, flat).isfinite().sum() == 2
+
+
+def test_sampling_frequencies_follow_the_filtered_softmax():
+    """200k draws from next_token: removed tokens never come up, kept ones with their renormalised
+    probabilities (standard error at most sqrt(0.25 / 2e5) ~ 1.1e-3; the bound is ~4.5 of those)."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    expected = torch.softmax(top_p_filter(top_k_filter(logits[None] / 0.7, 4), 0.8), dim=-1)[0]
+    draws = next_token(logits[None].expand(200_000, -1), do_sample=True, temperature=0.7, top_k=4, top_p=0.8,
+                       generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).float() / draws.numel()
+    assert (freq[expected == 0] == 0).all()
+    assert (freq - expected).abs().max() <= 5e-3
+
+
+def test_seeded_sampling_is_reproducible(models):
+    _, ours = models
+    ids, mask = left_padded_batch()
+
+    def sample(seed, use_cache=True, **kw):
+        return generate(ours["eager"], ids, 10, do_sample=True, attention_mask=mask, use_cache=use_cache,
+                        generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(sample(0, temperature=1.5), sample(0, temperature=1.5))
+    assert torch.equal(sample(0, temperature=1.5), sample(0, use_cache=False, temperature=1.5))
+    assert not torch.equal(sample(0, temperature=1.5), sample(1, temperature=1.5))  # 30 draws from ~41 tokens
+    # top_k=1 leaves one token per step: sampling becomes greedy decoding.
+    assert torch.equal(sample(5, top_k=1), generate(ours["eager"], ids, 10, attention_mask=mask))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_new_tokens": 0}, r"max_new_tokens must be a positive integer, got 0"),
+    ({"max_new_tokens": -3}, r"max_new_tokens must be a positive integer, got -3"),
+    ({"max_new_tokens": 2.5}, r"max_new_tokens must be a positive integer, got 2.5"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\] \(or None\), got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\] \(or None\), got 1.5"),
+    ({"top_k": 0}, r"top_k must be an integer >= 1 \(or None\), got 0"),
+    ({"temperature": 0.0}, r"temperature must be > 0, got 0.0 \(for greedy decoding pass do_sample=False\)"),
+    ({"temperature": -1.0}, r"temperature must be > 0, got -1.0"),
+    ({"max_new_tokens": 28}, (r"the prompt \(5 tokens\) \+ max_new_tokens \(28\) = 33 exceeds the model's "
+                              r"n_positions=32")),
+    ({"attention_mask": torch.ones(1, 4)}, r"attention_mask has shape \(1, 4\), input_ids \(1, 5\)"),
+    ({"attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}, r"padding in the last column \(right padding\)"),
+])
+def test_bad_arguments_raise_clear_errors(models, kwargs, message):
+    _, ours = models
+    kwargs = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(ours["eager"], torch.tensor([[1, 2, 3, 4, 5]]), do_sample=True, **kwargs)
+    with pytest.raises(ValueError, match=message):  # the method checks through the same function
+        ours["eager"].generate(torch.tensor([[1, 2, 3, 4, 5]]), do_sample=True, **kwargs)
+
+
+def test_bad_prompt_raises_clear_error(models):
+    _, ours = models
+    with pytest.raises(ValueError, match=r"input_ids must be a non-empty \(batch, prompt_len\) tensor, got \(3,\)"):
+        generate(ours["eager"], torch.tensor([1, 2, 3]), 2)
+    with pytest.raises(ValueError, match=r"input_ids holds 41, outside \[0, vocab_size=41\)"):
+        generate(ours["eager"], torch.tensor([[1, 41]]), 2)
