@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Fine-tune a pretrained checkpoint; the run directory ends up "
                         "holding the model in the public layout (config.json, model.safetensors, "
                         "tokenizer files) and metrics.jsonl.")
-    ft.add_argument("--task", choices=["classification"], default="classification",
-                    help="what to fine-tune for (default: classification)")
+    ft.add_argument("--task", choices=["classification", "ner", "causal-lm"], default="classification",
+                    help="classification (text -> label), ner (CoNLL token tags) or causal-lm (a text "
+                    "file, GPT-2); default classification")
     ft.add_argument("--model", default="all-MiniLM-L6-v2",
                     help="checkpoint folder or name (see `minift weights list`); default all-MiniLM-L6-v2")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write a resumable checkpoint every K optimizer steps")
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest complete checkpoint")
+    ft.add_argument("--label-all-subtokens", action="store_true",
+                    help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--keep", type=int, default=2, metavar="N",
                     help="resumable checkpoints kept on disk; older ones are deleted (default 2)")
     _add_common(ft)
@@ -82,12 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ev)
     ev.set_defaults(run=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="label texts with a fine-tuned classifier")
+    pr = sub.add_parser("predict", help="label texts with a fine-tuned classifier or tagger")
     pr.add_argument("--model", required=True, help="run directory or checkpoint folder with a classifier head")
+    pr.add_argument("--task", choices=["classification", "ner"], default="classification",
+                    help="ner prints the entities with their character spans")
     pr.add_argument("texts", nargs="+", metavar="TEXT")
     pr.add_argument("--max-length", type=int, default=128)
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
+
+    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint")
+    ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run)")
+    ge.add_argument("prompt")
+    ge.add_argument("--max-new-tokens", type=int, default=40)
+    ge.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    ge.add_argument("--temperature", type=float, default=1.0)
+    ge.add_argument("--top-k", type=int)
+    ge.add_argument("--top-p", type=float)
+    ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    ge.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
+    _add_common(ge)
+    ge.set_defaults(run=cmd_generate)
+
+    pt = sub.add_parser("pretrain", help="train a tiny GPT-2 or BERT from scratch on a text file")
+    pt.add_argument("--arch", choices=["gpt2", "bert"], default="gpt2")
+    pt.add_argument("--size", default="tiny", help="nano or tiny (default tiny)")
+    pt.add_argument("--text", type=Path, required=True, help="plain-text file, one document per line")
+    pt.add_argument("--out", type=Path, required=True)
+    pt.add_argument("--tokenizer", help="tokenizer folder or name (GPT-2: vocab.json + merges.txt)")
+    pt.add_argument("--block-size", type=int, default=64)
+    pt.add_argument("--batch-size", type=int, default=8)
+    pt.add_argument("--max-steps", type=int, default=300)
+    pt.add_argument("--lr", type=float, default=1e-3)
+    pt.add_argument("--seed", type=int, default=0)
+    _add_common(pt)
+    pt.set_defaults(run=cmd_pretrain)
 
     we = sub.add_parser("weights", help="fetch or list checkpoints under weights/")
     wsub = we.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -131,6 +163,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _check_positive("--keep", args.keep)
     if not 0 <= args.warmup_ratio < 1:
         raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.task != "classification":
+        return _finetune_other_task(args)
     if args.train is None:
         print(DEMO_NOTE, file=sys.stderr)
         args.train, args.dev = demo_path("train"), args.dev or demo_path("dev")
@@ -184,6 +218,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        "best_epoch": summary["best"]["epoch"]})
     print(f"fine-tuned model saved in {args.out}/ (config.json, model.safetensors, tokenizer files)",
           file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def _finetune_other_task(args: argparse.Namespace) -> int:
+    """ner and causal-lm: the same loop through their own recipes (minift/train/ner.py, pretrain.py)."""
+    if args.train is None:
+        raise ValueError(f"--task {args.task} needs --train (the demo set is for classification)")
+    if args.save_every is not None or args.resume:
+        raise ValueError("--save-every/--resume are wired for --task classification only so far")
+    _check_writable(args.out)
+    common = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, schedule=args.schedule,
+                  max_grad_norm=args.max_grad_norm, seed=args.seed, device=args.device,
+                  attn_impl=args.attn_impl, fast_tokenizer=args.fast_tokenizer, progress=not args.quiet)
+    if args.task == "ner":
+        from minift.train.ner import finetune_ner
+
+        result = finetune_ner(args.model, args.train, args.dev, args.out, max_length=args.max_length,
+                              label_all_subtokens=args.label_all_subtokens, **common)
+    else:
+        from minift.train.pretrain import finetune_causal_lm
+
+        result = finetune_causal_lm(args.model, args.train, args.out, dev_file=args.dev,
+                                    block_size=args.max_length, **common)
     print(json.dumps(result))
     return 0
 
@@ -288,6 +347,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from minift.train.run import load_classifier, predict
 
     device = select_device(args.device)
+    if args.task == "ner":
+        from minift.train.ner import load_token_classifier, predict_entities
+
+        model, tokenizer, labels = load_token_classifier(args.model, attn_impl=args.attn_impl,
+                                                         fast_tokenizer=args.fast_tokenizer)
+        model.to(device)
+        found = [predict_entities(model, tokenizer, t, labels.id2label, max_length=args.max_length)
+                 for t in args.texts]
+        for text, entities in zip(args.texts, found):
+            spans = ", ".join(f"{e['type']}[{e['start']}:{e['end']}]={e['text']!r}" for e in entities)
+            print(f"{text}\n  -> {spans or 'no entities'}", file=sys.stderr)
+        print(json.dumps({"entities": found}))
+        return 0
     model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
                                                fast_tokenizer=args.fast_tokenizer)
     model.to(device)
@@ -296,6 +368,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for text, p in zip(args.texts, predictions):
         print(f"{p['label']}\t{p['score']:.4f}\t{text}", file=sys.stderr)
     print(json.dumps({"predictions": predictions}))
+    return 0
+
+
+# --- generate / pretrain -------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from minift.hub import resolve
+    from minift.models import GPT2LMHeadModel
+    from minift.tokenizer import load_tokenizer
+    from minift.train.device import select_device
+
+    device = select_device(args.device)
+    folder = resolve(args.model)
+    model = GPT2LMHeadModel.from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
+    out = model.generate(ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
+                         generator=torch.Generator(device=device).manual_seed(args.seed))
+    text = tokenizer.decode(out[0].tolist())
+    print(text, file=sys.stderr)
+    print(json.dumps({"prompt": args.prompt, "text": text, "new_tokens": out.shape[1] - ids.shape[1]}))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from minift.train.pretrain import pretrain
+
+    _check_writable(args.out)
+    result = pretrain(args.text, args.out, arch=args.arch, size=args.size, tokenizer=args.tokenizer,
+                      block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
+                      lr=args.lr, seed=args.seed, device=args.device, attn_impl=args.attn_impl,
+                      fast_tokenizer=args.fast_tokenizer, progress=not args.quiet)
+    print(json.dumps(result))
     return 0
 
 

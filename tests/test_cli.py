@@ -140,3 +140,41 @@ def test_help_lists_the_contract_flags():
     for flag in ["--task", "--model", "--train", "--dev", "--out", "--epochs", "--max-steps", "--batch-size",
                  "--max-length", "--lr", "--seed", "--save-every", "--resume"]:
         assert flag in out
+
+
+def test_pretrain_generate_and_causal_lm_finetune_commands(shared_data, tmp_path, capsys):
+    """`minift pretrain` -> `minift generate` -> `minift finetune --task causal-lm`, through the CLI."""
+    text = tmp_path / "text.txt"
+    lines = (shared_data / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").splitlines()
+    text.write_text("\n".join(lines * 3) + "\n", encoding="utf-8")
+    code, result, err = run(capsys, "pretrain", "--arch", "gpt2", "--size", "nano", "--text", text, "--out",
+                            tmp_path / "lm", "--tokenizer", shared_data / "gpt2", "--max-steps", "4",
+                            "--block-size", "32", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "lm" / "model.safetensors").is_file() and (tmp_path / "lm" / "vocab.json").is_file()
+    code, result, err = run(capsys, "generate", "--model", tmp_path / "lm", "Once upon a time",
+                            "--max-new-tokens", "5", "--device", "cpu")
+    assert code == 0, err
+    assert result["text"].startswith("Once upon a time") and result["new_tokens"] == 5
+    code, result, err = run(capsys, "finetune", "--task", "causal-lm", "--model", tmp_path / "lm", "--train", text,
+                            "--dev", text, "--out", tmp_path / "ft", "--max-steps", "3", "--max-length", "32",
+                            "--batch-size", "4", "--lr", "1e-3", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert result["dev_perplexity"] < result["dev_perplexity_before"]
+
+
+def test_ner_finetune_and_predict_commands(tiny_model, tmp_path, capsys):
+    # a word of the tiny vocabulary stands in for a name: the tagger must learn to mark it
+    sentences = [[("the", "O"), ("film", "O"), ("great", "B-person"), ("was", "O")]] * 24
+    conll = "\n\n".join("\n".join(f"{w}\t{t}" for w, t in s) for s in sentences) + "\n"
+    (tmp_path / "train.conll").write_text(conll, encoding="utf-8")
+    code, result, err = run(capsys, "finetune", "--task", "ner", "--model", tiny_model, "--train",
+                            tmp_path / "train.conll", "--dev", tmp_path / "train.conll", "--out", tmp_path / "ner",
+                            "--epochs", "6", "--batch-size", "8", "--lr", "5e-3", "--warmup-ratio", "0",
+                            "--quiet", "--device", "cpu")
+    assert code == 0, err
+    config = json.loads((tmp_path / "ner" / "config.json").read_text())
+    assert set(config["id2label"].values()) == {"O", "B-person"}
+    code, result, err = run(capsys, "predict", "--task", "ner", "--model", tmp_path / "ner", "the film great was")
+    assert code == 0, err
+    assert result["entities"][0] == [{"type": "person", "text": "great", "start": 9, "end": 14}]

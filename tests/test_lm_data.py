@@ -216,7 +216,11 @@ def _compare_mlm_loss(folder, batch) -> float:
     ref = transformers.BertForMaskedLM.from_pretrained(folder).eval()
     with torch.no_grad():
         a, b = ours(**batch), ref(**batch)
-    assert torch.allclose(a.logits, b.logits, atol=1e-5, rtol=0)  # fp32 activations: 1e-5 abs
+    # fp32 activations: 1e-5 abs at the real tokens. Padded positions are left out: their outputs are
+    # never read by a loss, and there even transformers' own eager and sdpa paths differ by ~1e-5
+    # (the masked softmax is a different float sum; see tests/test_bert.py).
+    real = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+    assert torch.allclose(a.logits[real], b.logits[real], atol=1e-5, rtol=0)
     return abs(a.loss.item() - b.loss.item())
 
 

@@ -66,8 +66,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order, B = self.order(self.epoch), self.global_batch_size
         start, self.start = self.start, 0
+        self.epoch += 1  # the next iteration is the next epoch, even if this one is left early
         for t in range(start, len(self)):
             batch = order[t * B:(t + 1) * B]
             share = math.ceil(len(batch) / self.world_size)
             yield batch[self.rank * share:(self.rank + 1) * share]
-        self.epoch += 1

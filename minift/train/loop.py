@@ -42,7 +42,8 @@ class TrainArgs:
     max_steps: int | None = None  # when set, overrides epochs: the run stops after this many steps
     max_grad_norm: float = 1.0
     log_every: int = 10  # optimizer steps between two lines of metrics.jsonl
-    best_metric: str = "accuracy"  # dev metric that picks the best checkpoint (higher is better)
+    best_metric: str = "accuracy"  # dev metric that picks the best checkpoint
+    best_mode: str = "max"  # "max": higher is better (accuracy, F1); "min": lower (loss, perplexity)
     progress: bool = True  # the tqdm bar
     save_every: int | None = None  # optimizer steps between two resumable checkpoints (needs run_dir)
     keep: int | None = 2  # resumable checkpoints kept on disk (older ones are pruned)
@@ -195,7 +196,7 @@ def train(
                 log.write(record)
                 progress["history"].append(record)
                 best = progress["best"]
-                if best is None or metrics[args.best_metric] > best[args.best_metric]:
+                if best is None or _better(metrics[args.best_metric], best[args.best_metric], args.best_mode):
                     progress["best"] = record
                     if save_best is not None:
                         save_best(metrics)
@@ -251,6 +252,12 @@ def _truncate_log(log_path: Path | None, progress: dict) -> None:
         elif record["event"] == "eval" and record["epoch"] < progress["epoch"]:
             kept.append(line)
     Path(log_path).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    if mode not in ("max", "min"):
+        raise ValueError(f"best_mode must be 'max' or 'min', got {mode!r}")
+    return value > best if mode == "max" else value < best
 
 
 def _scalars(metrics: dict) -> dict:

@@ -276,11 +276,10 @@ def finetune_causal_lm(
 
 
 def _train_args(epochs: int, max_steps: int | None, max_grad_norm: float, progress: bool) -> TrainArgs:
-    # train() keeps the epoch with the *highest* best_metric, and lower is better for loss and
-    # perplexity: so no save_best is passed and only the final model is saved (the summary's "best"
-    # is not used). best_metric only has to name a key evaluate_lm returns.
+    # Lower is better for the dev loss (and so for perplexity): best_mode="min". The final model is
+    # what the run saves; the summary's "best" records the epoch of the lowest dev loss.
     return TrainArgs(epochs=epochs, max_steps=max_steps, max_grad_norm=max_grad_norm, best_metric="loss",
-                     progress=progress)
+                     best_mode="min", progress=progress)
 
 
 def _run(model, tokenizer, loader, dev_batches, out: Path, *, causal: bool, device: torch.device,
