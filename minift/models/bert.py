@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minift.checkpoint import PretrainedModel
-from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+from minift.losses import cross_entropy
+from minift.models.heads import sequence_classification_loss
 from minift.nn.attention import IMPLS, padding_mask
 from minift.nn.blocks import BertLayer
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
@@ -412,33 +413,8 @@ class BertForSequenceClassification(BertPretrainedModel):
         loss = None if labels is None else self._loss(logits, labels)
         return BertHeadOutput(logits=logits, loss=loss)
 
-    def _problem_type(self, labels: torch.Tensor) -> str:
-        """config.problem_type, or inferred as transformers does: one output is regression, integer
-        labels are single-label classes, float labels are multi-hot rows."""
-        if self.config.problem_type is not None:
-            return self.config.problem_type
-        if self.config.num_labels == 1:
-            return "regression"
-        if labels.dtype in (torch.int64, torch.int32):
-            return "single_label_classification"
-        return "multi_label_classification"
-
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        problem = self._problem_type(labels)
-        if problem == "single_label_classification":
-            return cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
-        target = labels.to(logits.dtype)  # regression scores or 0/1 multi-hot, as floats
-        if problem == "multi_label_classification":
-            return binary_cross_entropy_with_logits(logits, target)
-        if self.config.num_labels == 1:  # one score per sequence: logits (B, 1), labels (B,) or (B, 1)
-            logits = logits.squeeze(-1)  # (B,)
-            if target.numel() == logits.numel():
-                target = target.reshape(logits.shape)
-        if logits.shape != target.shape:  # F.mse_loss would broadcast them into a wrong loss
-            raise ValueError(
-                f"regression labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}"
-            )
-        return F.mse_loss(logits, target)
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type)
 
 
 class BertForTokenClassification(BertPretrainedModel):

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minift.checkpoint import PretrainedModel
 from minift.generate import generate as _generate
-from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+from minift.losses import cross_entropy
+from minift.models.heads import sequence_classification_loss
 from minift.nn.attention import IMPLS, attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
 
@@ -534,26 +534,7 @@ class GPT2ForSequenceClassification(GPT2PretrainedModel):
         return GPT2HeadOutput(logits=logits, loss=loss)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """config.problem_type, or inferred as transformers does: one output is regression, integer
-        labels are single-label classes, float labels are multi-hot rows."""
-        num_labels = self.config.num_labels
-        problem = self.config.problem_type
-        if problem is None:
-            integer = labels.dtype in (torch.int64, torch.int32)
-            problem = "regression" if num_labels == 1 else (
-                "single_label_classification" if integer else "multi_label_classification")
-        if problem == "single_label_classification":
-            return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
-        target = labels.to(logits.dtype)
-        if problem == "multi_label_classification":
-            return binary_cross_entropy_with_logits(logits, target)
-        if num_labels == 1:  # one score per sequence: logits (B, 1), labels (B,) or (B, 1)
-            logits = logits.squeeze(-1)
-            if target.numel() == logits.numel():
-                target = target.reshape(logits.shape)
-        if logits.shape != target.shape:  # F.mse_loss would broadcast them into a wrong loss
-            raise ValueError(f"regression labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
-        return F.mse_loss(logits, target)
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type)
 
 
 class GPT2ForTokenClassification(GPT2PretrainedModel):

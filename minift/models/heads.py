@@ -1,0 +1,43 @@
+"""The losses of the task heads, shared by BERT and GPT-2 (lessons 05 and 21).
+
+A head maps hidden states to logits; what differs between the families is which hidden state it
+reads (BERT's pooled [CLS], GPT-2's last real token). The loss on those logits is the same, so it
+lives here once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+
+
+def problem_type(configured: str | None, num_labels: int, labels: torch.Tensor) -> str:
+    """``configured`` (config.problem_type), or inferred as transformers does: one output is
+    regression, integer labels are single-label classes, float labels are multi-hot rows."""
+    if configured is not None:
+        return configured
+    if num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.int64, torch.int32):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
+                                 configured_problem: str | None) -> torch.Tensor:
+    """Cross-entropy for classes, binary cross-entropy for multi-hot rows, MSE for regression."""
+    problem = problem_type(configured_problem, num_labels, labels)
+    if problem == "single_label_classification":
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    target = labels.to(logits.dtype)  # regression scores or 0/1 multi-hot, as floats
+    if problem == "multi_label_classification":
+        return binary_cross_entropy_with_logits(logits, target)
+    if num_labels == 1:  # one score per sequence: logits (B, 1), labels (B,) or (B, 1)
+        logits = logits.squeeze(-1)  # (B,)
+        if target.numel() == logits.numel():
+            target = target.reshape(logits.shape)
+    if logits.shape != target.shape:  # F.mse_loss would broadcast them into a wrong loss
+        raise ValueError(f"regression labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
+    return F.mse_loss(logits, target)
