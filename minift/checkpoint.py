@@ -51,7 +51,7 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """Parse a JSON file; a syntax error names the file, line and column."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -73,7 +73,7 @@ def read_config(folder: str | os.PathLike) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no config.json in the checkpoint folder {folder}")
-    config = _read_json(path)
+    config = read_json(path)
     if not isinstance(config, dict):
         raise CheckpointError(
             f"{path}: expected a JSON object {{...}} at the top level, found {type(config).__name__}"
@@ -124,7 +124,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_index(path: Path) -> dict[str, str]:
     """The ``weight_map`` of a shard index: tensor name -> shard file name."""
-    index = _read_json(path)
+    index = read_json(path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f'{path}: expected {{"weight_map": {{tensor name: shard file}}}}')
@@ -420,7 +420,7 @@ def _raise_or_warn(report: LoadReport, strict: bool, stacklevel: int) -> None:
 
 
 @contextmanager
-def _atomic_files(finals: list[Path]) -> Iterator[list[Path]]:
+def atomic_files(finals: list[Path]) -> Iterator[list[Path]]:
     """Yield temporary paths next to ``finals``; once all are written, fsync and rename them into place.
 
     ``os.replace`` is atomic: a reader sees the old file or the new one, never a half-written one.
@@ -466,8 +466,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_json(data: Any, path: Path) -> None:
-    with _atomic_files([path]) as (tmp,):
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented JSON with sorted keys (stable diffs), atomically (``atomic_files``)."""
+    with atomic_files([path]) as (tmp,):
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -562,13 +563,13 @@ def save_state_dict(
     folder.mkdir(parents=True, exist_ok=True)
 
     if len(shards) == 1:
-        with _atomic_files([folder / SAFE_WEIGHTS]) as (tmp,):
+        with atomic_files([folder / SAFE_WEIGHTS]) as (tmp,):
             save_file(tensors, str(tmp), metadata=file_metadata)
         _remove_stale(folder, keep={SAFE_WEIGHTS})
         return [folder / SAFE_WEIGHTS]
 
     names = [SHARD_NAME.format(index=i, count=len(shards)) for i in range(1, len(shards) + 1)]
-    with _atomic_files([folder / n for n in names]) as tmps:
+    with atomic_files([folder / n for n in names]) as tmps:
         for tmp, shard in zip(tmps, shards):
             save_file({n: tensors[n] for n in shard}, str(tmp), metadata=file_metadata)
     index = {
@@ -578,7 +579,7 @@ def save_state_dict(
         },
         "weight_map": {name: file for file, shard in zip(names, shards) for name in shard},
     }
-    _write_json(index, folder / SAFE_INDEX)
+    write_json(index, folder / SAFE_INDEX)
     _remove_stale(folder, keep={SAFE_INDEX, *names})
     return [folder / n for n in names] + [folder / SAFE_INDEX]
 
@@ -669,7 +670,7 @@ class PretrainedModel(torch.nn.Module):
         state_dict = {name: t.t() if transposed(name) else t for name, t in state_dict.items()}
         save_state_dict(state_dict, folder, max_shard_size=max_shard_size)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
-        _write_json(config, folder / CONFIG_NAME)
+        write_json(config, folder / CONFIG_NAME)
 
 
 def _resolve(name_or_folder: str | os.PathLike) -> Path:

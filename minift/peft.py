@@ -18,6 +18,8 @@ pretrained weight W0 (d_out x d_in) frozen and learns a low-rank update:
 B = 0 at the start, so the wrapped model computes exactly what the pretrained one did. Training
 updates r (d_in + d_out) numbers per wrapped matrix instead of d_in d_out. After training,
 W0 + (alpha / r) B A is one matrix again (`merge_lora`), and the model saves as a plain checkpoint.
+
+`setup_peft` is the one call `minift finetune` makes with its --freeze / --lora-* flags.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from minift.checkpoint import _atomic_files, _read_json, _write_json, load_state_dict
+from minift.checkpoint import atomic_files, load_state_dict, read_json, write_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -167,13 +169,15 @@ def trainable_summary(model: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_lora_args(r: int, alpha: float, dropout: float) -> None:
+def _check_lora_args(r: int, alpha: float, dropout: float,
+                     names: tuple[str, str, str] = ("the rank r", "alpha", "dropout")) -> None:
+    """`names` is how the error calls r, alpha and dropout (setup_peft names the CLI flags too)."""
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise ValueError(f"LoRA: the rank r must be a positive integer, got {r!r}")
+        raise ValueError(f"LoRA: {names[0]} must be a positive integer, got {r!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
-        raise ValueError(f"LoRA: alpha must be a positive number, got {alpha!r}")
+        raise ValueError(f"LoRA: {names[1]} must be a positive number, got {alpha!r}")
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        raise ValueError(f"LoRA: dropout must be a probability in [0, 1), got {dropout!r}")
+        raise ValueError(f"LoRA: {names[2]} must be a probability in [0, 1), got {dropout!r}")
 
 
 class LoRALinear(nn.Module):
@@ -295,7 +299,7 @@ def apply_lora(
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"apply_lora: target_modules must be non-empty module names, got {target_modules!r}")
-    wrapped = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    wrapped = _lora_layers(model)
     if wrapped:
         raise ValueError(f"apply_lora: {type(model).__name__} already has LoRA layers ({wrapped[0]}, ...); "
                          "call merge_lora(model) first, or start from a fresh model")
@@ -316,6 +320,10 @@ def apply_lora(
         p.requires_grad_(True)
     model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=targets, head=heads)
     return names
+
+
+def _lora_layers(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
 
 
 def _matches(name: str, targets: list[str]) -> bool:
@@ -358,7 +366,8 @@ def _head_parameters(model: nn.Module, heads: list[str]) -> dict[str, nn.Paramet
 def _lora_config(model: nn.Module) -> LoRAConfig:
     config = getattr(model, "lora_config", None)
     if config is None:
-        raise ValueError(f"{type(model).__name__} has no LoRA adapter: call apply_lora(model, ...) first")
+        raise ValueError(f"{type(model).__name__} has no LoRA adapter: call apply_lora(model, ...) first "
+                         "(merge_lora folds the adapter into the weights: save_adapter before merging)")
     return config
 
 
@@ -384,7 +393,7 @@ def merge_lora(model: nn.Module) -> list[str]:
     Afterwards the model has the public checkpoint's modules and names again, so `save_pretrained`
     writes a checkpoint `transformers` loads. The merged weights stay frozen as they were.
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    names = _lora_layers(model)
     if not names:
         raise ValueError(f"merge_lora: {type(model).__name__} has no LoRA layers to merge")
     for name in names:
@@ -412,15 +421,15 @@ def save_adapter(model: nn.Module, folder: str | Path, *, base_model: str | None
     config = {**_lora_config(model).to_dict(), "model_type": _model_type(model), "base_model": base_model}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with _atomic_files([folder / ADAPTER_WEIGHTS]) as (tmp,):
+    with atomic_files([folder / ADAPTER_WEIGHTS]) as (tmp,):
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    _write_json(config, folder / ADAPTER_CONFIG)
+    write_json(config, folder / ADAPTER_CONFIG)
     return [folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG]
 
 
 def _read_adapter_config(path: Path) -> tuple[LoRAConfig, str | None]:
     """The LoRAConfig and the model_type saved in adapter_config.json; errors name the file."""
-    raw = _read_json(path)  # a syntax error names the file, line and column
+    raw = read_json(path)  # a syntax error names the file, line and column
     fields = [f.name for f in dataclasses.fields(LoRAConfig)]
     missing = fields if not isinstance(raw, dict) else [k for k in fields if k not in raw]
     if missing:
@@ -476,3 +485,86 @@ def _adapter_problems(tensors: dict[str, torch.Tensor], params: dict[str, nn.Par
     problems += [f"shape mismatch for {name}: adapter {list(tensors[name].shape)}, model {list(p.shape)}"
                  for name, p in params.items() if name in tensors and tensors[name].shape != p.shape]
     return problems
+
+
+# ----------------------------------------------------------------------------------------------------
+# One call for `minift finetune`
+# ----------------------------------------------------------------------------------------------------
+
+DEFAULT_LORA_ALPHA = 16.0
+DEFAULT_LORA_DROPOUT = 0.0
+DEFAULT_LORA_TARGETS = ("query", "value")  # the paper's choice for attention (Hu et al. 2021, sec. 7.1)
+
+_freeze = freeze  # inside setup_peft, its keyword `freeze` (named after the CLI flag) hides the function
+
+
+def setup_peft(
+    model: nn.Module,
+    *,
+    freeze: str = "none",
+    freeze_n: int | None = None,
+    lora_r: int | None = None,
+    lora_alpha: float = DEFAULT_LORA_ALPHA,
+    lora_dropout: float = DEFAULT_LORA_DROPOUT,
+    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+) -> str:
+    """Decide which parameters train, as `minift finetune`'s flags say; return `trainable_summary(model)`.
+
+    Either a freezing strategy (`--freeze`, with `--freeze-n` for first-n) or LoRA (`--lora-r R` turns it
+    on; `--lora-alpha`, `--lora-dropout`, `--lora-targets`), not both: LoRA already freezes every
+    pretrained weight and trains only the adapters and the task head. `lora_targets` may also be one
+    comma-separated string ("query,value"), as the flag is typed. All arguments are checked before the
+    model changes, so an error leaves it as it was. Call it after building the model and before making
+    the optimizer: LoRA adds new parameters, and the optimizer takes only the trainable ones.
+    """
+    targets = _check_setup(freeze, freeze_n, lora_r, lora_alpha, lora_dropout, lora_targets)
+    wrapped = _lora_layers(model)
+    if wrapped:  # a strategy would unfreeze the weights under the adapters; apply_lora would refuse too
+        raise ValueError(f"setup_peft: {type(model).__name__} already has LoRA layers ({wrapped[0]}, ...); "
+                         "start from a model without adapters (or merge_lora(model) first)")
+    if lora_r is None:
+        _freeze(model, freeze, freeze_n)
+    else:
+        apply_lora(model, lora_r, lora_alpha, lora_dropout, targets)
+    return trainable_summary(model)
+
+
+def _check_setup(freeze: str, freeze_n: int | None, lora_r: int | None, lora_alpha: float,
+                 lora_dropout: float, lora_targets: Sequence[str]) -> list[str]:
+    """setup_peft's arguments, checked together; returns the LoRA targets as a list. Each error names the
+    keyword and its flag, since most users meet it as `minift finetune: error: ...`."""
+    _check_freeze_flags(freeze, freeze_n)
+    targets = lora_targets.split(",") if isinstance(lora_targets, str) else list(lora_targets)
+    if lora_r is None:
+        given = [flag for flag, value, default in (("--lora-alpha", lora_alpha, DEFAULT_LORA_ALPHA),
+                                                   ("--lora-dropout", lora_dropout, DEFAULT_LORA_DROPOUT),
+                                                   ("--lora-targets", targets, list(DEFAULT_LORA_TARGETS)))
+                 if value != default]
+        if given:  # ignoring them would train the whole model while the user thinks LoRA is on
+            raise ValueError(f"{', '.join(given)} given without --lora-r R (lora_r): the LoRA options "
+                             "take effect only when --lora-r turns LoRA on")
+        return targets
+    if freeze != "none":
+        raise ValueError(f"--lora-r {lora_r} cannot be combined with --freeze {freeze}: LoRA already freezes "
+                         "every pretrained weight and trains only the adapters and the task head; drop one")
+    _check_lora_args(lora_r, lora_alpha, lora_dropout, names=(
+        "lora_r (--lora-r), the rank,", "lora_alpha (--lora-alpha)", "lora_dropout (--lora-dropout)"))
+    targets = [t.strip() if isinstance(t, str) else t for t in targets]
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError("lora_targets (--lora-targets) must be module-name suffixes separated by commas, "
+                         f"such as query,value; got {lora_targets!r}")
+    return targets
+
+
+def _check_freeze_flags(freeze: str, freeze_n: int | None) -> None:
+    if freeze not in STRATEGIES:
+        raise ValueError(f"freeze (--freeze): unknown strategy {freeze!r}; "
+                         f"expected one of {', '.join(STRATEGIES)}")
+    if freeze == "first-n" and freeze_n is None:
+        raise ValueError("--freeze first-n needs --freeze-n N (freeze_n), the number of blocks to freeze, "
+                         "counted from the embeddings up")
+    if freeze != "first-n" and freeze_n is not None:  # silently ignoring it would hide a mistyped strategy
+        raise ValueError(f"--freeze-n {freeze_n} (freeze_n) is only used with --freeze first-n, "
+                         f"not with --freeze {freeze}")
+    if freeze_n is not None and (not isinstance(freeze_n, int) or isinstance(freeze_n, bool)):
+        raise ValueError(f"freeze_n (--freeze-n) must be an integer number of blocks, got {freeze_n!r}")

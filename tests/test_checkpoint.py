@@ -213,7 +213,7 @@ def test_crash_before_new_index_keeps_previous_checkpoint(tmp_path, monkeypatch,
     def die(data, path):
         raise KeyboardInterrupt("killed before the index")
 
-    monkeypatch.setattr(ckpt, "_write_json", die)
+    monkeypatch.setattr(ckpt, "write_json", die)
     with pytest.raises(KeyboardInterrupt):
         save_state_dict(random_state_dict(6), tmp_path, max_shard_size=250)  # 2 shards, not the old 5
     assert_same_state(load_state_dict(tmp_path), old)

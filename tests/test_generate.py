@@ -21,13 +21,7 @@ VOCAB = 41
 CONFIG = {"n_embd": 20, "n_head": 4, "n_layer": 2, "vocab_size": VOCAB, "n_positions": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread only adds waiting on a shared 2-core machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,7 @@ NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 TRANSPOSED = [re.compile(p) for p in GPT2PretrainedModel._transposed_weights]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation, and on a shared 2-core machine
-    waiting for it costs ~25x the work itself. Restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -267,6 +260,8 @@ def test_labels_and_names_round_trip(tmp_path):
     assert ref.config.id2label == id2label and ref.config.num_labels == 3
     assert ours.score.bias is None and ref.score.bias is None
     assert GPT2ForSequenceClassification.from_pretrained(tmp_path).config.id2label == id2label
+    saved = json.loads((tmp_path / "config.json").read_text())  # both maps, as transformers writes them
+    assert saved["label2id"] == {"neg": 0, "neu": 1, "pos": 2} and ref.config.label2id == saved["label2id"]
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -343,6 +338,9 @@ def test_config_errors_without_a_file():
         GPT2Config(attn_impl="flash")
     with pytest.raises(GPT2ConfigError, match=r"label2id .* is not the inverse of id2label"):
         GPT2Config(id2label={0: "a", 1: "b"}, label2id={"a": 1, "b": 0})
+    # one label cannot be a single-label classification (its cross-entropy would always be 0)
+    with pytest.raises(GPT2ConfigError, match=r"single_label_classification needs num_labels >= 2"):
+        GPT2Config(num_labels=1, problem_type="single_label_classification")
 
 
 def test_bad_inputs_raise_clear_errors():

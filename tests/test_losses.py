@@ -18,14 +18,7 @@ F64 = torch.float64
 TOL64 = 1e-10  # float64 math: the two implementations differ only by rounding (~1e-16 relative)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Hundreds of tiny cases: intra-op threads only add start-up and contention on a shared CPU.
-    # Restored afterwards so no other test file is affected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def loss_and_grads(fn, inputs, upstream_seed=0):

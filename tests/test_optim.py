@@ -18,14 +18,7 @@ from minift.optim import AdamW, clip_grad_norm_, param_groups
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models here are tiny: on a shared CPU, extra intra-op threads cost more in start-up and
-    # contention than they save. Restored afterwards so no other test file is affected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 class LayerNorm(nn.Module):

@@ -22,6 +22,8 @@ from minift.models import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    GPT2Config,
+    GPT2ForSequenceClassification,
 )
 from minift.optim import AdamW, param_groups
 from minift.peft import (
@@ -34,6 +36,7 @@ from minift.peft import (
     lora_state_dict,
     merge_lora,
     save_adapter,
+    setup_peft,
     trainable_parameters,
     trainable_summary,
 )
@@ -46,14 +49,7 @@ SHAPES = [
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models here are small: on a shared CPU, extra intra-op threads cost more in start-up and
-    # contention than they save. Restored afterwards so no other test file is affected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def random_classifier(shape: dict, seed: int, cls=BertForSequenceClassification, num_labels=3) -> nn.Module:
@@ -519,3 +515,168 @@ def test_adapter_file_errors(tmp_path):
     (tmp_path / ADAPTER_WEIGHTS).write_bytes(b"\x00" * 3)
     with pytest.raises(ValueError, match=r"adapter_model.safetensors: not a valid safetensors file"):
         load_adapter(random_classifier(SHAPES[0], 0), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# setup_peft: what `minift finetune --freeze ... / --lora-r ...` calls
+# ----------------------------------------------------------------------------------------------------
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def summary_line(trainable: int, total: int) -> str:
+    return f"trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.2f}%)"
+
+
+@pytest.mark.parametrize("strategy,n", CASES)
+def test_setup_peft_freezing(strategy, n):
+    model = random_classifier(SHAPES[1], 0)
+    model.requires_grad_(False)  # setup_peft describes the whole model, whatever was frozen before
+    summary = setup_peft(model, freeze=strategy, freeze_n=n)
+    names = [name for name, _ in model.named_parameters()]
+    expected = set(names) - expected_frozen(names, strategy, n, SHAPES[1]["num_hidden_layers"], r"bert\.",
+                                            r"encoder\.layer", ("embeddings",))
+    assert trainable_names(model) == expected
+    count = sum(p.numel() for name, p in model.named_parameters() if name in expected)
+    assert summary == summary_line(count, sum(p.numel() for p in model.parameters()))
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("targets,parsed", [("query,value", ["query", "value"]),
+                                            (" query , key ", ["query", "key"]),
+                                            (("intermediate.dense", "output.dense"), None)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_setup_peft_lora(seed, targets, parsed):
+    """The same adapter as apply_lora (same RNG draw for A), the same function at init, and the count of
+    Hu et al. sec. 4.1, r (d_in + d_out) per wrapped Linear, from the config."""
+    shape = SHAPES[seed]
+    model, reference = random_classifier(shape, seed), random_classifier(shape, seed)
+    before = logits(model, seed)
+    torch.manual_seed(123)
+    summary = setup_peft(model, lora_r=2, lora_alpha=5.0, lora_dropout=0.1, lora_targets=targets)
+    torch.manual_seed(123)
+    names = apply_lora(reference, 2, 5.0, 0.1, parsed or targets)
+    assert [n for n, m in model.named_modules() if isinstance(m, LoRALinear)] == names
+    assert model.lora_config == reference.lora_config
+    assert all(model.get_submodule(name).dropout.p == 0.1 for name in names)
+    assert trainable_names(model) == trainable_names(reference) == set(lora_state_dict(model))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert torch.equal(logits(model, seed), before)  # B = 0: bit for bit (eval mode: no dropout)
+    c, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    per_layer = 2 * 2 * (c + c) if parsed else 2 * (c + i) + 2 * (c + c) + 2 * (i + c)
+    total = sum(p.numel() for p in reference.parameters())
+    assert summary == summary_line(layers * per_layer + 3 * c + 3, total)
+
+
+def test_setup_peft_counts_on_minilm(fresh_minilm):
+    """Every mode on the real checkpoint, against parameter counts written out from its config."""
+    config, model = fresh_minilm.config, fresh_minilm
+    c, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head = 3 * c + 3
+    block = 4 * (c * c + c) + (c * i + i) + (i * c + c) + 2 * 2 * c  # q, k, v, o; FFN in and out; 2 LayerNorms
+    pooler = c * c + c
+    total = sum(p.numel() for p in model.parameters())
+    assert setup_peft(model) == summary_line(total, total)
+    assert setup_peft(model, freeze="head-only") == summary_line(head, total)
+    assert setup_peft(model, freeze="last-block") == summary_line(block + pooler + head, total)
+    assert setup_peft(model, freeze="first-n", freeze_n=4) == summary_line(2 * block + pooler + head, total)
+    model.requires_grad_(True)
+    lora = layers * 2 * 8 * (c + c)
+    summary = setup_peft(model, lora_r=8)
+    assert summary == summary_line(lora + head, total + lora)
+    print(summary)
+
+
+def test_setup_peft_run_order(tmp_path):
+    """The CLI's order: setup_peft, optimizer, train, save_adapter, merge_lora, save_pretrained. The run
+    directory is then a plain checkpoint transformers loads, and the adapter restores the same model."""
+    model, base = random_classifier(SHAPES[0], 3).train(), random_classifier(SHAPES[0], 3)
+    setup_peft(model, lora_r=4, lora_targets="query,key,value")
+    optimizer = AdamW(param_groups(model, weight_decay=0.01), lr=1e-2)
+    for step in range(3):  # B moves away from 0 after the first step, A after the second
+        train_step(model, optimizer, step)
+    model.eval()
+    with_adapter = logits(model, 4)
+    save_adapter(model, tmp_path / "adapter")
+    merge_lora(model)
+    with pytest.raises(ValueError, match=r"no LoRA adapter: .* save_adapter before merging"):
+        save_adapter(model, tmp_path / "late")
+    model.save_pretrained(tmp_path)
+    ref, info = transformers.BertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    # fp32 activations, two implementations, merged vs factored weights: 1e-5 absolute.
+    torch.testing.assert_close(logits(ref.eval(), 4), with_adapter, rtol=0, atol=1e-5)
+    load_adapter(base, tmp_path / "adapter")
+    assert torch.equal(logits(base, 4), with_adapter)  # the same factors and head: bit for bit
+
+
+def test_setup_peft_gpt2():
+    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=32, num_labels=3,
+                        pad_token_id=0)
+    model = GPT2ForSequenceClassification(config)
+    total = sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match=r"no nn.Linear in GPT2ForSequenceClassification has a name ending with "
+                                         r"query or value; its nn.Linear modules end with: c_attn, c_fc, c_proj"):
+        setup_peft(model, lora_r=2)  # the BERT default names nothing in GPT-2: say what exists
+    lora = 2 * 2 * (16 + 3 * 16)  # c_attn: d_in 16, d_out 3 x 16 (q, k, v fused)
+    assert setup_peft(model, lora_r=2, lora_targets="c_attn") == summary_line(lora + 16 * 3, total + lora)
+
+
+SETUP_ERRORS = [
+    ({"freeze": "top-2"},
+     (r"freeze \(--freeze\): unknown strategy 'top-2'; expected one of none, embeddings, first-n, last-block, "
+      r"head-only")),
+    ({"freeze": "first-n"}, r"--freeze first-n needs --freeze-n N \(freeze_n\), the number of blocks"),
+    ({"freeze_n": 1}, r"--freeze-n 1 \(freeze_n\) is only used with --freeze first-n, not with --freeze none"),
+    ({"freeze": "head-only", "freeze_n": 0},
+     r"--freeze-n 0 \(freeze_n\) is only used with --freeze first-n, not with --freeze head-only"),
+    ({"freeze": "first-n", "freeze_n": 1.0},
+     r"freeze_n \(--freeze-n\) must be an integer number of blocks, got 1.0"),
+    ({"freeze": "first-n", "freeze_n": 3}, r"first-n with n=3 is out of range: the model has 2 blocks"),
+    ({"freeze": "first-n", "freeze_n": -1}, r"first-n with n=-1 is out of range"),
+    ({"lora_r": 0}, r"LoRA: lora_r \(--lora-r\), the rank, must be a positive integer, got 0"),
+    ({"lora_r": -8}, r"LoRA: lora_r \(--lora-r\), the rank, must be a positive integer, got -8"),
+    ({"lora_r": 2.0}, r"LoRA: lora_r \(--lora-r\), the rank, must be a positive integer, got 2.0"),
+    ({"lora_r": True}, r"LoRA: lora_r \(--lora-r\), the rank, must be a positive integer, got True"),
+    ({"lora_r": 4, "freeze": "head-only"},
+     r"--lora-r 4 cannot be combined with --freeze head-only: LoRA already freezes every pretrained weight"),
+    ({"lora_r": 4, "freeze": "first-n", "freeze_n": 1}, r"--lora-r 4 cannot be combined with --freeze first-n"),
+    ({"lora_r": 4, "lora_alpha": 0.0}, r"LoRA: lora_alpha \(--lora-alpha\) must be a positive number, got 0.0"),
+    ({"lora_r": 4, "lora_dropout": 1.0},
+     r"LoRA: lora_dropout \(--lora-dropout\) must be a probability in \[0, 1\), got 1.0"),
+    ({"lora_r": 4, "lora_targets": ""},
+     (r"lora_targets \(--lora-targets\) must be module-name suffixes separated by commas, such as "
+      r"query,value; got ''")),
+    ({"lora_r": 4, "lora_targets": "query,,value"}, r"--lora-targets\) must be .*; got 'query,,value'"),
+    ({"lora_r": 4, "lora_targets": ()}, r"--lora-targets\) must be .*; got \(\)"),
+    ({"lora_r": 4, "lora_targets": "querry"},
+     r"no nn.Linear .* ending with querry; its nn.Linear modules end with: classifier, dense, key, query, value"),
+    ({"lora_alpha": 32.0},
+     (r"^--lora-alpha given without --lora-r R \(lora_r\): the LoRA options take effect only when --lora-r "
+      r"turns LoRA on$")),
+    ({"lora_dropout": 0.1, "lora_targets": "query,key"}, r"^--lora-dropout, --lora-targets given without"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", SETUP_ERRORS)
+def test_setup_peft_errors(kwargs, message):
+    model = random_classifier(SHAPES[0], 0)
+    model.bert.embeddings.requires_grad_(False)  # a state that any successful call would change
+    state, trainable = snapshot(model), trainable_names(model)
+    with pytest.raises(ValueError, match=message):
+        setup_peft(model, **kwargs)
+    # Left as it was: same values, same requires_grad, no LoRA layer.
+    assert changed(model, state) == set() and trainable_names(model) == trainable
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def test_setup_peft_refuses_a_model_with_adapters():
+    model = random_classifier(SHAPES[0], 0)
+    apply_lora(model, r=2)
+    trainable = trainable_names(model)
+    with pytest.raises(ValueError, match=r"setup_peft: BertForSequenceClassification already has LoRA layers "
+                                         r"\(bert.encoder.layer.0.attention.self.query, ...\)"):
+        setup_peft(model)  # freeze "none" would unfreeze every base weight under the adapters
+    assert trainable_names(model) == trainable

@@ -20,14 +20,7 @@ CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models here are small: on a shared CPU, extra intra-op threads cost more in start-up and
-    # contention than they save. Restored afterwards so no other test file is affected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------

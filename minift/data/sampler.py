@@ -12,7 +12,6 @@ Epoch ``e``'s order is a permutation drawn from a generator seeded with ``(seed,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -69,5 +68,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch += 1  # the next iteration is the next epoch, even if this one is left early
         for t in range(start, len(self)):
             batch = order[t * B:(t + 1) * B]
-            share = math.ceil(len(batch) / self.world_size)
-            yield batch[self.rank * share:(self.rank + 1) * share]
+            # Process r takes batch[r L / P : (r + 1) L / P]: slices differ in size by at most one, so a
+            # short last batch of L >= P examples leaves no process empty-handed (ceil(L / P) each could).
+            L, P = len(batch), self.world_size
+            yield batch[self.rank * L // P:(self.rank + 1) * L // P]

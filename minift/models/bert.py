@@ -24,12 +24,17 @@ from torch import nn
 
 from minift.checkpoint import PretrainedModel
 from minift.losses import cross_entropy
-from minift.models.heads import sequence_classification_loss
+from minift.models.heads import (
+    PROBLEM_TYPES,
+    label_maps_for_json,
+    parse_label_map,
+    sequence_classification_loss,
+    settle_labels,
+    token_classification_loss,
+)
 from minift.nn.attention import IMPLS, padding_mask
 from minift.nn.blocks import BertLayer
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
-
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 class ConfigError(ValueError):
@@ -56,7 +61,8 @@ class BertConfig:
     """The fields of a BERT config.json that the model uses; defaults are BERT-base's.
 
     id2label / label2id map class ids to names; `num_labels`, when given and different from
-    len(id2label), wins and rebuilds both maps as LABEL_0, LABEL_1, ... (as transformers does).
+    len(id2label), wins and rebuilds both maps as LABEL_0, LABEL_1, ... (as transformers does;
+    `settle_labels` in minift/models/heads.py, shared with GPT-2).
     attn_impl is how to run the model ("eager": the readable path, "sdpa": fused kernels); it is
     not part of the checkpoint and is not written to config.json.
     """
@@ -86,26 +92,7 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, "BertConfig")
-        self._settle_labels("BertConfig")
-
-    def _settle_labels(self, source: str) -> None:
-        if self.id2label is not None and (self.num_labels is None or self.num_labels == len(self.id2label)):
-            self.num_labels = len(self.id2label)
-            if self.label2id is None:
-                self.label2id = {name: i for i, name in self.id2label.items()}
-            elif self.label2id != {name: i for i, name in self.id2label.items()}:
-                raise ConfigError(
-                    f"{source}: label2id {self.label2id} is not the inverse of id2label {self.id2label}"
-                )
-        else:  # no names, or a new num_labels: generic names, as transformers' num_labels setter
-            self.num_labels = 2 if self.num_labels is None else self.num_labels
-            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-            self.label2id = {name: i for i, name in self.id2label.items()}
-        if self.problem_type == "single_label_classification" and self.num_labels < 2:
-            raise ConfigError(
-                f"{source}: problem_type single_label_classification needs num_labels >= 2, "
-                f"got {self.num_labels} (use problem_type 'regression' for one output)"
-            )
+        settle_labels(self, "BertConfig", ConfigError)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> BertConfig:
@@ -128,12 +115,12 @@ class BertConfig:
         values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         for key in ("id2label", "label2id"):
             if values.get(key) is not None:
-                values[key] = _label_map(key, values[key], source)
+                values[key] = parse_label_map(key, values[key], source, ConfigError)
         config = cls.__new__(cls)
         for f in dataclasses.fields(cls):  # defaults first, then the file's values
             setattr(config, f.name, values.get(f.name, _default(f)))
         _check_fields(config, source)
-        config._settle_labels(source)
+        settle_labels(config, source, ConfigError)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,25 +130,12 @@ class BertConfig:
         for f in dataclasses.fields(self):
             if f.name not in ("attn_impl", "num_labels"):  # num_labels is len(id2label) on reload
                 d[f.name] = getattr(self, f.name)
-        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
-        d["label2id"] = dict(self.label2id)
+        d.update(label_maps_for_json(self))
         return d
 
 
 def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _label_map(key: str, value: Any, source: str) -> dict:
-    """id2label {"0": "NEG"} -> {0: "NEG"}; label2id {"NEG": "0"} -> {"NEG": 0}."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
-    try:
-        if key == "id2label":
-            return {int(i): str(name) for i, name in value.items()}
-        return {str(name): int(i) for name, i in value.items()}
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key} must map integer ids and label names, got {value}") from None
 
 
 def _check_fields(config: BertConfig, source: str) -> None:
@@ -438,14 +412,7 @@ class BertForTokenClassification(BertPretrainedModel):
     ) -> BertHeadOutput:
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(
-                    f"labels have shape {tuple(labels.shape)}, input_ids "
-                    f"{tuple(input_ids.shape)}: one label (or -100) per token"
-                )
-            loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
         return BertHeadOutput(logits=logits, loss=loss)
 
 

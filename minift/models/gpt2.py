@@ -24,11 +24,16 @@ from torch import nn
 from minift.checkpoint import PretrainedModel
 from minift.generate import generate as _generate
 from minift.losses import cross_entropy
-from minift.models.heads import sequence_classification_loss
+from minift.models.heads import (
+    PROBLEM_TYPES,
+    label_maps_for_json,
+    parse_label_map,
+    sequence_classification_loss,
+    settle_labels,
+    token_classification_loss,
+)
 from minift.nn.attention import IMPLS, attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
-
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -89,7 +94,7 @@ class GPT2Config:
 
     def __post_init__(self) -> None:
         _check_fields(self, "GPT2Config")
-        _settle_labels(self, "GPT2Config")
+        settle_labels(self, "GPT2Config", GPT2ConfigError)  # minift/models/heads.py, shared with BERT
 
     @property
     def inner_size(self) -> int:
@@ -118,45 +123,17 @@ class GPT2Config:
             setattr(config, f.name, d.get(f.name, default))
         for key in ("id2label", "label2id"):
             if getattr(config, key) is not None:
-                setattr(config, key, _label_map(key, getattr(config, key), source))
+                setattr(config, key, parse_label_map(key, getattr(config, key), source, GPT2ConfigError))
         _check_fields(config, source)
-        _settle_labels(config, source)
+        settle_labels(config, source, GPT2ConfigError)
         return config
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json dict that `transformers` loads (label maps with string keys, as in JSON)."""
         d: dict[str, Any] = {"model_type": self.model_type}
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED})
-        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
+        d.update(label_maps_for_json(self))
         return d
-
-
-def _label_map(key: str, value: Any, source: str) -> dict:
-    """id2label {"0": "NEG"} -> {0: "NEG"}; label2id {"NEG": "0"} -> {"NEG": 0}."""
-    if not isinstance(value, dict):
-        raise GPT2ConfigError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
-    try:
-        if key == "id2label":
-            return {int(i): str(name) for i, name in value.items()}
-        return {str(name): int(i) for name, i in value.items()}
-    except (TypeError, ValueError):
-        raise GPT2ConfigError(f"{source}: {key} must map integer ids and label names, got {value}") from None
-
-
-def _settle_labels(config: GPT2Config, source: str) -> None:
-    """num_labels, id2label and label2id made consistent, as transformers does: a num_labels that
-    disagrees with id2label wins and renames the classes LABEL_0, LABEL_1, ..."""
-    if config.id2label is not None and config.num_labels in (None, len(config.id2label)):
-        config.num_labels = len(config.id2label)
-        inverse = {name: i for i, name in config.id2label.items()}
-        if config.label2id is not None and config.label2id != inverse:
-            raise GPT2ConfigError(f"{source}: label2id {config.label2id} is not the inverse of id2label "
-                                  f"{config.id2label}")
-        config.label2id = inverse
-    else:
-        config.num_labels = 2 if config.num_labels is None else config.num_labels
-        config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)}
-        config.label2id = {name: i for i, name in config.id2label.items()}
 
 
 def _check_fields(config: GPT2Config, source: str) -> None:
@@ -557,10 +534,5 @@ class GPT2ForTokenClassification(GPT2PretrainedModel):
     ) -> GPT2HeadOutput:
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
-                                 "one label (or -100) per token")
-            loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
         return GPT2HeadOutput(logits=logits, loss=loss)

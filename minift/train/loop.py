@@ -1,14 +1,16 @@
-"""The training loop: one readable function, no Trainer class (lesson 12).
+"""The training loop: one readable function, no Trainer class (lessons 12 and 13).
 
-    for each batch:  loss = model(**batch).loss          forward
-                     loss.backward()                     gradients
-                     clip_grad_norm_(params, max_norm)   global-norm clipping
-                     optimizer.step(); scheduler.step()  AdamW update, next learning rate
+    for each step:   for each of its grad_accum micro-batches:
+                         loss_k = model(**batch).loss             forward (under autocast for bf16/fp16)
+                         (n_k / N * loss_k).backward()            gradients add up: the mean over all N units
+                     clip_grad_norm_(params, max_norm)           global-norm clipping
+                     optimizer.step(); scheduler.step()          AdamW update, next learning rate
                      optimizer.zero_grad()
-    after each epoch: evaluate on dev, keep the best checkpoint, append to metrics.jsonl
+    after each epoch: evaluate on dev, keep the best checkpoint, append to metrics.jsonl, maybe stop early
 
-Everything a step uses is hand-written elsewhere in minift (loss, AdamW, clipping, schedule); this
-file only orders the calls, logs and saves.
+Everything a step uses is hand-written elsewhere in minift (loss, AdamW, clipping, schedule, loss
+scaling); this file only orders the calls, logs and saves. With one micro-batch per step, fp32 and one
+process it is exactly the loop of lesson 12.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from minift.metrics import classification_report
 from minift.optim import clip_grad_norm_
 from minift.train import state
 from minift.train.device import to_device
+from minift.train.distributed import Distributed
+from minift.train.objective import Objective
+from minift.train.precision import PRECISIONS, autocast_context, make_loss_scaler
 
 
 class TrainingError(RuntimeError):
@@ -47,13 +52,30 @@ class TrainArgs:
     progress: bool = True  # the tqdm bar
     save_every: int | None = None  # optimizer steps between two resumable checkpoints (needs run_dir)
     keep: int | None = 2  # resumable checkpoints kept on disk (older ones are pruned)
+    grad_accum: int = 1  # micro-batches per optimizer step (lesson 13)
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + loss scaling), lesson 40
+    patience: int | None = None  # stop after this many evaluations without a better best_metric
+
+    def __post_init__(self) -> None:
+        for name in ("grad_accum", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be a positive number of evaluations, got {self.patience}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {self.best_mode!r}")
 
 
 def total_steps(args: TrainArgs, batches_per_epoch: int) -> int:
-    """Optimizer steps the run will take: the schedule needs this number before the first step."""
+    """Optimizer steps the run will take: the schedule needs this number before the first step.
+    With gradient accumulation an epoch of B batches is ceil(B / grad_accum) steps."""
     if batches_per_epoch == 0:
         raise ValueError("the training set gives no batch: is it empty?")
-    return args.max_steps if args.max_steps is not None else args.epochs * batches_per_epoch
+    if args.max_steps is not None:
+        return args.max_steps
+    return args.epochs * math.ceil(batches_per_epoch / args.grad_accum)
 
 
 class JsonlLog:
@@ -113,34 +135,55 @@ def train(
     log_path: Path | None = None,
     run_dir: Path | None = None,
     resume: bool = False,
+    objective: Objective | None = None,
+    world: Distributed | None = None,
 ) -> dict:
-    """Runs the optimisation; returns {"steps", "seconds", "before", "history", "best"}.
+    """Runs the optimisation; returns {"steps", "seconds", "before", "history", "best", "stopped_early"}.
 
+    One optimizer step takes ``args.grad_accum`` batches of the loader (micro-batches), on every
+    process of ``world``; each micro-batch's mean loss is weighted by its share of the step's units
+    (``objective``, minift/train/objective.py), so the update is that of one batch holding them all.
+    The forward runs under autocast for ``args.precision``; fp16 adds dynamic loss scaling.
     ``evaluate_fn()`` (dev metrics) runs before the first step and after every epoch; when its
-    ``args.best_metric`` improves, ``save_best(metrics)`` writes the checkpoint. With ``run_dir``,
-    ``args.save_every`` steps write a resumable checkpoint (minift/train/state.py), Ctrl-C writes one
-    and stops, and ``resume=True`` first restores the newest one: the run then continues from that
-    step exactly as if it had never stopped (same batches, same dropout masks, same updates).
+    ``args.best_metric`` improves, ``save_best(metrics)`` writes the checkpoint; ``args.patience``
+    evaluations without improvement stop the run. With ``run_dir``, ``args.save_every`` steps write a
+    resumable checkpoint (minift/train/state.py), Ctrl-C writes one and stops, and ``resume=True``
+    first restores the newest one: the run then continues from that step exactly as if it had never
+    stopped (same batches, same dropout masks, same updates).
     """
-    steps_per_epoch = len(train_loader)
-    n_steps = total_steps(args, steps_per_epoch)
+    objective = objective or Objective()
+    world = world or Distributed()
+    micro_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / args.grad_accum)
+    n_steps = total_steps(args, micro_per_epoch)
     n_epochs = math.ceil(n_steps / steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
+    forward_model = world.wrap(model, device)  # DDP averages gradients over processes in backward
+    autocast = autocast_context(device, args.precision)
+    scaler = make_loss_scaler(args.precision)
     sampler = getattr(train_loader, "batch_sampler", None)  # EpochBatchSampler: epochs and resume
-    # where the run is: step (optimizer steps done), epoch in progress, batches of it done
-    progress: dict = {"step": 0, "epoch": 1, "batch": 0, "before": None, "history": [], "best": None}
+    writes = world.is_main  # only rank 0 writes the log and the checkpoints
+    # where the run is: step (optimizer steps done), epoch in progress, micro-batches of it done,
+    # evaluations in a row without a better best_metric (early stopping)
+    progress: dict = {"step": 0, "epoch": 1, "batch": 0, "before": None, "history": [], "best": None,
+                      "bad_evals": 0, "stopped_early": False}
 
-    def checkpoint() -> Path:
+    def checkpoint() -> Path | None:
+        if not writes:
+            return None
         return state.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     progress=progress, keep=args.keep)
+                                     progress=progress, keep=args.keep, extra={"scaler": scaler.state_dict()})
 
     if resume:
         restored = state.resume(run_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-        progress = restored["progress"]
-        _truncate_log(log_path, progress)
-        print(f"resumed from {restored['folder']} (step {progress['step']}, epoch {progress['epoch']})",
-              file=sys.stderr)
-    log = JsonlLog(log_path)
+        progress = {"bad_evals": 0, "stopped_early": False, **restored["progress"]}
+        if restored["extra"].get("scaler"):
+            scaler.load_state_dict(restored["extra"]["scaler"])
+        if writes:
+            _truncate_log(log_path, progress)
+            print(f"resumed from {restored['folder']} (step {progress['step']}, epoch {progress['epoch']})",
+                  file=sys.stderr)
+    log = JsonlLog(log_path if writes else None)
 
     if evaluate_fn is not None and progress["before"] is None:
         progress["before"] = metrics = evaluate_fn()
@@ -154,61 +197,126 @@ def train(
             if sampler is not None and hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
                 sampler.skip(progress["batch"])
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{n_epochs}", disable=not args.progress, leave=False)
+            bar = tqdm(total=steps_per_epoch, initial=progress["batch"] // args.grad_accum,
+                       desc=f"epoch {epoch}/{n_epochs}", disable=not (args.progress and writes), leave=False)
             seen, t_epoch = 0, time.perf_counter()
-            for batch in bar:
+            for micro in _windows(train_loader, args.grad_accum):
                 if progress["step"] >= n_steps:
                     break
-                batch = to_device(batch, device)
-                loss = model(**batch).loss
-                if not torch.isfinite(loss):
+                micro = [to_device(batch, device) for batch in micro]
+                loss = _accumulate(forward_model, micro, objective, world, autocast, scaler, device)
+                if not math.isfinite(loss):
                     raise TrainingError(
-                        f"the loss is {loss.item()} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
+                        f"the loss is {loss} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
                         "Try a lower --lr; the checkpoints saved before this step are intact."
                     )
-                loss.backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (fp16)
                 grad_norm = clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                if scaler.step(optimizer):  # False only in fp16, on an inf/NaN gradient: step skipped
+                    scheduler.step()
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)  # None, not zeros: frees the memory until next backward
 
                 progress["step"] += 1
-                progress["batch"] += 1
+                progress["batch"] += len(micro)
                 step = progress["step"]
-                seen += batch["input_ids"].shape[0]
+                seen += sum(batch["input_ids"].shape[0] for batch in micro) * world.world_size
                 lr = optimizer.param_groups[0]["lr"]
                 rate = seen / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
                 if step % args.log_every == 0 or step == n_steps:
-                    log.write({"event": "train", "epoch": epoch, "step": step, "loss": loss.item(), "lr": lr,
-                               "grad_norm": float(grad_norm), "examples_per_s": rate})
+                    record = {"event": "train", "epoch": epoch, "step": step, "loss": loss, "lr": lr,
+                              "grad_norm": float(grad_norm), "examples_per_s": rate}
+                    if scaler.enabled:
+                        record["loss_scale"] = scaler.get_scale()
+                    log.write(record)
                 if args.save_every and run_dir is not None and step % args.save_every == 0:
                     checkpoint()
-                if stop.requested:
+                if world.any(stop.requested, device):  # every process stops at the same step
                     folder = checkpoint()
-                    raise KeyboardInterrupt(f"stopped at step {step}; resumable checkpoint saved in {folder}: "
-                                            "continue with --resume")
+                    raise KeyboardInterrupt(f"stopped at step {step}; resumable checkpoint saved in "
+                                            f"{folder or run_dir}: continue with --resume")
             bar.close()
 
             if evaluate_fn is not None:
+                # Every process evaluates (same model, same dev set, same numbers), so that every
+                # process takes the same early-stopping decision without communicating; rank 0 writes.
                 metrics = evaluate_fn()
                 record = {"event": "eval", "epoch": epoch, "step": progress["step"], **_scalars(metrics)}
                 log.write(record)
                 progress["history"].append(record)
                 best = progress["best"]
                 if best is None or _better(metrics[args.best_metric], best[args.best_metric], args.best_mode):
-                    progress["best"] = record
-                    if save_best is not None:
+                    progress["best"], progress["bad_evals"] = record, 0
+                    if save_best is not None and writes:
                         save_best(metrics)
+                else:
+                    progress["bad_evals"] += 1
             progress["epoch"], progress["batch"] = epoch + 1, 0
+            if args.patience is not None and progress["bad_evals"] >= args.patience:
+                progress["stopped_early"] = True
+                log.write({"event": "early_stop", "epoch": epoch, "step": progress["step"],
+                           "best_epoch": progress["best"]["epoch"], args.best_metric: progress["best"][args.best_metric]})
+                if writes:
+                    print(f"early stopping after epoch {epoch}: dev {args.best_metric} has not improved for "
+                          f"{args.patience} evaluation(s) (best {progress['best'][args.best_metric]:.4f} at "
+                          f"epoch {progress['best']['epoch']})", file=sys.stderr)
+                break
             if progress["step"] >= n_steps:
                 break
 
-    summary = {k: progress[k] for k in ("before", "history", "best")}
+    summary = {k: progress[k] for k in ("before", "history", "best", "stopped_early")}
     summary["steps"] = progress["step"]
     summary["seconds"] = time.perf_counter() - start
     log.close()
     return summary
+
+
+def _windows(loader, size: int):
+    """The loader's batches in groups of ``size`` (one optimizer step each); the last may be shorter."""
+    window = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _accumulate(model, micro: list[dict], objective: Objective, world: Distributed, autocast, scaler,
+                device: torch.device) -> float:
+    """Forward and backward over one step's micro-batches; returns the step's mean loss (all processes).
+
+    Micro-batch k's mean loss is weighted by n_k / N, N the units of the whole step on all processes,
+    so the summed gradient is the gradient of the mean over all N units (lesson 13). DDP divides the
+    all-reduced gradient by the world size P, so each process multiplies its part by P to undo it.
+    """
+    units = [objective.units(batch) for batch in micro]
+    total = world.sum(sum(units), device)
+    local = torch.zeros((), dtype=torch.float64, device=device)
+    for k, (batch, n) in enumerate(zip(micro, units)):
+        sync = k == len(micro) - 1
+        if n == 0:  # nothing scored in this micro-batch (e.g. every label -100): no loss, no gradient...
+            if sync and world.enabled:  # ...but the other processes wait for this one's all-reduce
+                _zero_backward(model, batch, autocast)
+            continue
+        with world.no_sync(model, sync=sync), autocast:
+            loss = objective.loss(model, batch)
+        weight = n * world.world_size / total
+        scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+        local += loss.detach().double() * (n / total)
+    return world.sum(local.item(), device) if world.enabled else local.item()
+
+
+def _zero_backward(model, batch: dict, autocast) -> None:
+    """A backward through the DDP model that adds 0 to every gradient: DDP's all-reduce happens in
+    backward, so a process with nothing to score still has to take part (0 * logits, not 0 * a loss
+    that is 0/0 = NaN)."""
+    with autocast:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    (logits.float().sum() * 0.0).backward()
 
 
 class _StopOnSigint:

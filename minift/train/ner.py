@@ -9,14 +9,13 @@ Devlin et al. 2019, section 5.3) predicts a tag per token. Everything here is ab
 - `word_predictions` / `evaluate_ner`: each word takes the prediction of its first token, then
   entity-level precision/recall/F1 (CoNLL-2003's score, seqeval's numbers) and token accuracy;
 - `predict_entities`: raw text -> words with character offsets -> tags -> entity spans;
-- `finetune_ner`: the whole run, the same steps as the classification recipe of ``minift finetune``.
+- `finetune_ner`: ``minift finetune --task ner`` from Python (the run itself is minift/train/finetune.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,12 +31,10 @@ from minift.data.collate import (
     make_token_classification_collate,
 )
 from minift.hub import resolve
-from minift.metrics import AVERAGE_ROWS, entity_report, extract_entities, format_report, token_report
+from minift.metrics import entity_report, extract_entities, token_report
 from minift.models import BertForTokenClassification
 from minift.tokenizer import load_tokenizer
-from minift.train.device import select_device, set_seed, to_device
-from minift.train.loop import TrainArgs, train
-from minift.train.run import make_optimizer, save_run
+from minift.train.device import to_device
 
 Sentence = tuple[list[str], list[str]]  # (words, tags), as read_conll returns them
 TAG = re.compile(r"O|[BIES]-\S+")  # BIO / IOB2 / IOBES: a prefix, a dash, the entity type
@@ -94,14 +91,15 @@ def check_tags(labels: LabelMap, sentences: Sequence[Sentence], path: str | Path
 
 def make_ner_loaders(tokenizer, labels: LabelMap, train_sentences: Sequence[Sentence],
                      dev_sentences: Sequence[Sentence] | None, *, batch_size: int, max_length: int, seed: int,
-                     device: torch.device, label_all_subtokens: bool = False, shuffle: bool = True):
+                     device: torch.device, label_all_subtokens: bool = False, shuffle: bool = True,
+                     rank: int = 0, world_size: int = 1):
     """Train loader (seeded shuffle) and dev loader (file order, twice the batch, with the word ids
     and gold tags that `evaluate_ner` scores words with)."""
     pin = device.type == "cuda"
     train_collate = make_token_classification_collate(tokenizer, labels, max_length=max_length,
                                                       label_all_subtokens=label_all_subtokens)
     train_loader = make_loader(train_sentences, train_collate, batch_size=batch_size, shuffle=shuffle,
-                               seed=seed, pin_memory=pin)
+                               seed=seed, pin_memory=pin, rank=rank, world_size=world_size)
     dev_loader = None
     if dev_sentences:
         # Evaluation scores the first sub-token of each word, so continuation labels do not matter there.
@@ -235,70 +233,15 @@ def predict_entities(model: torch.nn.Module, tokenizer, text: str, id2label: Map
 
 
 def finetune_ner(model: str | Path, train_path: str | Path, dev_path: str | Path | None, out: str | Path, *,
-                 epochs: int = 3, max_steps: int | None = None, batch_size: int = 32, max_length: int = 128,
-                 lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
-                 schedule: str = "linear", max_grad_norm: float = 1.0, seed: int = 42, device: str = "auto",
-                 attn_impl: str = "sdpa", fast_tokenizer: bool = False, label_all_subtokens: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, **options) -> dict:
     """Fine-tune a pretrained encoder for NER on CoNLL files; returns the run's summary (JSON-able).
 
-    The classification recipe of ``minift finetune`` with a tagging head: labels from the training
-    tags, dev entity F1 before training and after each epoch (the best epoch saved in ``out/best``),
-    the final model, its tokenizer and id2label/label2id saved in ``out`` in the public layout.
+    ``minift finetune --task ner`` from Python: ``options`` are FinetuneConfig's fields (epochs, lr,
+    batch_size, max_length, label_all_subtokens, ...). Labels come from the training tags; dev entity
+    F1 is measured before training and after each epoch (the best epoch saved in ``out/best``); the
+    final model, its tokenizer and id2label/label2id are saved in ``out`` in the public layout.
     """
-    out = Path(out)
-    set_seed(seed)
-    torch_device = select_device(device)
-    train_sentences = read_ner(train_path)
-    labels = ner_labels(train_sentences)
-    dev_sentences = read_ner(dev_path) if dev_path is not None else None
-    if dev_sentences is not None:
-        check_tags(labels, dev_sentences, dev_path)
+    from minift.train.finetune import FinetuneConfig, finetune
 
-    network, tokenizer, folder = build_token_classifier(model, labels, attn_impl=attn_impl,
-                                                        fast_tokenizer=fast_tokenizer)
-    network.to(torch_device)
-    _say(progress, f"model {folder} ({type(network).__name__}) on {torch_device}; "
-                   f"{len(train_sentences)} train / {len(dev_sentences or [])} dev sentences, {len(labels)} labels {labels.names}")
-    train_loader, dev_loader = make_ner_loaders(
-        tokenizer, labels, train_sentences, dev_sentences, batch_size=batch_size, max_length=max_length,
-        seed=seed, device=torch_device, label_all_subtokens=label_all_subtokens)
-    train_args = TrainArgs(epochs=epochs, max_steps=max_steps, max_grad_norm=max_grad_norm,
-                           best_metric="f1", progress=progress)
-    optimizer, scheduler = make_optimizer(network, train_args, len(train_loader), lr=lr,
-                                          weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                                          schedule=schedule)
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    evaluations: list[dict] = []  # every dev evaluation, so the last per-type report can be printed
-
-    def evaluate_dev() -> dict:
-        evaluations.append(evaluate_ner(network, dev_loader, torch_device, labels.id2label))
-        return evaluations[-1]
-
-    summary = train(network, optimizer, scheduler, train_loader, device=torch_device, args=train_args,
-                    evaluate_fn=evaluate_dev if dev_loader else None, log_path=out / "metrics.jsonl",
-                    save_best=lambda metrics: save_run(network, tokenizer, out / "best"))
-    save_run(network, tokenizer, out)
-
-    result = {"task": "ner", "model": str(folder), "out": str(out), "labels": labels.names,
-              "steps": summary["steps"], "train_seconds": round(summary["seconds"], 1)}
-    if summary["before"] is not None:
-        before, after, best = summary["before"], summary["history"][-1], summary["best"]
-        _say(progress, format_report(evaluations[-1]["report"]))
-        _say(progress, f"dev entity F1 before fine-tuning: {before['f1']:.4f}   after: {after['f1']:.4f} "
-                       f"(best {best['f1']:.4f} at epoch {best['epoch']}, saved in {out / 'best'})")
-        result.update({"dev_f1_before": before["f1"], "dev_f1": after["f1"],
-                       "dev_precision": after["precision"], "dev_recall": after["recall"], "dev_macro_f1": after["macro_f1"],
-                       "dev_token_accuracy": after["accuracy"], "best_dev_f1": best["f1"],
-                       "best_epoch": best["epoch"],
-                       "dev_f1_per_type": {name: row["f1"] for name, row in evaluations[-1]["report"].items()
-                                           if name not in AVERAGE_ROWS}})
-    return result
-
-
-def _say(enabled: bool, message: str) -> None:
-    """Progress for a person goes to stderr; stdout keeps the one JSON line of the command."""
-    if enabled:
-        print(message, file=sys.stderr)
+    return finetune(FinetuneConfig(task="ner", model=str(model), train=train_path, dev=dev_path, out=out,
+                                   progress=progress, **options))

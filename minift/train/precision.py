@@ -25,31 +25,66 @@ import torch
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | None:
+    """The 16-bit dtype the matmuls of `--precision` run in on `device`; None for fp32.
+
+    bf16: CPU, CUDA GPUs with bfloat16 tensor cores (compute capability 8.0, Ampere, and later; any
+    ROCm GPU), MPS on macOS 14 or later. fp16: CUDA only. Anything else is a ValueError that says
+    what to use instead.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--precision {precision} on {device}: minift runs on cpu, cuda and mps")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA device, but the device is {device.type}: float16 "
+                         "training with loss scaling is a GPU recipe. Use --precision bf16 (no loss "
+                         "scaling needed) or fp32")
+    if precision == "bf16" and device.type == "cuda" and not _cuda_has_bf16(device):
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} (compute capability "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}) has no bfloat16 "
+                         "tensor cores, so torch would emulate bf16, no faster than fp32; use --precision "
+                         "fp16 (with loss scaling) or fp32")
+    if precision == "bf16" and device.type == "mps" and not _mps_has_bf16():
+        raise ValueError("--precision bf16 on mps needs macOS 14 or later (bfloat16 arrived in Metal with "
+                         "macOS Sonoma); use --precision fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _cuda_has_bf16(device: torch.device) -> bool:
+    """Native bfloat16 on this GPU. torch.cuda.is_bf16_supported() asks about the *current* device and,
+    by default, also says yes when bf16 only runs emulated (pre-Ampere); neither is the question here."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def _mps_has_bf16() -> bool:
+    """bfloat16 on Apple GPUs needs macOS 14. (Where MPS is absent the version cannot be asked; the
+    device was then refused already by `select_device`.)"""
+    return not torch.backends.mps.is_available() or torch.backends.mps.is_macos_or_newer(14, 0)
+
+
 def autocast_context(device: torch.device | str, precision: str) -> AbstractContextManager:
     """The context the forward pass (and the loss) runs in for `--precision`.
 
     "fp32": nothing changes. "bf16": torch.autocast to bfloat16 on CPU, CUDA or MPS. "fp16":
     torch.autocast to float16, CUDA only, and it needs a LossScaler (see `make_loss_scaler`).
+    Which device supports which dtype: `autocast_dtype`.
     """
     device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
         return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"--precision fp16 needs a CUDA device, but the device is {device.type}: float16 "
-                         "training with loss scaling is a GPU recipe. Use --precision bf16 (no loss "
-                         "scaling needed) or fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support "
-                         "(torch.cuda.is_bf16_supported() is False); use --precision fp16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         context = torch.autocast(device.type, dtype=dtype)
     if not getattr(context, "_enabled", True):
-        # torch.autocast only warns and disables itself when a device cannot run a dtype (e.g. bf16 on
-        # an older macOS): the run would silently train in float32, so it is an error here.
+        # torch.autocast only warns and disables itself when it cannot run (e.g. CUDA present but
+        # unusable): the run would silently train in float32, so it is an error here.
         reason = caught[0].message if caught else "it disabled itself"
         raise ValueError(f"--precision {precision} on {device.type}: torch.autocast refused it: {reason}")
     for warning in caught:  # anything else torch said is passed on unchanged

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from minift.checkpoint import read_config
 from minift.data.collate import make_loader
 from minift.data.lm import (
     MLMCollate,
@@ -225,54 +224,21 @@ def pretrain(
     return {"task": "pretrain", "arch": arch, "size": size, "parameters": model.num_parameters(), **result}
 
 
-def finetune_causal_lm(
-    model: str | Path,
-    train_file: str | Path,
-    out: str | Path,
-    *,
-    dev_file: str | Path | None = None,
-    block_size: int | None = None,
-    batch_size: int = 8,
-    max_steps: int | None = None,
-    epochs: int = 1,
-    lr: float = 5e-5,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.1,
-    schedule: str = "linear",
-    max_grad_norm: float = 1.0,
-    seed: int = 42,
-    device: str = "auto",
-    attn_impl: str = "sdpa",
-    fast_tokenizer: bool = False,
-    progress: bool = True,
-) -> dict:
+def finetune_causal_lm(model: str | Path, train_file: str | Path, out: str | Path, *,
+                       dev_file: str | Path | None = None, block_size: int = 128, batch_size: int = 8,
+                       epochs: int = 1, progress: bool = True, **options) -> dict:
     """Continue training a GPT-2 checkpoint (name or folder) on a text file, as a causal LM.
 
-    ``block_size`` defaults to min(128, n_positions). With ``dev_file``, dev perplexity is
-    measured before training and after every epoch. Returns the `minift finetune --task causal-lm`
-    JSON line; ``out`` holds the model in the public layout.
+    ``minift finetune --task causal-lm`` from Python: ``block_size`` (at most n_positions) is the
+    packed block length, ``options`` are FinetuneConfig's other fields (lr, max_steps, seed, ...). With
+    ``dev_file``, dev perplexity is measured before training and after every epoch; ``out`` holds the
+    model in the public layout. The run itself is minift/train/finetune.py.
     """
-    folder = resolve(model)
-    model_type = read_config(folder).get("model_type")
-    if model_type != "gpt2":
-        raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r}; causal-LM fine-tuning needs a "
-                         f"GPT-2 checkpoint (model_type 'gpt2')")
-    set_seed(seed)
-    dev_device = select_device(device)
-    lm = GPT2LMHeadModel.from_pretrained(folder, attn_impl=attn_impl).to(dev_device)
-    tok = load_lm_tokenizer("gpt2", folder, fast=fast_tokenizer)
-    block_size = min(128, lm.config.n_positions) if block_size is None else block_size
-    check_block_size(block_size, lm.config)
-    train_blocks = causal_lm_blocks(tok, train_file, block_size)
-    dev_batches = (fixed_batches(causal_lm_blocks(tok, dev_file, block_size), causal_lm_collate, 2 * batch_size)
-                   if dev_file is not None else None)
-    loader = make_loader(list(train_blocks), causal_lm_collate, batch_size, shuffle=True, seed=seed)
-    _say(f"fine-tuning {folder} as a causal LM on {train_file}: {len(train_blocks)} blocks of {block_size} "
-         f"tokens, on {dev_device}")
-    result = _run(lm, tok, loader, dev_batches, Path(out), causal=True, device=dev_device,
-                  train_args=_train_args(epochs, max_steps, max_grad_norm, progress),
-                  lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, schedule=schedule)
-    return {"task": "causal-lm", "model": str(folder), **result}
+    from minift.train.finetune import FinetuneConfig, finetune
+
+    return finetune(FinetuneConfig(task="causal-lm", model=str(model), train=train_file, dev=dev_file, out=out,
+                                   max_length=block_size, batch_size=batch_size, epochs=epochs,
+                                   progress=progress, **options))
 
 
 def _train_args(epochs: int, max_steps: int | None, max_grad_norm: float, progress: bool) -> TrainArgs:

@@ -13,8 +13,9 @@ import torch
 
 from minift.checkpoint import read_config
 from minift.data import LabelMap, make_classification_collate, make_loader
+from minift.data.collate import MODEL_INPUTS
 from minift.hub import resolve
-from minift.models import BertForSequenceClassification
+from minift.models import BertForSequenceClassification, GPT2ForSequenceClassification
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
 from minift.tokenizer import load_tokenizer
@@ -23,7 +24,7 @@ from minift.train.loop import TrainArgs, total_steps
 
 # model_type in config.json -> the class with a sequence-classification head. Plain data: a reader
 # sees every supported architecture here.
-CLASSIFIERS = {"bert": BertForSequenceClassification}
+CLASSIFIERS = {"bert": BertForSequenceClassification, "gpt2": GPT2ForSequenceClassification}
 
 
 def classifier_class(folder: Path) -> type:
@@ -37,30 +38,77 @@ def classifier_class(folder: Path) -> type:
 
 def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = "sdpa",
                      fast_tokenizer: bool = False):
-    """A pretrained encoder with a fresh classification head sized for ``labels``."""
+    """A pretrained encoder (BERT) or decoder (GPT-2) with a fresh classification head sized for ``labels``."""
     folder = resolve(name_or_folder)
     cls = classifier_class(folder)
     model = cls.from_pretrained(folder, num_labels=len(labels), id2label=labels.id2label,
-                                label2id=labels.label2id, attn_impl=attn_impl)
-    return model, load_tokenizer(folder, fast=fast_tokenizer), folder
+                                label2id=labels.label2id, attn_impl=attn_impl, **_pad_override(folder))
+    tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    align_padding(model, tokenizer, folder)
+    return model, tokenizer, folder
 
 
 def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False):
     """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config."""
     folder = resolve(name_or_folder)
-    model = classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl)
+    model = classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, **_pad_override(folder))
     labels = LabelMap.from_config(model.config.id2label)
-    return model, load_tokenizer(folder, fast=fast_tokenizer), labels
+    tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    align_padding(model, tokenizer, folder)
+    return model, tokenizer, labels
+
+
+# GPT-2 has no pad token. Its classification head reads the state of the last token that is not
+# padding, found by comparing input_ids with config.pad_token_id (minift/models/gpt2.py,
+# last_token_index), so the id the tokenizer pads with and the model's pad_token_id must be the same
+# number. We follow transformers' convention: pad with the end-of-text token (pad_token_id =
+# eos_token_id), on the right. The attention mask hides the padding; the saved config.json and
+# tokenizer files record the choice, so transformers reloads the run with the same logits.
+
+def _pad_override(folder: Path) -> dict:
+    """``{"pad_token_id": eos}`` for a GPT-2 config without a pad token, else nothing."""
+    config = read_config(folder)
+    if config.get("model_type") != "gpt2" or config.get("pad_token_id") is not None:
+        return {}
+    eos = config.get("eos_token_id")
+    if isinstance(eos, list):  # several end-of-text ids: pad with the first
+        eos = eos[0] if eos else None
+    if eos is None:
+        raise ValueError(f"{folder / 'config.json'}: a GPT-2 classifier pads with the end-of-text token, but "
+                         f"the config has pad_token_id None and eos_token_id {config.get('eos_token_id')!r}; "
+                         "set pad_token_id in config.json")
+    return {"pad_token_id": eos}
+
+
+def align_padding(model: torch.nn.Module, tokenizer, folder: Path) -> None:
+    """For GPT-2, make the tokenizer pad on the right with the model's pad_token_id, or say why it cannot."""
+    if not isinstance(model, GPT2ForSequenceClassification):
+        return  # BERT's [CLS] head never looks for padding: the attention mask is all it needs
+    # Right padding: real tokens keep positions 0..n-1 in both libraries (minift's forward skips left
+    # padding when counting positions, transformers' does not), so a reload gives the same logits.
+    tokenizer.padding_side = "right"
+    pad_id = model.config.pad_token_id
+    if tokenizer.pad_token_id is None and pad_id == tokenizer.eos_token_id:
+        # The tokenizer's pad role becomes the end-of-text token (transformers users write
+        # `tokenizer.pad_token = tokenizer.eos_token`); it is saved with the run.
+        tokenizer.special_tokens_map["pad_token"] = tokenizer.special_tokens_map["eos_token"]
+    if tokenizer.pad_token_id != pad_id:
+        raise ValueError(f"{folder}: the tokenizer's pad id is {tokenizer.pad_token_id} (end-of-text id "
+                         f"{tokenizer.eos_token_id}) but config.json has pad_token_id {pad_id}; GPT-2's head "
+                         "would read padding as the last token. Make them equal (the usual choice is the "
+                         "end-of-text id)")
 
 
 def make_loaders(tokenizer, labels: LabelMap, train_examples, dev_examples, *, batch_size: int,
-                 max_length: int, seed: int, device: torch.device, shuffle: bool = True):
-    """Train loader (shuffled with a seeded generator) and dev loader (in file order, twice the batch:
-    no gradients are kept at evaluation, so it fits)."""
+                 max_length: int, seed: int, device: torch.device, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+    """Train loader (shuffled with a seeded generator; process ``rank`` of ``world_size`` takes its
+    slice of each global batch) and dev loader (in file order, whole on every process, twice the
+    batch: no gradients are kept at evaluation, so it fits)."""
     collate = make_classification_collate(tokenizer, labels, max_length=max_length)
     pin = device.type == "cuda"  # pinned host memory makes the non_blocking copy truly asynchronous
     train = make_loader(train_examples, collate, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                        pin_memory=pin)
+                        pin_memory=pin, rank=rank, world_size=world_size)
     dev = (make_loader(dev_examples, collate, batch_size=2 * batch_size, shuffle=False, seed=seed,
                        pin_memory=pin) if dev_examples else None)
     return train, dev
@@ -84,7 +132,7 @@ def predict(model, tokenizer, texts: list[str], id2label: dict[int, str], *, dev
     for i in range(0, len(texts), batch_size):
         batch = tokenizer(texts[i:i + batch_size], max_length=max_length, padding="longest",
                           truncation=True, return_tensors="pt")
-        batch = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        batch = to_device({k: batch[k] for k in MODEL_INPUTS if k in batch}, device)  # GPT-2: no token_type_ids
         probs = torch.softmax(model(**batch).logits.float(), dim=-1)
         score, index = probs.max(dim=-1)
         out += [{"label": id2label[int(j)], "score": float(s)} for s, j in zip(score, index)]

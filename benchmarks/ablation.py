@@ -1,0 +1,153 @@
+"""Which layers to train: all-MiniLM-L6-v2 on CFIMDB with the head only, the last block, all layers, LoRA.
+
+    python benchmarks/ablation.py [--rows head-only,last-block,all,lora] [--epochs 2] [--max-length 128]
+                                  [--max-steps N] [--out runs/ablation]
+
+Each row is one `minift finetune ... --quiet` command, run as a subprocess exactly as printed (the
+interpreter aside), so the table is what a reader gets by typing the command. From each run it reads the
+final JSON line (stdout: trainable parameters, steps) and metrics.jsonl (dev accuracy before training
+and after each epoch), and it times the whole command (model loading and the dev evaluations included).
+
+Budget: max length 128, 2 epochs, batch 32 (about 110 optimizer steps per row), so that the four rows
+take about 15 minutes on 2 CPU cores. Learning rates differ per row, as each method is normally run:
+- head only, 1e-3: only a freshly initialised linear layer trains, as in a linear probe; at 5e-5 it
+  would barely move in 110 steps;
+- last block and all layers, 5e-5: pretrained weights train, and Devlin et al. (2019, "BERT", sec. A.3)
+  recommend 2e-5 to 5e-5 for fine-tuning them;
+- LoRA r=8 (alpha 16, query and value), 5e-4: the rate Hu et al. (2021, "LoRA", table 9) used for
+  RoBERTa-base on most GLUE tasks.
+None of them was tuned on this data. Everything else is `minift finetune`'s default recipe (AdamW with
+weight decay 0.01, linear schedule with 10% warmup, clipping at 1.0, seed 42).
+
+Data: ../shared/data/minbert (the dev set is the evaluation set: CFIMDB's test file carries no labels).
+Without it the script says so and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "minbert"
+TRAIN, DEV = "cfimdb-train.txt", "cfimdb-dev.txt"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # what trains, as the table says it
+    flags: tuple[str, ...]  # the flags that select it
+    lr: float
+
+
+ROWS = {
+    "head-only": Row("head only", ("--freeze", "head-only"), 1e-3),
+    "last-block": Row("last block (+ pooler, head)", ("--freeze", "last-block"), 5e-5),
+    "all": Row("all layers", (), 5e-5),
+    "lora": Row("LoRA r=8 on query, value (+ head)", ("--lora-r", "8"), 5e-4),
+}
+
+
+def command(row: Row, args: argparse.Namespace, out: Path) -> list[str]:
+    """The `minift finetune` command of one row; paths relative to the repository, where it runs."""
+    data = Path(os.path.relpath(DATA, REPO))
+    cmd = ["python", "-m", "minift", "finetune", "--model", "all-MiniLM-L6-v2", "--train", str(data / TRAIN),
+           "--dev", str(data / DEV), "--out", os.path.relpath(out, REPO), "--epochs", str(args.epochs),
+           "--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--lr", f"{row.lr:g}",
+           "--seed", str(args.seed), *row.flags]
+    if args.max_steps is not None:
+        cmd += ["--max-steps", str(args.max_steps)]
+    return [*cmd, "--quiet"]
+
+
+def run(row: Row, args: argparse.Namespace, out: Path) -> dict:
+    cmd = command(row, args, out)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume of an older one
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, cwd=REPO, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"this row failed (exit status {proc.returncode}):\n  {shlex.join(cmd)}\n"
+                         f"its stderr ends with:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])  # every minift command ends with a JSON line
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = sorted((e for e in evals if e["event"] == "eval"), key=lambda e: e["epoch"])
+    accuracy = [e["accuracy"] for e in evals]  # epoch 0 is the evaluation before training
+    if len(accuracy) < 2:
+        raise SystemExit(f"{out / 'metrics.jsonl'}: expected a dev evaluation before training and after each "
+                         f"epoch, found {len(accuracy)}")
+    return {"row": row.label, "command": shlex.join(cmd), "lr": row.lr,
+            "trainable": trainable(result, proc.stderr), "steps": result["steps"], "before": accuracy[0],
+            "epochs": accuracy[1:], "best": max(accuracy[1:]), "train_seconds": result["train_seconds"],
+            "wall_seconds": round(seconds, 1)}
+
+
+def trainable(result: dict, stderr: str) -> tuple[int, int | None]:
+    """(trainable, total) parameters: from the JSON line, else from the summary line that setup_peft
+    prints at the start of the run ("trainable params: 74,883 / 22,788,099 (0.33%)")."""
+    match = re.search(r"trainable params: ([\d,]+) / ([\d,]+)", stderr)
+    total = int(match.group(2).replace(",", "")) if match else None
+    if "trainable_parameters" in result:
+        return result["trainable_parameters"], total
+    if match is None:
+        raise SystemExit("the run reports no trainable-parameter count (neither 'trainable_parameters' in "
+                         "its JSON line nor a 'trainable params: ...' line on stderr)")
+    return int(match.group(1).replace(",", "")), total
+
+
+def table(results: list[dict]) -> str:
+    header = ("| what trains | trainable parameters | lr | dev acc. before → per epoch | best dev acc. "
+              "| train time (s) | wall time (s) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for r in results:
+        n, total = r["trainable"]
+        share = f" ({100 * n / total:.2f}%)" if total else ""
+        curve = " → ".join(f"{a:.3f}" for a in [r["before"], *r["epochs"]])
+        lines.append(f"| {r['row']} | {n:,}{share} | {r['lr']:g} | {curve} | **{r['best']:.3f}** "
+                     f"| {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-steps", type=int, help="stop every row after N steps (a smoke test)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
+    args = p.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        p.error(f"--rows: unknown row(s) {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
+    if not (DATA / TRAIN).is_file() or not (DATA / DEV).is_file():
+        print(f"{DATA}/{TRAIN} or {DEV} not found: this benchmark needs the public minBERT data; skipping",
+              file=sys.stderr)
+        return
+    results = []
+    for name in names:
+        print(f"{ROWS[name].label} ...", file=sys.stderr, flush=True)
+        results.append(run(ROWS[name], args, args.out.resolve() / name))
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {args.epochs} epochs, "
+          f"max length {args.max_length}, batch {args.batch_size}, seed {args.seed}:\n")
+    print(table(results))
+    print("\n```text")
+    for r in results:
+        print(r["command"])
+    print("```")
+
+
+if __name__ == "__main__":
+    main()

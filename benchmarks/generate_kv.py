@@ -1,0 +1,147 @@
+"""Greedy generation speed with the KV cache: minift's GPT2LMHeadModel.generate against transformers'.
+
+    python benchmarks/generate_kv.py [--sizes tiny,small] [--prompt-len 16] [--new-tokens 64] [--reps 5]
+                                     [--threads N]
+
+Both libraries load the same checkpoint, a GPT-2 with random weights written by transformers (the real
+GPT-2 weights are not available offline; the speed of a forward pass does not depend on the values).
+"small" has GPT-2 small's shape (12 layers, 768 hidden, 12 heads, 50257 tokens: 124M parameters),
+"tiny" is the 4-layer, 128-hidden model `minift pretrain --size tiny` trains. Two workloads: one
+prompt, and a batch of 4 prompts of different lengths padded on the left. Each repetition runs minift,
+then transformers, then minift without the cache, one after the other, so that other load on the
+machine slows every side alike; the table reports medians. Every run's tokens must be identical to
+transformers' (asserted): greedy decoding is a deterministic function of the logits.
+
+tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from minift.models import GPT2LMHeadModel
+
+SIZES = {
+    "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
+    "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "vocab_size": 50257, "n_positions": 256},
+}
+EOS = 50256  # GPT-2's <|endoftext|>: the end-of-text and (for left padding) the pad id
+
+
+def write_checkpoint(folder: Path, size: str, seed: int) -> transformers.GPT2LMHeadModel:
+    """A random GPT-2 of `size`, saved by transformers in the public layout; returns it in eval mode."""
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(**SIZES[size], bos_token_id=EOS, eos_token_id=EOS)
+    model = transformers.GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def prompts(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` prompts of length, length - 3, length - 6, ... tokens, left-padded with EOS: (B, T) each."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab - 1, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        pad = min(3 * row, length - 1)
+        ids[row, :pad], mask[row, :pad] = EOS, 0
+    return ids, mask
+
+
+def runners(ours: GPT2LMHeadModel, ref: transformers.GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor,
+            new_tokens: int) -> dict:
+    """name -> a function generating greedily for the prompts; every side gets the same arguments."""
+    common = {"attention_mask": mask, "do_sample": False, "pad_token_id": EOS, "eos_token_id": EOS}
+    return {
+        "minift": lambda: ours.generate(ids, new_tokens, use_cache=True, **common),
+        "transformers": lambda: ref.generate(ids, max_new_tokens=new_tokens, use_cache=True, **common),
+        "minift, no cache": lambda: ours.generate(ids, new_tokens, use_cache=False, **common),
+    }
+
+
+def measure(run: dict, reps: int, skip_no_cache_after: int) -> tuple[dict, dict]:
+    """Interleaved timings: seconds per side (one list each) and each side's tokens (from the last rep).
+    The no-cache side is slow (quadratic in the length); it is timed in the first reps only."""
+    seconds: dict[str, list[float]] = {name: [] for name in run}
+    outputs: dict[str, torch.Tensor] = {}
+    for name, fn in run.items():  # warm-up: first-call allocations and kernel selection
+        if name != "minift, no cache":  # same kernels as "minift": already warm
+            outputs[name] = fn()
+    for rep in range(reps):
+        for name, fn in run.items():
+            if name == "minift, no cache" and rep >= skip_no_cache_after:
+                continue
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds, outputs
+
+
+def bench_size(size: str, args: argparse.Namespace) -> list[tuple]:
+    """Both workloads on one model size: (size, params, batch, tokens/s per side) rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = write_checkpoint(Path(tmp), size, args.seed)
+        ours = GPT2LMHeadModel.from_pretrained(tmp, attn_impl=args.attn_impl)
+    n_params = sum(p.numel() for p in ours.parameters())
+    rows = []
+    for batch in (1, 4):
+        ids, mask = prompts(batch, args.prompt_len, SIZES[size]["vocab_size"], args.seed + batch)
+        seconds, outputs = measure(runners(ours, ref, ids, mask, args.new_tokens), args.reps, args.no_cache_reps)
+        for name, out in outputs.items():  # greedy decoding: every side must give the same tokens
+            assert torch.equal(out, outputs["transformers"]), f"{size}, batch {batch}: {name} differs from transformers"
+        new = outputs["transformers"].shape[1] - ids.shape[1]
+        rate = {name: batch * new / statistics.median(s) for name, s in seconds.items()}
+        rows.append((size, n_params, batch, rate))
+        print(f"{size}, batch {batch}: " + "; ".join(
+            f"{n} {r:.1f} tok/s (runs: {', '.join(f'{s:.3f}' for s in seconds[n])} s)" for n, r in rate.items()),
+            file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="tiny,small", help="comma-separated, from: " + ", ".join(SIZES))
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per side (median reported)")
+    p.add_argument("--no-cache-reps", type=int, default=2, help="timed repetitions without the cache")
+    p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
+                   help="minift's attention path (transformers uses its default, sdpa)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    transformers.logging.set_verbosity_error()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        raise SystemExit(f"--sizes: unknown {unknown}; choose from {', '.join(SIZES)}")
+
+    rows = [row for size in sizes for row in bench_size(size, args)]
+    print(f"\nGreedy generation, prompt {args.prompt_len} tokens (batch of 4: lengths {args.prompt_len} to "
+          f"{args.prompt_len - 9}, left-padded), {args.new_tokens} new tokens, median of {args.reps} interleaved "
+          f"runs ({args.no_cache_reps} without the cache), minift attn_impl={args.attn_impl}, "
+          f"{torch.get_num_threads()} CPU thread(s); tokens identical on every side.\n")
+    print("| model | batch | minift tok/s | transformers tok/s | minift / transformers | minift no cache tok/s "
+          "| cache speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for size, n_params, batch, rate in rows:
+        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift']:.1f} | {rate['transformers']:.1f} "
+              f"| {rate['minift'] / rate['transformers']:.2f}x | {rate['minift, no cache']:.1f} "
+              f"| {rate['minift'] / rate['minift, no cache']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

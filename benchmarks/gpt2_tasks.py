@@ -1,0 +1,111 @@
+"""A tiny GPT-2 from nothing: pretrain it, fine-tune it as a language model and as a classifier.
+
+    python benchmarks/gpt2_tasks.py [--out runs/gpt2_tasks] [--pretrain-steps 300] [--lm-epochs 10]
+                                    [--cls-epochs 3] [--smoke]
+
+Three steps, each one `minift` command run as a user types it (subprocess), on ../shared/data only:
+
+1. `minift pretrain --arch gpt2 --size tiny` (4 layers, 128 hidden, GPT-2's 50257-token BPE) on
+   text/corpus.en, from random weights; the command holds out the last 5% of the packed blocks and
+   reports their perplexity before and after.
+2. `minift finetune --task causal-lm` of that checkpoint on text/tinystories_sample.txt. The sample
+   has no dev file: its last 5 of 25 lines (20%, whole stories' paragraphs) become the dev file and
+   the first 20 the train file, both written under --out/data. Dev perplexity before and after.
+3. `minift finetune --task classification` of the same pretrained checkpoint on minbert/cfimdb-train.txt
+   (GPT2ForSequenceClassification: the last real token's state, right padding with <|endoftext|>),
+   dev accuracy on cfimdb-dev.txt before and after, and the wall time.
+
+It ends with a Markdown table. --smoke runs every step for a few optimizer steps only (a check that
+the pipeline works, in about a minute; its numbers mean nothing). Without ../shared/data it says so and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DEV_LINES = 5  # tinystories_sample.txt has 25 lines and no dev split: the last 5 are held out
+
+
+def minift(*args: str | Path) -> tuple[dict, float]:
+    """Run `python -m minift ARGS` from the repository root; its last stdout line (JSON) and wall time."""
+    cmd = [sys.executable, "-m", "minift", *map(str, args)]
+    print("$ minift " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"`minift {args[0]}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result, seconds
+
+
+def split_tinystories(folder: Path) -> tuple[Path, Path]:
+    """The first 20 lines -> train, the last DEV_LINES -> dev (files under `folder`)."""
+    lines = [line for line in (DATA / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    folder.mkdir(parents=True, exist_ok=True)
+    train, dev = folder / "tinystories-train.txt", folder / "tinystories-dev.txt"
+    train.write_text("\n".join(lines[:-DEV_LINES]) + "\n", encoding="utf-8")
+    dev.write_text("\n".join(lines[-DEV_LINES:]) + "\n", encoding="utf-8")
+    return train, dev
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "gpt2_tasks")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="optimizer steps of 8 blocks of 64 tokens")
+    p.add_argument("--lm-epochs", type=int, default=10, help="causal-LM fine-tuning epochs on TinyStories")
+    p.add_argument("--cls-epochs", type=int, default=3, help="classification epochs on CFIMDB")
+    p.add_argument("--cls-max-length", type=int, default=128, help="CFIMDB reviews are cut to this many tokens")
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the pipeline only")
+    args = p.parse_args()
+    if not DATA.is_dir():
+        print(f"{DATA} not found: this benchmark needs the public data (text/, minbert/, gpt2/); skipping")
+        return
+    # --max-steps caps every stage in a smoke run; otherwise each stage runs its epochs.
+    cap = ["--max-steps", "3"] if args.smoke else []
+    pretrain_steps = 5 if args.smoke else args.pretrain_steps
+    out = args.out
+    pretrained = out / "pretrained"
+    t_total = time.perf_counter()
+
+    pre, pre_s = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
+                        "--tokenizer", DATA / "gpt2", "--out", pretrained, "--max-steps", pretrain_steps,
+                        "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", 0, "--quiet")
+
+    train, dev = split_tinystories(out / "data")
+    lm, lm_s = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
+                      "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
+                      "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", 42, "--quiet")
+
+    cls, cls_s = minift("finetune", "--task", "classification", "--model", pretrained,
+                        "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
+                        "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
+                        "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", 42,
+                        "--quiet")
+    total = time.perf_counter() - t_total
+
+    note = " (SMOKE RUN: a few steps only, numbers meaningless)" if args.smoke else ""
+    print(f"\nTiny GPT-2 (4 layers, 128 hidden, {pre['parameters'] / 1e6:.1f}M parameters, GPT-2 BPE), "
+          f"every stage through the `minift` CLI; total wall time {total / 60:.1f} min{note}.\n")
+    print("| stage | data | steps | metric | before | after | wall time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| pretrain from random init | corpus.en (last 5% of blocks held out) | {pre['steps']} | dev perplexity "
+          f"| {pre['dev_perplexity_before']:.0f} | {pre['dev_perplexity']:.1f} | {pre_s:.0f} |")
+    print(f"| causal-LM fine-tune | tinystories_sample.txt (20 lines train, last {DEV_LINES} dev) | {lm['steps']} "
+          f"| dev perplexity | {lm['dev_perplexity_before']:.1f} | {lm['dev_perplexity']:.1f} | {lm_s:.0f} |")
+    print(f"| classification fine-tune | cfimdb train / dev (max {args.cls_max_length} tokens) | {cls['steps']} "
+          f"| dev accuracy | {cls['dev_accuracy_before']:.3f} | {cls['dev_accuracy']:.3f} | {cls_s:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""What bf16 autocast does to MiniLM fine-tuning on this machine, measured in one run (lesson 40).
+
+    python benchmarks/precision.py [--steps 6] [--batch-size 32] [--seq-len 128] [--epochs 2] [--device cpu]
+
+(a) Speed: the training step (forward + backward + AdamW step) of minift's and transformers'
+    BertForSequenceClassification on all-MiniLM-L6-v2, fp32 against bf16 autocast (and, on CUDA, fp16
+    autocast with loss scaling), for the sdpa and the eager attention path. Within one attention path
+    every configuration runs one step in turn, `--steps` times, and the median is reported, so that
+    other load on the machine hits all of them alike. The reference side is transformers +
+    torch.optim.AdamW + torch.amp.GradScaler; the minift side is minift's model, AdamW and LossScaler.
+(b) Accuracy: `python -m minift finetune` on the built-in demo set with `--precision fp32` and
+    `--precision bf16` (same seed, `--epochs 2`), its final JSON line; then the fine-tuned fp32 model
+    evaluated on the dev set with and without bf16 autocast: how far apart its logits are and how many
+    predictions change.
+
+Prints Markdown tables (reproduced in lessons/40-mixed-precision.md and README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from bert_vs_transformers import REPO, describe, load, make_batch, minilm_folder, time_pairs
+
+from minift.train.device import select_device
+from minift.train.precision import LossScaler, autocast_context
+
+
+def precisions_for(device: torch.device) -> list[str]:
+    """fp32 and bf16 everywhere (bf16 as far as the device has it); fp16 with loss scaling on CUDA only."""
+    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+
+
+# --- (a) speed --------------------------------------------------------------------------------------
+
+
+def step_fn(lib: str, model, opt, batch: dict, device: torch.device, precision: str):
+    """One training step as the loop takes it (minift/train/loop.py): forward and loss under autocast,
+    backward outside it, then the (loss-scaled, for fp16) optimizer step."""
+    if lib == "minift":
+        autocast = autocast_context(device, precision)
+        scaler = LossScaler(enabled=precision == "fp16")
+    else:  # the reference stack: torch's autocast and GradScaler, used directly
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step() -> None:
+        with autocast:
+            loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_speed(folder: Path, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Median step seconds for each (attention path, precision, library)."""
+    rows = []
+    for impl in ("sdpa", "eager"):
+        models = {lib: load(lib, impl, folder, device) for lib in ("minift", "transformers")}
+        vocab = models["minift"][0].config.vocab_size
+        batch = {k: v.to(device) for k, v in make_batch(args.batch_size, args.seq_len, vocab).items()}
+        fns = {(lib, precision): step_fn(lib, model, opt, batch, device, precision)
+               for precision in precisions_for(device) for lib, (model, opt) in models.items()}
+        seconds = time_pairs(fns, args.steps, device=device)
+        for precision in precisions_for(device):
+            rows.append({"impl": impl, "precision": precision, "minift": seconds[("minift", precision)],
+                         "transformers": seconds[("transformers", precision)]})
+        timings = ", ".join(f"{lib} {precision} {s:.3f} s" for (lib, precision), s in seconds.items())
+        print(f"  {impl}: {timings}", flush=True)
+        del models, fns
+    return rows
+
+
+def print_speed(rows: list[dict]) -> None:
+    fp32 = {(r["impl"], lib): r[lib] for r in rows if r["precision"] == "fp32"
+            for lib in ("minift", "transformers")}
+    print("\n| attention | precision | minift step (s) | vs fp32 | transformers step (s) | vs fp32 "
+          "| minift / transformers |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, t = r["minift"], r["transformers"]
+        print(f"| {r['impl']} | {r['precision']} | {m:.3f} | {m / fp32[r['impl'], 'minift']:.2f} | {t:.3f} "
+              f"| {t / fp32[r['impl'], 'transformers']:.2f} | {m / t:.2f} |")
+    print("\n(vs fp32: this precision's step time / the fp32 step time of the same library and attention "
+          "path; below 1.0 is faster)")
+
+
+# --- (b) accuracy -----------------------------------------------------------------------------------
+
+
+def check_cli_has_precision() -> None:
+    """Fails at once, not after the speed part, when `minift finetune` does not take --precision."""
+    out = subprocess.run([sys.executable, "-m", "minift", "finetune", "--help"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, check=True)
+    if "--precision" not in out.stdout:
+        raise SystemExit("benchmarks/precision.py: `minift finetune --help` lists no --precision option; "
+                         "this benchmark needs it (minift/cli.py)")
+
+
+def _env() -> dict:
+    """This environment with the repository first on PYTHONPATH, so `-m minift` is this checkout."""
+    path = [str(REPO), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
+def finetune(precision: str, out: Path, device: torch.device, args: argparse.Namespace) -> dict:
+    """`python -m minift finetune` on the demo set; its final JSON line, plus the wall time."""
+    cmd = [sys.executable, "-m", "minift", "finetune", "--precision", precision, "--epochs", str(args.epochs),
+           "--seed", "42", "--device", str(device), "--out", str(out), "--quiet"]
+    if args.max_steps is not None:
+        cmd += ["--max-steps", str(args.max_steps)]
+    print("  " + " ".join(cmd[1:]), flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"minift finetune --precision {precision} failed (exit {proc.returncode}):\n"
+                         f"{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - t
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    result["train_losses"] = [r["loss"] for r in log if r["event"] == "train"]
+    return result
+
+
+def check_precisions_differ(runs: dict) -> None:
+    """bf16 rounds every matmul: a bf16 run whose logged losses equal the fp32 run's to the last bit
+    was not run in bf16 (the flag is not reaching the loop), and its numbers would be a false table."""
+    for precision, run in runs.items():
+        if precision != "fp32" and run["train_losses"] == runs["fp32"]["train_losses"]:
+            raise SystemExit(f"benchmarks/precision.py: `minift finetune --precision {precision}` logged the "
+                             "same losses as --precision fp32, bit for bit: the flag does not reach the "
+                             "training loop (minift/cli.py -> TrainArgs.precision)")
+
+
+@torch.no_grad()
+def logits_under(model, tokenizer, texts: list[str], device: torch.device, precision: str) -> torch.Tensor:
+    """Dev-set logits (N, labels) in float32, the forward run under `precision`'s autocast."""
+    out = []
+    for i in range(0, len(texts), 64):
+        enc = tokenizer(texts[i:i + 64], max_length=128, padding="longest", truncation=True,
+                        return_tensors="pt")
+        batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        with autocast_context(device, precision):
+            out.append(model(**batch).logits.float().cpu())
+    return torch.cat(out)
+
+
+def compare_logits(run_dir: Path, device: torch.device, precision: str) -> dict:
+    """The fp32-trained model on the demo dev set, evaluated in fp32 and under `precision` autocast."""
+    from minift.data import demo_path, read_classification
+    from minift.train.run import load_classifier
+
+    model, tokenizer, _ = load_classifier(str(run_dir))
+    model.to(device).eval()
+    texts = [e.text for e in read_classification(demo_path("dev"))]
+    full = logits_under(model, tokenizer, texts, device, "fp32")
+    low = logits_under(model, tokenizer, texts, device, precision)
+    return {"precision": precision, "examples": len(texts), "max_abs_diff": (low - full).abs().max().item(),
+            "max_abs_logit": full.abs().max().item(),
+            "changed_predictions": int((low.argmax(-1) != full.argmax(-1)).sum())}
+
+
+def print_accuracy(results: dict, logits: list[dict]) -> None:
+    print("\n| --precision | dev accuracy (last epoch) | best dev accuracy | train seconds | steps |")
+    print("|---|---|---|---|---|")
+    for precision, r in results.items():
+        print(f"| {precision} | {r['dev_accuracy']:.4f} | {r['best_dev_accuracy']:.4f} "
+              f"| {r['train_seconds']:.1f} | {r['steps']} |")
+    for c in logits:
+        print(f"\nfp32 fine-tuned model, {c['examples']} dev examples evaluated under {c['precision']} "
+              f"autocast: max |logit difference| {c['max_abs_diff']:.4f} (logits up to "
+              f"{c['max_abs_logit']:.2f}); {c['changed_predictions']} of {c['examples']} predictions change")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per configuration (default 6)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each `minift finetune` run (default 2)")
+    p.add_argument("--max-steps", type=int, help="cut each finetune run to this many steps (smoke tests)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    args = p.parse_args()
+    device = select_device(args.device)
+    check_cli_has_precision()
+
+    import transformers
+
+    folder = minilm_folder()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {describe(device)}; "
+          f"MiniLM-L6 ({folder}); batch {args.batch_size} x seq {args.seq_len}; median of {args.steps} "
+          "interleaved steps", flush=True)
+    speed = bench_speed(folder, device, args)
+
+    print("\nfine-tuning on the built-in demo set:", flush=True)
+    with tempfile.TemporaryDirectory(prefix="minift-precision-") as tmp:
+        runs = {precision: finetune(precision, Path(tmp) / precision, device, args)
+                for precision in precisions_for(device)}
+        check_precisions_differ(runs)
+        logits = [compare_logits(Path(tmp) / "fp32", device, precision)
+                  for precision in precisions_for(device)[1:]]
+    print_speed(speed)
+    print_accuracy(runs, logits)
+
+
+if __name__ == "__main__":
+    main()

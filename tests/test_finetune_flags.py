@@ -1,0 +1,180 @@
+"""`minift finetune` flags that act the same for every task: precision, early stopping, class weights,
+label smoothing, freezing and LoRA, and --resume for ner and causal-lm (minift/train/finetune.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from minift.cli import main
+from tests_support import write_tiny_bert, write_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flags")
+    model = write_tiny_bert(root / "tiny", dropout=0.1)
+    write_tiny_dataset(root / "train.tsv", 48, seed=1)
+    write_tiny_dataset(root / "dev.tsv", 16, seed=2)
+    return root, model
+
+
+def _run(capsys, root: Path, model: Path, out: str, *flags: str) -> dict:
+    code = main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--dev",
+                 str(root / "dev.tsv"), "--out", str(root / out), "--batch-size", "8", "--lr", "1e-3",
+                 "--device", "cpu", "--quiet", *flags])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1])
+
+
+def _error(capsys, root: Path, model: Path, *flags: str) -> str:
+    code = main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--dev",
+                 str(root / "dev.tsv"), "--out", str(root / "err"), "--device", "cpu", "--quiet", *flags])
+    assert code == 1
+    return capsys.readouterr().err
+
+
+def _diff(a: dict, b: dict, keys) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in keys)
+
+
+def test_bf16_runs_and_fp16_on_cpu_is_refused_before_any_work(capsys, tiny):
+    root, model = tiny
+    result = _run(capsys, root, model, "bf16", "--precision", "bf16", "--max-steps", "3")
+    assert result["steps"] == 3
+    err = _error(capsys, root, model, "--precision", "fp16")
+    assert "fp16 needs a CUDA device" in err
+    assert not (root / "err" / "metrics.jsonl").exists()
+
+
+def test_patience_stops_when_the_metric_stops_improving(capsys, tiny):
+    root, model = tiny
+    # lr 1e-12: the dev accuracy does not change, so no evaluation after the first is better than the best
+    result = _run(capsys, root, model, "patience", "--epochs", "5", "--patience", "2", "--lr", "1e-12")
+    events = [json.loads(line) for line in (root / "patience" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e["epoch"] for e in events if e["event"] == "eval"]
+    assert result["stopped_early"] is True
+    assert evals == [0, 1, 2, 3]  # best at epoch 1 (first after training), then 2 without improvement
+    assert [e for e in events if e["event"] == "early_stop"][0]["best_epoch"] == 1
+    assert "--patience needs --dev" in (
+        main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--out",
+              str(root / "x"), "--patience", "1", "--quiet"]) == 1 and capsys.readouterr().err)
+
+
+def test_class_weights_and_label_smoothing_change_the_run(capsys, tiny):
+    root, model = tiny
+    plain = _run(capsys, root, model, "plain", "--max-steps", "3", "--seed", "5")
+    weighted = _run(capsys, root, model, "weighted", "--max-steps", "3", "--seed", "5",
+                    "--class-weights", "negative=1,positive=5")
+    smooth = _run(capsys, root, model, "smooth", "--max-steps", "3", "--seed", "5", "--label-smoothing", "0.2")
+    balanced = _run(capsys, root, model, "balanced", "--max-steps", "3", "--seed", "5", "--class-weights",
+                    "balanced")
+    a, b, c = (load_file(str(root / r / "model.safetensors")) for r in ("plain", "weighted", "smooth"))
+    head = [k for k in a if k.startswith("classifier")]
+    assert _diff(a, b, head) > 1e-6 and _diff(a, c, head) > 1e-6
+    # balanced on a 50/50 training set: every weight is 1, so the run is the plain one (1e-6: same math,
+    # computed by cross_entropy on the logits instead of inside the model)
+    d = load_file(str(root / "balanced" / "model.safetensors"))
+    assert _diff(a, d, a.keys()) <= 1e-6
+    assert plain["steps"] == weighted["steps"] == smooth["steps"] == balanced["steps"] == 3
+    assert "no weight for positive" in _error(capsys, root, model, "--class-weights", "negative=2")
+    assert "--label-smoothing must be in [0, 1)" in _error(capsys, root, model, "--label-smoothing", "1.5")
+
+
+def test_freeze_head_only_changes_only_the_head(capsys, tiny):
+    root, model = tiny
+    result = _run(capsys, root, model, "frozen", "--max-steps", "3", "--freeze", "head-only")
+    start = load_file(str(model / "model.safetensors"))  # a BertModel: names without the "bert." prefix
+    end = load_file(str(root / "frozen" / "model.safetensors"))
+    assert all(torch.equal(end["bert." + k], v) for k, v in start.items())  # embeddings, blocks, pooler
+    plain = load_file(str(root / "plain" / "model.safetensors")) if (root / "plain").exists() else None
+    if plain is not None:  # (the unfrozen run of the test above moved them)
+        assert any(not torch.equal(plain["bert." + k], v) for k, v in start.items())
+    n_head = sum(end[k].numel() for k in end if k.startswith("classifier"))
+    assert result["trainable_parameters"] == n_head
+
+
+def test_lora_run_saves_a_merged_public_checkpoint_and_the_adapter(capsys, tiny):
+    root, model = tiny
+    result = _run(capsys, root, model, "lora", "--max-steps", "4", "--lora-r", "4", "--lora-alpha", "8",
+                  "--lr", "1e-2")
+    out = root / "lora"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    weights = load_file(str(out / "model.safetensors"))
+    assert not any("lora" in k for k in weights)  # merged: the public layout, no adapter tensors
+    start = load_file(str(model / "model.safetensors"))
+    query = "encoder.layer.0.attention.self.query.weight"
+    key = "encoder.layer.0.attention.self.key.weight"
+    assert (weights["bert." + query] - start[query]).abs().max() > 1e-6  # B A was merged into W
+    assert torch.equal(weights["bert." + key], start[key])  # not a LoRA target: untouched
+    # transformers reads it as a plain classifier with the same logits as minift
+    from minift.models import BertForSequenceClassification
+
+    ours = BertForSequenceClassification.from_pretrained(out, attn_impl="eager").eval()
+    ref = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    ids = torch.randint(1, 30, (3, 7))
+    with torch.no_grad():
+        assert (ours(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max() <= 1e-5
+    assert result["trainable_parameters"] < 0.5 * sum(v.numel() for v in weights.values())
+    assert "cannot be combined with --freeze" in _error(capsys, root, model, "--lora-r", "4", "--freeze",
+                                                        "embeddings")
+    assert "lora_r (--lora-r)" in _error(capsys, root, model, "--lora-r", "0")
+
+
+def _ner_files(root: Path) -> tuple[Path, Path]:
+    words = ["alice", "bob", "went", "to", "paris", "london", "with", "carol", "and", "dave", "today"]
+    tags = {"alice": "B-PER", "bob": "B-PER", "carol": "B-PER", "dave": "B-PER", "paris": "B-LOC",
+            "london": "B-LOC"}
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(40):
+        for i in torch.randint(0, len(words), (6,), generator=g).tolist():
+            lines.append(f"{words[i]}\t{tags.get(words[i], 'O')}")
+        lines.append("")
+    (root / "ner.conll").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = root / "text.txt"
+    text.write_text("\n".join(" ".join(words[j] for j in torch.randint(0, len(words), (12,), generator=g).tolist())
+                              for _ in range(60)) + "\n", encoding="utf-8")
+    return root / "ner.conll", text
+
+
+def _resume_matches_uninterrupted(root: Path, task_flags: list[str]) -> None:
+    """A run 'killed' after its step-2 checkpoint (later checkpoint and final files removed) and resumed
+    ends bit-identical to the run left alone (dropout on)."""
+    full, cut = root / "full", root / "cut"
+    flags = [*task_flags, "--max-steps", "4", "--save-every", "2", "--keep", "5", "--device", "cpu", "--quiet"]
+    assert main(["finetune", *flags, "--out", str(full)]) == 0
+    assert main(["finetune", *flags, "--out", str(cut)]) == 0
+    shutil.rmtree(cut / "checkpoints" / "step-00000004")
+    (cut / "model.safetensors").unlink()
+    assert main(["finetune", *flags, "--out", str(cut), "--resume"]) == 0
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_exact_for_ner(tmp_path, capsys):
+    model = write_tiny_bert(tmp_path / "tiny", dropout=0.1)
+    conll, _ = _ner_files(tmp_path)
+    _resume_matches_uninterrupted(tmp_path, ["--task", "ner", "--model", str(model), "--train", str(conll),
+                                             "--dev", str(conll), "--batch-size", "8", "--lr", "1e-3"])
+
+
+def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
+    from minift.tokenizer.bpe import ByteLevelBPETokenizer, bytes_to_unicode
+    from minift.train.pretrain import pretrain
+
+    _, text = _ner_files(tmp_path)
+    byte_bpe = tmp_path / "byte_bpe"  # one token per byte: no GPT-2 vocabulary needed
+    ByteLevelBPETokenizer({ch: i for i, ch in enumerate(bytes_to_unicode().values())}, []).save_pretrained(byte_bpe)
+    gpt2 = tmp_path / "gpt2"
+    pretrain(text, gpt2, arch="gpt2", size="nano", tokenizer=byte_bpe, max_steps=2, block_size=16, device="cpu",
+             progress=False)
+    _resume_matches_uninterrupted(tmp_path, ["--task", "causal-lm", "--model", str(gpt2), "--train", str(text),
+                                             "--dev", str(text), "--batch-size", "4", "--max-length", "16"])
