@@ -200,7 +200,11 @@ def main() -> None:
     import transformers
 
     folder = minilm_folder()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {describe(device)}; "
+    # bf16 speed on a CPU depends on its vector instructions (AVX512-BF16 or AMX multiply in bf16;
+    # plain AVX2 does not), so the header names the level torch dispatches to.
+    hardware = describe(device) + (f", CPU capability {torch.backends.cpu.get_cpu_capability()}"
+                                   if device.type == "cpu" else "")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {hardware}; "
           f"MiniLM-L6 ({folder}); batch {args.batch_size} x seq {args.seq_len}; median of {args.steps} "
           "interleaved steps", flush=True)
     speed = bench_speed(folder, device, args)
