@@ -12,7 +12,8 @@ then transformers, then minift without the cache, one after the other, so that o
 machine slows every side alike; the table reports medians. Every run's tokens must be identical to
 transformers' (asserted): greedy decoding is a deterministic function of the logits.
 
-tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time.
+tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
+times the LM head alone in the BLAS orders minift's fast path chooses between (lesson 22).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from minift.models import GPT2LMHeadModel
+from minift.models.gpt2 import FEW_ROWS
 
 SIZES = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
@@ -109,6 +111,33 @@ def bench_size(size: str, args: argparse.Namespace) -> list[tuple]:
     return rows
 
 
+def bench_head(args: argparse.Namespace) -> list[tuple]:
+    """The LM head alone, GPT-2's (50257, C) matrix times a few rows, in the three BLAS orders that
+    GPT2LMHeadModel can use: (rows, C) @ (C, V) as nn.Linear runs it, the tall (V, C) @ (C, rows)
+    product, and one row against W stored (C, V). Median milliseconds of 15 calls each."""
+    def median_ms(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1000 * statistics.median(times)
+
+    rows_out = []
+    for width in (128, 768):
+        weight = torch.randn(SIZES["small"]["vocab_size"], width)
+        by_column = weight.t().contiguous()  # (C, V)
+        for rows in (1, 2, 4, 16, 64):
+            x = torch.randn(rows, width)
+            ms = {"linear": median_ms(lambda: torch.nn.functional.linear(x, weight)),  # noqa: B023 (called here)
+                  "tall": median_ms(lambda: (weight @ x.t()).t())}  # noqa: B023
+            if rows == 1:
+                ms["by column"] = median_ms(lambda: x @ by_column)  # noqa: B023
+            rows_out.append((width, rows, ms))
+    return rows_out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="tiny,small", help="comma-separated, from: " + ", ".join(SIZES))
@@ -129,6 +158,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--sizes: unknown {unknown}; choose from {', '.join(SIZES)}")
 
+    head = bench_head(args)
     rows = [row for size in sizes for row in bench_size(size, args)]
     print(f"\nGreedy generation, prompt {args.prompt_len} tokens (batch of 4: lengths {args.prompt_len} to "
           f"{args.prompt_len - 9}, left-padded), {args.new_tokens} new tokens, median of {args.reps} interleaved "
@@ -141,6 +171,15 @@ def main() -> None:
         print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift']:.1f} | {rate['transformers']:.1f} "
               f"| {rate['minift'] / rate['transformers']:.2f}x | {rate['minift, no cache']:.1f} "
               f"| {rate['minift'] / rate['minift, no cache']:.1f}x |")
+    print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, median ms of 15 calls, "
+          f"{torch.get_num_threads()} thread(s); minift's fast path uses 'tall' (2 to {FEW_ROWS} rows) and "
+          "'by column' (1 row, no autograd):\n")
+    print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | by column, W as (C, V) (ms) | best / nn.Linear |")
+    print("|---|---|---|---|---|---|")
+    for width, n_rows, ms in head:
+        fast = ms["by column"] if n_rows == 1 else ms["tall"]
+        column = f"{ms['by column']:.2f}" if "by column" in ms else "-"
+        print(f"| {width} | {n_rows} | {ms['linear']:.2f} | {ms['tall']:.2f} | {column} | {ms['linear'] / fast:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 Lesson: `lessons/22-generation.md` (the decoding rules, the cache and its memory/time arithmetic).
 
 `generate` works with any model whose forward takes `(input_ids, attention_mask=, past_key_values=,
-use_cache=)` and returns `.logits` (B, T, vocab) and `.past_key_values`, and whose config has
-`n_positions`: minift's GPT2LMHeadModel (minift/models/gpt2.py), whose `.generate` calls it.
+use_cache=, logits_to_keep=)` and returns `.logits` (B, T or logits_to_keep, vocab) and
+`.past_key_values`, and whose config has `n_positions`: minift's GPT2LMHeadModel
+(minift/models/gpt2.py), whose `.generate` calls it.
 `tests/test_generate.py` checks greedy decoding token for token against `transformers`' `generate`,
 and the three sampling filters against its logits warpers.
 """
@@ -143,10 +144,11 @@ def generate(
     with torch.no_grad():
         for _ in range(max_new_tokens):
             if use_cache:  # feed only what the cache has not seen: the prompt, then one token at a time
-                out = model(step_input, attention_mask=attention_mask, past_key_values=past, use_cache=True)
+                out = model(step_input, attention_mask=attention_mask, past_key_values=past, use_cache=True,
+                            logits_to_keep=1)
                 past = out.past_key_values
             else:  # recompute every position of the prefix
-                out = model(tokens, attention_mask=attention_mask)
+                out = model(tokens, attention_mask=attention_mask, logits_to_keep=1)
             chosen = next_token(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)  # (B,)
             if eos is not None:
                 chosen = chosen.masked_fill(finished, pad)  # finished rows only pad from here on

@@ -13,7 +13,7 @@ from transformers.generation.logits_process import (
 )
 
 from minift.generate import apply_temperature, generate, next_token, top_k_filter, top_p_filter
-from minift.models.gpt2 import GPT2LMHeadModel
+from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel, position_ids_from_mask
 
 transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids
 
@@ -118,6 +118,111 @@ def test_generation_ends_when_every_row_has_finished(models):
         assert torch.equal(ours["eager"].generate(ids, 8), got)
     finally:
         ours["eager"].config.eos_token_id = 50256
+
+
+# ----------------------------------------------------------------------------------------------------
+# The LM head of a generation step: logits_to_keep and the fast path's few-row products
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("keep", [1, 3, 6])
+def test_logits_to_keep_is_the_last_positions_of_the_full_logits(models, impl, keep):
+    ref, ours = models
+    ids, mask = left_padded_batch()
+    # transformers' forward numbers positions 0, 1, ... through the padding unless told otherwise
+    # (its generate derives them from the mask, as minift's forward does): give both the same ones.
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    with torch.no_grad():
+        full = ours[impl](ids, attention_mask=mask, position_ids=positions).logits  # (3, 6, V)
+        part = ours[impl](ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        want = ref(ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    assert part.shape == (3, keep, VOCAB)
+    assert (part - full[:, -keep:]).abs().max() <= 1e-5
+    real = mask[:, -keep:].bool()  # a padding position's output is never used, and the libraries differ there
+    assert (part - want)[real].abs().max() <= 1e-5
+
+
+def test_logits_to_keep_errors(models):
+    _, ours = models
+    ids = torch.tensor([[1, 2, 3]])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"logits_to_keep must be an integer >= 0 \(0 = every position\)"):
+            ours["eager"](ids, logits_to_keep=bad)
+    with pytest.raises(ValueError, match="logits_to_keep and labels together"):
+        ours["eager"](ids, labels=ids, logits_to_keep=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (4, 1), (8, 8), (5, 13)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_few_rows_logits_equal_the_lm_head(seed, shape, grad):
+    """The fast path's two BLAS orders (one row: W stored (C, V); several: (W h^T)^T) against the
+    nn.Linear, on random shapes; 65 rows is above FEW_ROWS and takes the nn.Linear itself."""
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config_(n_embd=24 + 8 * seed, vocab_size=97 + seed, attn_impl="sdpa"))
+    hidden = torch.randn(*shape, model.config.n_embd, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        fast = model._few_rows_logits(hidden)
+        want = model.lm_head(hidden)
+    assert fast.shape == want.shape == (*shape, model.config.vocab_size)
+    assert (fast - want).abs().max() <= 1e-5
+    if grad:  # autograd through the transposed product gives the nn.Linear's gradients
+        (g_fast,) = torch.autograd.grad((fast * want.detach()).sum(), hidden)
+        (g_want,) = torch.autograd.grad((want * want.detach()).sum(), hidden)
+        assert (g_fast - g_want).abs().max() <= 1e-5
+    assert (model._head_by_column is not None) == (shape == (1, 1) and not grad)
+
+
+def test_the_column_copy_of_the_head_follows_the_weight():
+    """The (C, V) copy that one-row decoding uses is rebuilt after an in-place update of the weight
+    (an optimizer step) and after a new weight tensor (loading, .to()); it is never stale."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config_(attn_impl="sdpa")).eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+
+    def last_logits():
+        with torch.no_grad():
+            return model(ids, logits_to_keep=1).logits[0, 0]
+
+    def reference():
+        with torch.no_grad():
+            return model.lm_head(model.transformer(ids).last_hidden_state[0, -1])
+
+    before = last_logits()
+    assert (before - reference()).abs().max() <= 1e-5
+    assert model._head_by_column is not None
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()  # updates lm_head.weight (= wte.weight) in place
+    after = last_logits()
+    assert (after - before).abs().max() > 1e-3  # the step changed the logits...
+    assert (after - reference()).abs().max() <= 1e-5  # ...and the copy followed it
+    with torch.no_grad():
+        model.lm_head.weight = model.transformer.wte.weight = torch.nn.Parameter(
+            torch.randn_like(model.lm_head.weight))
+    assert (last_logits() - reference()).abs().max() <= 1e-5
+
+
+def test_a_wrapped_lm_head_runs_its_own_forward():
+    """A LoRA adapter on lm_head changes the logits; the fast path must not bypass it with the bare weight."""
+    from minift.peft import apply_lora
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config_(attn_impl="sdpa")).eval()
+    apply_lora(model, r=2, alpha=4, target_modules=("lm_head",))
+    with torch.no_grad():
+        model.lm_head.lora_B.normal_()  # a non-zero adapter
+        ids = torch.tensor([[3, 1, 4]])
+        got = model(ids, logits_to_keep=1).logits[0, 0]
+        want = model.lm_head(model.transformer(ids).last_hidden_state[0, -1])
+        bare = torch.nn.functional.linear(model.transformer(ids).last_hidden_state[0, -1], model.lm_head.weight)
+    assert (got - want).abs().max() <= 1e-5 and (got - bare).abs().max() > 1e-3
+
+
+def GPT2Config_(**overrides):
+    """CONFIG without dropout, with `overrides`."""
+    return GPT2Config(**{**CONFIG, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------

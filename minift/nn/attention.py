@@ -143,7 +143,7 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if mask is not None:
         mask = _finite_in(mask, q.dtype)
-    if is_causal:
+    if is_causal and q_len > 1:  # one query is the newest position (a KV-cache step): it sees every key
         causal = causal_mask(q_len, k_len, q.dtype, q.device)
         # minimum, not +: two finite minimums added would overflow to -inf (and give NaN rows).
         mask = causal if mask is None else torch.minimum(mask, causal)
