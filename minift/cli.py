@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -179,12 +178,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """The flags become a FinetuneConfig; minift/train/finetune.py does the rest, for every task."""
     import dataclasses
 
+    from minift.train.distributed import from_environment
     from minift.train.finetune import FinetuneConfig, finetune
 
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names}, progress=not args.quiet)
     result = finetune(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one result line, from rank 0
+    if from_environment().is_main:  # under torchrun: one result line, from rank 0
         print(f"fine-tuned model saved in {config.out}/ (config.json, model.safetensors, tokenizer files)",
               file=sys.stderr)
         print(json.dumps(result))

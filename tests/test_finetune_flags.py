@@ -178,3 +178,27 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
              progress=False)
     _resume_matches_uninterrupted(tmp_path, ["--task", "causal-lm", "--model", str(gpt2), "--train", str(text),
                                              "--dev", str(text), "--batch-size", "4", "--max-length", "16"])
+
+
+def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
+    """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
+    run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
+    from minift.checkpoint import CheckpointError
+    from minift.train.finetune import FinetuneConfig, check_run_identity
+    from minift.train.state import CHECKPOINTS, STATE
+
+    cfg = FinetuneConfig(out=tmp_path / "run", lr=3e-5)
+    check_run_identity(cfg)  # a new run: writes run.json
+    run_file = tmp_path / "run" / "run.json"
+    assert json.loads(run_file.read_text())["lr"] == 3e-5
+    step = tmp_path / "run" / CHECKPOINTS / "step-00000001"
+    step.mkdir(parents=True)
+    (step / STATE).write_text("{}")
+    cfg.resume = True
+    check_run_identity(cfg)  # the same flags: resumable
+    cfg.lr = 1e-3
+    with pytest.raises(ValueError, match=r"holds a different run \(lr: run has 3e-05, now 0.001\)"):
+        check_run_identity(cfg)
+    run_file.write_text('{"task": ', encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"run\.json, line 1, column 10: invalid JSON"):
+        check_run_identity(cfg)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from minift.checkpoint import read_json, write_json
 from minift.train import distributed
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
@@ -303,7 +303,14 @@ def causal_lm_task(cfg: FinetuneConfig, device: torch.device, world: Distributed
     from minift.data.lm import causal_lm_collate
     from minift.hub import resolve
     from minift.models.gpt2 import GPT2LMHeadModel
-    from minift.train.pretrain import causal_lm_blocks, check_block_size, evaluate_lm, fixed_batches, load_lm_tokenizer
+    from minift.train.pretrain import (
+        causal_lm_blocks,
+        check_block_size,
+        evaluate_lm,
+        fixed_batches,
+        load_lm_tokenizer,
+        report_perplexity,
+    )
 
     folder = resolve(cfg.model)
     model_type = read_config(folder).get("model_type")
@@ -320,19 +327,9 @@ def causal_lm_task(cfg: FinetuneConfig, device: torch.device, world: Distributed
     loader = make_loader(list(blocks), causal_lm_collate, cfg.batch_size, shuffle=True, seed=cfg.seed,
                          pin_memory=device.type == "cuda", rank=world.rank, world_size=world.world_size)
 
-    def finish(summary: dict, result: dict) -> None:
-        if summary["before"] is None:
-            return
-        before, after = summary["before"], summary["history"][-1]
-        print(f"dev perplexity before: {before['perplexity']:.2f}   after: {after['perplexity']:.2f} "
-              f"({after['tokens']} dev tokens)", file=sys.stderr)
-        result.update({"dev_loss_before": before["loss"], "dev_perplexity_before": before["perplexity"],
-                       "dev_loss": after["loss"], "dev_perplexity": after["perplexity"],
-                       "dev_tokens": after["tokens"]})
-
     return Task(model=model, tokenizer=tokenizer, folder=folder, train_loader=loader,
                 evaluate=(lambda: evaluate_lm(model, dev_batches, device, causal=True)) if dev_batches else None,
-                objective=Objective("next-tokens"), best_metric="loss", best_mode="min", finish=finish,
+                objective=Objective("next-tokens"), best_metric="loss", best_mode="min", finish=report_perplexity,
                 describe=f"{len(blocks)} blocks of {block_size} tokens from {cfg.train}")
 
 
@@ -398,7 +395,7 @@ def check_run_identity(cfg: FinetuneConfig) -> None:
         if not run_file.is_file() or not checkpoint_dirs(cfg.out):
             raise FileNotFoundError(f"--resume: {cfg.out} holds no resumable run (no run.json and "
                                     "checkpoints/step-*); start it without --resume")
-        saved = json.loads(run_file.read_text(encoding="utf-8"))
+        saved = read_json(run_file)  # a damaged file is an error naming it, line and column
         differ = [k for k in identity if saved.get(k, _DEFAULTS.get(k)) != identity[k]]
         if differ:
             details = "; ".join(f"{k}: run has {saved.get(k, _DEFAULTS.get(k))!r}, now {identity[k]!r}"
@@ -410,9 +407,7 @@ def check_run_identity(cfg: FinetuneConfig) -> None:
         raise ValueError(f"{cfg.out} already holds a run with resumable checkpoints; continue it with "
                          "--resume, or choose another --out (nothing was overwritten)")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(identity, indent=1), encoding="utf-8")
-    os.replace(tmp, run_file)
+    write_json(identity, run_file)  # atomically, as every file of a run
 
 
 # A run.json written before a key existed holds the value that key then had.

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from minift.data.collate import IGNORE_INDEX
 from minift.losses import cross_entropy
 
 UNITS = ("examples", "tokens", "next-tokens")
-IGNORE = -100
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Objective:
         labels = self.targets(batch["labels"])
         if self.unit == "examples" and self.class_weights is None:
             return float(labels.shape[0])
-        scored = labels[labels != IGNORE]
+        scored = labels[labels != IGNORE_INDEX]
         if self.class_weights is not None:
             return float(self.class_weights.to(scored.device)[scored].sum())
         return float(scored.numel())

@@ -22,6 +22,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from minift.train.device import DEVICE_TYPES
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -35,7 +37,7 @@ def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | 
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if device.type not in ("cpu", "cuda", "mps"):
+    if device.type not in DEVICE_TYPES:
         raise ValueError(f"--precision {precision} on {device}: minift runs on cpu, cuda and mps")
     if precision == "fp32":
         return None

@@ -261,15 +261,21 @@ def _run(model, tokenizer, loader, dev_batches, out: Path, *, causal: bool, devi
                     evaluate_fn=evaluate_fn, log_path=out / "metrics.jsonl")
     save_run(model, tokenizer, out)
     result = {"out": str(out), "steps": summary["steps"], "train_seconds": round(summary["seconds"], 1)}
-    if summary["before"] is not None:
-        before, after = summary["before"], summary["history"][-1]
-        _say(f"dev perplexity before: {before['perplexity']:.2f}   after: {after['perplexity']:.2f} "
-             f"({after['tokens']} dev tokens)")
-        result.update({"dev_loss_before": before["loss"], "dev_perplexity_before": before["perplexity"],
-                       "dev_loss": after["loss"], "dev_perplexity": after["perplexity"],
-                       "dev_tokens": after["tokens"]})
+    report_perplexity(summary, result)
     _say(f"model saved in {out}/ (config.json, model.safetensors, tokenizer files)")
     return result
+
+
+def report_perplexity(summary: dict, result: dict) -> None:
+    """With dev data: print dev perplexity before and after training, and add the dev loss, perplexity
+    and token count to ``result`` (the command's JSON line). Pretraining and causal-LM fine-tuning."""
+    if summary["before"] is None:
+        return
+    before, after = summary["before"], summary["history"][-1]
+    _say(f"dev perplexity before: {before['perplexity']:.2f}   after: {after['perplexity']:.2f} "
+         f"({after['tokens']} dev tokens)")
+    result.update({"dev_loss_before": before["loss"], "dev_perplexity_before": before["perplexity"],
+                   "dev_loss": after["loss"], "dev_perplexity": after["perplexity"], "dev_tokens": after["tokens"]})
 
 
 def _say(message: str) -> None:

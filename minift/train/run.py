@@ -27,8 +27,9 @@ from minift.train.loop import TrainArgs, total_steps
 CLASSIFIERS = {"bert": BertForSequenceClassification, "gpt2": GPT2ForSequenceClassification}
 
 
-def classifier_class(folder: Path) -> type:
-    config = read_config(folder)
+def classifier_class(folder: Path, config: dict | None = None) -> type:
+    """The classifier for the checkpoint's model_type; ``config`` is its config.json when already read."""
+    config = read_config(folder) if config is None else config
     model_type = config.get("model_type")
     if model_type not in CLASSIFIERS:
         raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} has no classification head in "
@@ -40,9 +41,10 @@ def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = 
                      fast_tokenizer: bool = False):
     """A pretrained encoder (BERT) or decoder (GPT-2) with a fresh classification head sized for ``labels``."""
     folder = resolve(name_or_folder)
-    cls = classifier_class(folder)
-    model = cls.from_pretrained(folder, num_labels=len(labels), id2label=labels.id2label,
-                                label2id=labels.label2id, attn_impl=attn_impl, **_pad_override(folder))
+    config = read_config(folder)
+    model = classifier_class(folder, config).from_pretrained(
+        folder, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id, attn_impl=attn_impl,
+        **_pad_override(config, folder))
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
     align_padding(model, tokenizer, folder)
     return model, tokenizer, folder
@@ -51,7 +53,9 @@ def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = 
 def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False):
     """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config."""
     folder = resolve(name_or_folder)
-    model = classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, **_pad_override(folder))
+    config = read_config(folder)
+    model = classifier_class(folder, config).from_pretrained(folder, attn_impl=attn_impl,
+                                                             **_pad_override(config, folder))
     labels = LabelMap.from_config(model.config.id2label)
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
     align_padding(model, tokenizer, folder)
@@ -65,9 +69,8 @@ def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokeni
 # eos_token_id), on the right. The attention mask hides the padding; the saved config.json and
 # tokenizer files record the choice, so transformers reloads the run with the same logits.
 
-def _pad_override(folder: Path) -> dict:
-    """``{"pad_token_id": eos}`` for a GPT-2 config without a pad token, else nothing."""
-    config = read_config(folder)
+def _pad_override(config: dict, folder: Path) -> dict:
+    """``{"pad_token_id": eos}`` for a GPT-2 config (folder's config.json) without a pad token, else nothing."""
     if config.get("model_type") != "gpt2" or config.get("pad_token_id") is not None:
         return {}
     eos = config.get("eos_token_id")
