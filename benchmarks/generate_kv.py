@@ -13,7 +13,8 @@ machine slows every side alike; the table reports medians. Every run's tokens mu
 transformers' (asserted): greedy decoding is a deterministic function of the logits.
 
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
-times the LM head alone in the BLAS orders minift's fast path chooses between (lesson 22).
+times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
+in the BLAS orders minift's fast path chooses between (lesson 22).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from minift.models import GPT2LMHeadModel
-from minift.models.gpt2 import FEW_ROWS
+from minift.models.gpt2 import FEW_ROWS, GPT2Config, few_rows_linear
 
 SIZES = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
@@ -111,30 +112,60 @@ def bench_size(size: str, args: argparse.Namespace) -> list[tuple]:
     return rows
 
 
-def bench_head(args: argparse.Namespace) -> list[tuple]:
-    """The LM head alone, GPT-2's (50257, C) matrix times a few rows, in the three BLAS orders that
-    GPT2LMHeadModel can use: (rows, C) @ (C, V) as nn.Linear runs it, the tall (V, C) @ (C, rows)
-    product, and one row against W stored (C, V). Median milliseconds of 15 calls each."""
-    def median_ms(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(15):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1000 * statistics.median(times)
+def median_ms(fn, calls: int = 15) -> float:
+    """Median milliseconds of `calls` calls of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
 
+
+def bench_blocks() -> list[tuple]:
+    """One decoding step's products with the 48 weight matrices of GPT-2 small's 12 blocks (85M numbers,
+    random; each is read once per step, so from memory, as in a real step): nn.Linear against
+    `few_rows_linear` with one slab per thread, for 1, 4 and 64 rows. (rows, ms per side) rows."""
+    shapes = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)]  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    layers = [torch.nn.Linear(n_in, n_out) for _ in range(12) for n_out, n_in in shapes]
+    slabs = torch.get_num_threads()
+    out = []
+    for n_rows in (1, 4, 64):
+        xs = {n_in: torch.randn(n_rows, n_in) for _, n_in in shapes}
+        def step_linear():
+            return [layer(xs[layer.in_features]) for layer in layers]  # noqa: B023 (called in this iteration)
+
+        def step_slabs():
+            return [few_rows_linear(xs[layer.in_features], layer.weight, layer.bias, slabs)  # noqa: B023
+                    for layer in layers]
+
+        with torch.no_grad():
+            ms = {"linear": median_ms(step_linear, 7), "slabs": median_ms(step_slabs, 7)}
+        out.append((n_rows, ms))
+    return out
+
+
+def bench_head() -> list[tuple]:
+    """The LM head alone, GPT-2's (50257, C) matrix times a few rows, in the BLAS orders GPT2LMHeadModel
+    can use: (rows, C) @ (C, V) as nn.Linear runs it, the tall (V, C) @ (C, rows) product, one row
+    against W stored (C, V) in a single product, and `_few_rows_logits` itself (for one row: W stored
+    (C, V) in one slab of columns per thread). Median milliseconds of 15 calls each."""
     rows_out = []
     for width in (128, 768):
-        weight = torch.randn(SIZES["small"]["vocab_size"], width)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=width, n_head=4, vocab_size=SIZES["small"]["vocab_size"],
+                                           attn_impl="sdpa")).eval()
+        weight = model.lm_head.weight.detach()  # (V, C)
         by_column = weight.t().contiguous()  # (C, V)
-        for rows in (1, 2, 4, 16, 64):
-            x = torch.randn(rows, width)
-            ms = {"linear": median_ms(lambda: torch.nn.functional.linear(x, weight)),  # noqa: B023 (called here)
-                  "tall": median_ms(lambda: (weight @ x.t()).t())}  # noqa: B023
-            if rows == 1:
-                ms["by column"] = median_ms(lambda: x @ by_column)  # noqa: B023
-            rows_out.append((width, rows, ms))
+        for n_rows in (1, 2, 4, 16, 64):
+            x = torch.randn(n_rows, width)
+            with torch.no_grad():
+                ms = {"linear": median_ms(lambda: torch.nn.functional.linear(x, weight)),  # noqa: B023 (called here)
+                      "tall": median_ms(lambda: (weight @ x.t()).t()),  # noqa: B023
+                      "minift": median_ms(lambda: model._few_rows_logits(x[None]))}  # noqa: B023
+                if n_rows == 1:
+                    ms["by column"] = median_ms(lambda: x @ by_column)  # noqa: B023
+            rows_out.append((width, n_rows, ms))
     return rows_out
 
 
@@ -158,7 +189,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--sizes: unknown {unknown}; choose from {', '.join(SIZES)}")
 
-    head = bench_head(args)
+    head = bench_head()
+    blocks = bench_blocks()
     rows = [row for size in sizes for row in bench_size(size, args)]
     print(f"\nGreedy generation, prompt {args.prompt_len} tokens (batch of 4: lengths {args.prompt_len} to "
           f"{args.prompt_len - 9}, left-padded), {args.new_tokens} new tokens, median of {args.reps} interleaved "
@@ -171,15 +203,24 @@ def main() -> None:
         print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift']:.1f} | {rate['transformers']:.1f} "
               f"| {rate['minift'] / rate['transformers']:.2f}x | {rate['minift, no cache']:.1f} "
               f"| {rate['minift'] / rate['minift, no cache']:.1f}x |")
-    print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, median ms of 15 calls, "
-          f"{torch.get_num_threads()} thread(s); minift's fast path uses 'tall' (2 to {FEW_ROWS} rows) and "
-          "'by column' (1 row, no autograd):\n")
-    print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | by column, W as (C, V) (ms) | best / nn.Linear |")
-    print("|---|---|---|---|---|---|")
+    slabs = torch.get_num_threads()
+    print(f"\nThe block projections of one decoding step, GPT-2 small's 48 weight matrices (85M numbers), "
+          f"median ms of 7 steps, {slabs} thread(s); minift's fast path uses few_rows_linear up to {FEW_ROWS} rows "
+          "when the thread count divides the layer's outputs:\n")
+    print(f"| rows | nn.Linear (ms) | few_rows_linear, {slabs} slab(s) (ms) | nn.Linear / few_rows_linear |")
+    print("|---|---|---|---|")
+    for n_rows, ms in blocks:
+        print(f"| {n_rows} | {ms['linear']:.1f} | {ms['slabs']:.1f} | {ms['linear'] / ms['slabs']:.2f}x |")
+    print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, median ms of 15 calls, {slabs} "
+          f"thread(s); minift's fast path (_few_rows_logits) is 'tall' from 2 to {FEW_ROWS} rows and W stored "
+          "(C, V) in one slab of columns per thread for 1 row (no autograd):\n")
+    print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | _few_rows_logits (ms) "
+          "| nn.Linear / _few_rows_logits |")
+    print("|---|---|---|---|---|---|---|")
     for width, n_rows, ms in head:
-        fast = ms["by column"] if n_rows == 1 else ms["tall"]
         column = f"{ms['by column']:.2f}" if "by column" in ms else "-"
-        print(f"| {width} | {n_rows} | {ms['linear']:.2f} | {ms['tall']:.2f} | {column} | {ms['linear'] / fast:.2f}x |")
+        print(f"| {width} | {n_rows} | {ms['linear']:.2f} | {ms['tall']:.2f} | {column} | {ms['minift']:.2f} "
+              f"| {ms['linear'] / ms['minift']:.2f}x |")
 
 
 if __name__ == "__main__":

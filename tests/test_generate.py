@@ -2,6 +2,8 @@
 cache, one prompt and a left-padded batch, EOS stopping), the sampling filters against transformers'
 logits warpers, seeded sampling, and every argument error."""
 
+import contextlib
+
 import pytest
 import torch
 import transformers
@@ -13,7 +15,8 @@ from transformers.generation.logits_process import (
 )
 
 from minift.generate import apply_temperature, generate, next_token, top_k_filter, top_p_filter
-from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel, position_ids_from_mask
+from minift.models import gpt2
+from minift.models.gpt2 import FEW_ROWS, GPT2Config, GPT2LMHeadModel, few_rows_linear, position_ids_from_mask
 
 transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids
 
@@ -38,6 +41,18 @@ def models(tmp_path_factory):
     ref.save_pretrained(folder)
     ours = {impl: GPT2LMHeadModel.from_pretrained(folder, attn_impl=impl) for impl in ("eager", "sdpa")}
     return ref, ours
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's intra-op thread count set to n inside the block: the fast path cuts weights into one
+    slab per thread, so its tests choose the count (a machine with fewer cores still runs them)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def hf_generate(ref, ids, new, mask=None, eos=None, pad=None, use_cache=True):
@@ -84,6 +99,20 @@ def test_greedy_left_padded_batch_matches_transformers(models, impl, use_cache):
     for row in range(3):
         alone = generate(ours[impl], ids[row:row + 1, mask[row].bool()], 10)
         assert torch.equal(alone[0, -10:], got[row, -10:])
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+def test_greedy_with_weight_slabs_matches_transformers(models, n_threads):
+    """With several threads the fast path computes the block projections with `few_rows_linear` (one
+    slab of each weight per thread) and the one-row LM head in column slabs; the tokens stay those of
+    transformers. With 3 threads, c_fc (80 outputs) cannot be cut evenly and keeps nn.Linear."""
+    ref, ours = models
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(1))
+    batch, mask = left_padded_batch()
+    with threads(n_threads):
+        assert torch.equal(generate(ours["sdpa"], ids, 12), hf_generate(ref, ids, 12))
+        assert torch.equal(generate(ours["sdpa"], batch, 10, attention_mask=mask, pad_token_id=0),
+                           hf_generate(ref, batch, 10, mask=mask, pad=0))
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -154,15 +183,101 @@ def test_logits_to_keep_errors(models):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("rows", [(1,), (1, 1), (4, 1), (2, 8), (8, 8)])
+@pytest.mark.parametrize("slabs", [1, 2, 3, 4])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_linear_equals_f_linear(seed, rows, slabs, bias):
+    """x W^T + b computed slab by slab against F.linear, values and every gradient (x, W, b), on
+    random shapes whose output width is a multiple of the slab count."""
+    gen = torch.Generator().manual_seed(seed)
+    n_in, n_out = 16 + 24 * seed, slabs * (5 + 7 * seed)
+    x = torch.randn(*rows, n_in, generator=gen, requires_grad=True)
+    weight = torch.randn(n_out, n_in, generator=gen, requires_grad=True)
+    b = torch.randn(n_out, generator=gen, requires_grad=True) if bias else None
+    got = few_rows_linear(x, weight, b, slabs)
+    want = torch.nn.functional.linear(x, weight, b)
+    assert got.shape == want.shape == (*rows, n_out)
+    assert (got - want).abs().max() <= 1e-5
+    upstream = torch.randn(want.shape, generator=gen)
+    inputs = [x, weight] + ([b] if bias else [])
+    grads = zip(torch.autograd.grad(got, inputs, upstream), torch.autograd.grad(want, inputs, upstream), strict=True)
+    for g_got, g_want in grads:
+        # x's gradient sums n_out products slab by slab, in another order than F.linear's backward, and
+        # reaches magnitudes near 30 here: 1e-5 relative to the largest entry is float32's rounding.
+        assert (g_got - g_want).abs().max() <= 1e-5 * max(1.0, g_want.abs().max().item())
+
+
+def test_project_cuts_weights_only_where_that_computes_the_same_layer(monkeypatch):
+    """`project` takes the slab path only on the fast path, on a CPU, for at most FEW_ROWS rows, with
+    several threads, for a plain nn.Linear (no wrapper, no hook) whose rows split evenly; otherwise
+    the layer's own forward runs. Either way the numbers are the layer's."""
+    calls = []
+    real = gpt2.few_rows_linear
+    monkeypatch.setattr(gpt2, "few_rows_linear", lambda *a: calls.append(a[3]) or real(*a))
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 24)
+
+    def taken(x, fast=True, n_threads=2, module=layer) -> bool:
+        calls.clear()
+        with threads(n_threads), torch.no_grad():
+            got = gpt2.project(module, x, fast)
+            assert (got - module(x)).abs().max() <= 1e-5
+        return bool(calls)
+
+    assert taken(torch.randn(1, 1, 12)) and calls == [2]
+    assert taken(torch.randn(4, 3, 12), n_threads=3) and calls == [3]
+    assert taken(torch.randn(FEW_ROWS, 12))
+    assert not taken(torch.randn(FEW_ROWS + 1, 12))  # a training batch: nn.Linear's product is fine
+    assert not taken(torch.randn(1, 12), fast=False)  # the readable path
+    assert not taken(torch.randn(1, 12), n_threads=1)  # one thread: nothing to share out
+    assert not taken(torch.randn(1, 12), n_threads=5)  # 24 rows do not cut into 5 equal slabs
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert not taken(torch.randn(1, 12)) and seen == [(1, 24), (1, 24)]  # the hook sees every call
+    handle.remove()
+
+    class Scaled(torch.nn.Linear):  # a subclass has its own forward, which must run
+        def forward(self, x):
+            return 2 * super().forward(x)
+    scaled = Scaled(12, 24)
+    assert not taken(torch.randn(1, 12), module=scaled)
+
+
+def test_lora_adapters_in_the_blocks_run_their_own_forward():
+    """LoRA on c_attn wraps the nn.Linear: the fast path with several threads must still apply the
+    adapter (the slabs are for plain layers), so its logits equal the readable path's."""
+    from minift.peft import apply_lora
+
+    torch.manual_seed(0)
+    eager = GPT2LMHeadModel(GPT2Config_(attn_impl="eager")).eval()
+    fast = GPT2LMHeadModel(GPT2Config_(attn_impl="sdpa")).eval()
+    fast.load_state_dict(eager.state_dict())
+    ids = torch.tensor([[3, 1, 4]])
+    with torch.no_grad(), threads(2):
+        plain = fast(ids, logits_to_keep=1).logits
+        for model in (eager, fast):
+            apply_lora(model, r=2, alpha=4, target_modules=("c_attn",))
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.5)  # a non-zero adapter
+        fast.load_state_dict(eager.state_dict())  # the same adapter in both (lora_A starts random)
+        got = fast(ids, logits_to_keep=1).logits
+        want = eager(ids, logits_to_keep=1).logits
+    assert (got - want).abs().max() <= 1e-5 and (got - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (4, 1), (8, 8), (5, 13)])
 @pytest.mark.parametrize("grad", [False, True])
-def test_few_rows_logits_equal_the_lm_head(seed, shape, grad):
-    """The fast path's two BLAS orders (one row: W stored (C, V); several: (W h^T)^T) against the
-    nn.Linear, on random shapes; 65 rows is above FEW_ROWS and takes the nn.Linear itself."""
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_few_rows_logits_equal_the_lm_head(seed, shape, grad, n_threads):
+    """The fast path's two BLAS orders (one row: W stored (C, V) in one slab of columns per thread;
+    several: (W h^T)^T) against the nn.Linear, on random shapes. The vocabularies (97, 98, 99 tokens)
+    do not all cut evenly into 2 or 3 slabs, which exercises the padding of the last slab."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config_(n_embd=24 + 8 * seed, vocab_size=97 + seed, attn_impl="sdpa"))
     hidden = torch.randn(*shape, model.config.n_embd, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), threads(n_threads):
         fast = model._few_rows_logits(hidden)
         want = model.lm_head(hidden)
     assert fast.shape == want.shape == (*shape, model.config.vocab_size)
@@ -202,6 +317,10 @@ def test_the_column_copy_of_the_head_follows_the_weight():
         model.lm_head.weight = model.transformer.wte.weight = torch.nn.Parameter(
             torch.randn_like(model.lm_head.weight))
     assert (last_logits() - reference()).abs().max() <= 1e-5
+    for n_threads in (2, 3):  # another thread count: other slabs (and padding), a new copy
+        with threads(n_threads):
+            assert (last_logits() - reference()).abs().max() <= 1e-5
+            assert model._head_by_column[0][-1] == n_threads
 
 
 def test_a_wrapped_lm_head_runs_its_own_forward():
