@@ -240,12 +240,17 @@ def _plain_linear(layer: nn.Module) -> bool:
     return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
 
 
+def _few_rows_on_cpu(x: torch.Tensor) -> bool:
+    """x (..., features) is a decoding step's input on a CPU: at most FEW_ROWS rows (batch x positions)."""
+    return x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1]
+
+
 def project(layer: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """layer(x). On the fast path (attn_impl="sdpa"), for the few rows of a decoding step on a CPU with
     several threads, the same numbers through `few_rows_linear`, one slab of the weight per thread."""
     slabs = torch.get_num_threads()
-    if (fast and slabs > 1 and x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1]
-            and _plain_linear(layer) and layer.weight.shape[0] % slabs == 0 and layer.weight.is_contiguous()):
+    if (fast and slabs > 1 and _few_rows_on_cpu(x) and _plain_linear(layer)
+            and layer.weight.shape[0] % slabs == 0 and layer.weight.is_contiguous()):
         return few_rows_linear(x, layer.weight, layer.bias, slabs)
     return layer(x)
 
@@ -266,19 +271,19 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = Dropout(config.resid_pdrop)
         self.attn_pdrop = config.attn_pdrop
         self.impl = config.attn_impl
-        self.fast = config.attn_impl == "sdpa"
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, T, C); mask additive (B, 1, 1, T_past + T) or None -> (B, T, C) and the new (k, v)."""
-        q, k, v = project(self.c_attn, x, self.fast).split(x.shape[-1], dim=2)  # 3 x (B, T, C)
+        fast = self.impl == "sdpa"
+        q, k, v = project(self.c_attn, x, fast).split(x.shape[-1], dim=2)  # 3 x (B, T, C)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, H, T, D)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
             v = torch.cat([past[1], v], dim=2)
         out = attention(q, k, v, mask, dropout_p=self.attn_pdrop, training=self.training, is_causal=True,
                         impl=self.impl)  # (B, H, T, D)
-        return self.resid_dropout(project(self.c_proj, merge_heads(out), self.fast)), (k, v)
+        return self.resid_dropout(project(self.c_proj, merge_heads(out), fast)), (k, v)
 
 
 class MLP(nn.Module):
@@ -497,8 +502,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         hidden = out.last_hidden_state  # (B, T, C)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, n, C)
-        few_rows = hidden.device.type == "cpu" and hidden.shape[0] * hidden.shape[1] <= FEW_ROWS
-        if self.config.attn_impl == "sdpa" and few_rows and _plain_linear(self.lm_head):
+        if self.config.attn_impl == "sdpa" and _few_rows_on_cpu(hidden) and _plain_linear(self.lm_head):
             logits = self._few_rows_logits(hidden)  # a generation step: same numbers, faster BLAS call
         else:
             logits = self.lm_head(hidden)  # (B, T or n, vocab_size)

@@ -230,7 +230,7 @@ def classification_task(cfg: FinetuneConfig, device: torch.device, world: Distri
     train_loader, dev_loader = make_loaders(tokenizer, labels, train_examples, dev_examples,
                                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
                                             device=device, rank=world.rank, world_size=world.world_size)
-    weights = _class_weights(cfg, labels, [labels.label2id[e.label] for e in train_examples])
+    weights = _class_weights(cfg, labels, [labels.label2id[e.label] for e in train_examples], device)
 
     def finish(summary: dict, result: dict) -> None:
         if summary["before"] is None:
@@ -253,7 +253,14 @@ def classification_task(cfg: FinetuneConfig, device: torch.device, world: Distri
 
 def ner_task(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task:
     from minift.metrics import AVERAGE_ROWS, format_report
-    from minift.train.ner import build_token_classifier, check_tags, evaluate_ner, make_ner_loaders, ner_labels, read_ner
+    from minift.train.ner import (
+        build_token_classifier,
+        check_tags,
+        evaluate_ner,
+        make_ner_loaders,
+        ner_labels,
+        read_ner,
+    )
 
     train_sentences = read_ner(cfg.train)
     labels = ner_labels(train_sentences)
@@ -267,7 +274,7 @@ def ner_task(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> T
         tokenizer, labels, train_sentences, dev_sentences, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, device=device, label_all_subtokens=cfg.label_all_subtokens, rank=world.rank,
         world_size=world.world_size)
-    weights = _class_weights(cfg, labels, [labels.label2id[t] for _, tags in train_sentences for t in tags])
+    weights = _class_weights(cfg, labels, [labels.label2id[t] for _, tags in train_sentences for t in tags], device)
     evaluations: list[dict] = []  # kept so the last per-type report can be printed
 
     def evaluate_dev() -> dict:
@@ -333,10 +340,14 @@ def causal_lm_task(cfg: FinetuneConfig, device: torch.device, world: Distributed
                 describe=f"{len(blocks)} blocks of {block_size} tokens from {cfg.train}")
 
 
-def _class_weights(cfg: FinetuneConfig, labels, train_label_ids: list[int]) -> torch.Tensor | None:
+def _class_weights(cfg: FinetuneConfig, labels, train_label_ids: list[int],
+                   device: torch.device) -> torch.Tensor | None:
+    """--class-weights as a (C,) tensor, moved to the training device once (the loss reads it every step)."""
     if cfg.class_weights == "balanced":
-        return balanced_weights(train_label_ids, len(labels))
-    return parse_class_weights(cfg.class_weights, labels.names)
+        weights = balanced_weights(train_label_ids, len(labels))
+    else:
+        weights = parse_class_weights(cfg.class_weights, labels.names)
+    return None if weights is None else weights.to(device)
 
 
 def _print_examples(predictions: list[dict], examples) -> None:
