@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -36,6 +35,9 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, constants, hf_hub_download
 
+from minift.checkpoint.files import CONFIG_NAME, SAFE_INDEX, SAFE_WEIGHTS, CheckpointError, read_index
+from minift.io import atomic_folder
+
 # Short names readers type -> hub ids (the hub moved the old org-less names under their owners).
 ALIASES: dict[str, str] = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -44,9 +46,7 @@ ALIASES: dict[str, str] = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
+CONFIG, WEIGHTS, WEIGHTS_INDEX = CONFIG_NAME, SAFE_WEIGHTS, SAFE_INDEX  # the layout's file names
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
 # (tokenizer.json) and the special-token settings: copied when the source has them. Pickled weights
 # (*.bin), TensorFlow (*.h5) and ONNX files are never on this list.
@@ -210,17 +210,12 @@ def _safetensors_gap(path: Path) -> str | None:
 def _shards(index: Path) -> list[str]:
     """The shard files a model.safetensors.index.json names in its {"weight_map": {tensor: file}}."""
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise _SourceFailed(f"cannot read {index.name}: {err}") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise _SourceFailed(f"{index.name} has no 'weight_map' object mapping tensor names to shard files")
-    shards = sorted({str(file) for file in weight_map.values()})
-    # A shard is a plain .safetensors file beside the index; a path could escape the folder.
-    refused = [s for s in shards if Path(s).name != s or not s.endswith(".safetensors")]
+        shards = sorted(set(read_index(index).values()))  # checks that each is a plain file name
+    except CheckpointError as err:
+        raise _SourceFailed(str(err)) from None
+    refused = [s for s in shards if not s.endswith(".safetensors")]
     if refused:
-        raise _SourceFailed(f"{index.name} names shards that are not plain .safetensors files: {refused}")
+        raise _SourceFailed(f"{index.name} names shards that are not .safetensors files: {refused}")
     return shards
 
 
@@ -404,20 +399,18 @@ def pull(name: str | os.PathLike, *, force: bool = False) -> Path:
     attempts: list[tuple[str, str]] = []
     for label, fetch in sources:
         _say(f"{name}: trying {label}")
-        # Hidden (leading dot) and never complete until renamed: list_local and resolve skip it.
-        staging = _sibling(dest, "partial")
         try:
-            fetch(staging)
-            gap = _missing(staging)
-            if gap:
-                raise _SourceFailed(gap)
-            _rename_into_place(staging, dest)
+            # Assembled in a hidden folder (leading dot) that becomes `dest` only once complete:
+            # list_local and resolve skip it, and a failed source leaves nothing behind.
+            with atomic_folder(dest) as staging:
+                fetch(staging)
+                gap = _missing(staging)
+                if gap:
+                    raise _SourceFailed(gap)
         except Exception as err:  # noqa: BLE001 - any failure of one source means: try the next one
             attempts.append((label, _reason(err)))
             _say(f"  failed: {attempts[-1][1]}")
             continue
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         total = sum(p.stat().st_size for p in dest.iterdir())
         _say(f"{name} is in {dest} ({_human(total)})")
         return dest
@@ -455,26 +448,6 @@ def list_local() -> list[tuple[str, Path]]:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _rename_into_place(staging: Path, dest: Path) -> None:
-    """A rename is atomic: `dest` is the old complete folder or the new one, never a half-written one."""
-    if not dest.exists():
-        staging.rename(dest)
-        return
-    # A folder cannot be renamed over a non-empty one: move the old one aside, then delete it.
-    old = _sibling(dest, "old")
-    dest.rename(old / dest.name)
-    staging.rename(dest)
-    shutil.rmtree(old)
-
-
-def _sibling(dest: Path, kind: str) -> Path:
-    """A new hidden folder beside `dest` (same file system, so renames are atomic), made with the umask's
-    permissions -- tempfile.mkdtemp would make it private, and the checkpoint folder with it."""
-    folder = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.{kind}"
-    folder.mkdir()
-    return folder
 
 
 def _reason(err: Exception) -> str:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from minift.checkpoint import atomic_files, load_state_dict, read_json, write_json
+from minift.checkpoint import load_state_dict
+from minift.io import atomic_files, read_json, write_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -415,7 +416,7 @@ def save_adapter(model: nn.Module, folder: str | Path, *, base_model: str | None
     `adapter_config.json` (r, alpha, dropout, target_modules, head, model_type, base_model).
 
     A few hundred KB instead of the whole model; `load_adapter` puts it back on the base model.
-    Both writes are atomic (temporary file, fsync, rename), as in minift/checkpoint.py.
+    Both writes are atomic (temporary file, fsync, rename), through minift/io.py.
     """
     tensors = {name: t.contiguous().cpu() for name, t in lora_state_dict(model).items()}
     config = {**_lora_config(model).to_dict(), "model_type": _model_type(model), "base_model": base_model}

@@ -1,4 +1,4 @@
-"""minift/models/bert.py (and minift/nn/blocks.py) against transformers' BERT.
+"""minift/models/bert.py against transformers' BERT.
 
 Every class is compared on three small random configurations with odd sizes and on the real
 all-MiniLM-L6-v2 weights: hidden states, pooled output, logits, loss and the gradient of every
@@ -22,7 +22,7 @@ from minift.models import (
     BertForTokenClassification,
     BertModel,
 )
-from minift.models.bert import ConfigError
+from minift.models.config import ConfigError
 
 transformers.logging.set_verbosity_error()
 

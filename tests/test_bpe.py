@@ -16,6 +16,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from minift.io import JSONError
 from minift.tokenizer import bpe as bpe_module
 from minift.tokenizer.bpe import BYTE_TO_CHAR, BPEFormatError, ByteLevelBPETokenizer, to_byte_chars
 
@@ -401,7 +402,7 @@ def test_error_vocab_missing_a_byte_symbol(tmp_path):
 def test_error_vocab_not_json(tmp_path):
     write_tiny(tmp_path, ["a b"])
     (tmp_path / "vocab.json").write_text('{"a": 0,\n "b": }', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"vocab.json:2:\d+: not valid JSON"):
+    with pytest.raises(JSONError, match=r"vocab.json:2:\d+: invalid JSON"):
         ByteLevelBPETokenizer.from_pretrained(tmp_path)
 
 

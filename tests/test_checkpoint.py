@@ -1,4 +1,4 @@
-"""minift/checkpoint.py against the public layout: transformers loads what we save, and back.
+"""minift/checkpoint/ and minift/models/pretrained.py against the public layout: transformers loads what we save, and back.
 
 Part 1 uses tiny hand-made PretrainedModel subclasses, so that name mapping, the report, tying and
 atomic writes are tested on their own. Part 2 uses minift's BERT and transformers' BERT with small
@@ -20,15 +20,16 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import minift.checkpoint as ckpt
+import minift.checkpoint.files as ckpt_files
+import minift.io
 from minift.checkpoint import (
     CheckpointError,
-    PretrainedModel,
     load_into,
     load_state_dict,
     read_config,
     save_state_dict,
 )
+from minift.models.pretrained import PretrainedModel
 from minift.models import BertForMaskedLM, BertForSequenceClassification, BertModel
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch, old_s
     old = random_state_dict(5)
     save_state_dict(old, tmp_path, max_shard_size=old_shards)
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(ckpt, "save_file", crash_after_half(save_file))
+    monkeypatch.setattr(ckpt_files, "save_file", crash_after_half(save_file))
     with pytest.raises(KeyboardInterrupt):
         save_state_dict(random_state_dict(6), tmp_path, max_shard_size=new_shards)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left behind
@@ -213,7 +214,7 @@ def test_crash_before_new_index_keeps_previous_checkpoint(tmp_path, monkeypatch,
     def die(data, path):
         raise KeyboardInterrupt("killed before the index")
 
-    monkeypatch.setattr(ckpt, "write_json", die)
+    monkeypatch.setattr(ckpt_files, "write_json", die)
     with pytest.raises(KeyboardInterrupt):
         save_state_dict(random_state_dict(6), tmp_path, max_shard_size=250)  # 2 shards, not the old 5
     assert_same_state(load_state_dict(tmp_path), old)
@@ -227,7 +228,7 @@ def test_interrupted_config_write_keeps_previous_config(tmp_path, monkeypatch):
     def die(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "_fsync_file", die)
+    monkeypatch.setattr(minift.io, "fsync_file", die)
     model.config.hidden_size = 99
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path)
@@ -265,7 +266,7 @@ def test_bad_save_arguments(tmp_path, bad):
 
 def test_malformed_config(tmp_path):
     (tmp_path / "config.json").write_text('{\n  "vocab_size": 11,\n  "hidden_size": 6\n  "x": 1\n}\n')
-    with pytest.raises(CheckpointError, match=r"config\.json, line 4, column 3: invalid JSON"):
+    with pytest.raises(CheckpointError, match=r"config\.json:4:3: invalid JSON"):
         read_config(tmp_path)
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"config\.json: expected a JSON object .* found list"):

@@ -183,7 +183,7 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
 def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
     run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
-    from minift.checkpoint import CheckpointError
+    from minift.io import JSONError
     from minift.train.finetune import FinetuneConfig, check_run_identity
     from minift.train.state import CHECKPOINTS, STATE
 
@@ -200,5 +200,5 @@ def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"holds a different run \(lr: run has 3e-05, now 0.001\)"):
         check_run_identity(cfg)
     run_file.write_text('{"task": ', encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"run\.json, line 1, column 10: invalid JSON"):
+    with pytest.raises(JSONError, match=r"run\.json:1:10: invalid JSON"):
         check_run_identity(cfg)

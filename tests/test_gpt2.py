@@ -11,9 +11,9 @@ import transformers
 from safetensors.torch import save_file
 
 from minift.checkpoint import CheckpointError
+from minift.models.config import ConfigError
 from minift.models.gpt2 import (
     GPT2Config,
-    GPT2ConfigError,
     GPT2ForSequenceClassification,
     GPT2ForTokenClassification,
     GPT2LMHeadModel,
@@ -332,14 +332,14 @@ def test_bad_config_names_file_and_key(tmp_path, change, message):
 
 
 def test_config_errors_without_a_file():
-    with pytest.raises(GPT2ConfigError, match=r"my.json: missing required key\(s\) n_layer"):
+    with pytest.raises(ConfigError, match=r"my.json: missing required key\(s\) n_layer"):
         GPT2Config.from_dict({"model_type": "gpt2", "vocab_size": 5, "n_embd": 4, "n_head": 2}, "my.json")
-    with pytest.raises(GPT2ConfigError, match=r"GPT2Config: attn_impl must be one of \('eager', 'sdpa'\)"):
+    with pytest.raises(ConfigError, match=r"GPT2Config: attn_impl must be one of \('eager', 'sdpa'\)"):
         GPT2Config(attn_impl="flash")
-    with pytest.raises(GPT2ConfigError, match=r"label2id .* is not the inverse of id2label"):
+    with pytest.raises(ConfigError, match=r"label2id .* is not the inverse of id2label"):
         GPT2Config(id2label={0: "a", 1: "b"}, label2id={"a": 1, "b": 0})
     # one label cannot be a single-label classification (its cross-entropy would always be 0)
-    with pytest.raises(GPT2ConfigError, match=r"single_label_classification needs num_labels >= 2"):
+    with pytest.raises(ConfigError, match=r"single_label_classification needs num_labels >= 2"):
         GPT2Config(num_labels=1, problem_type="single_label_classification")
 
 

@@ -16,6 +16,7 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 
+from minift.io import JSONError
 from minift.models import (
     BertConfig,
     BertForMaskedLM,
@@ -494,7 +495,7 @@ def test_adapter_file_errors(tmp_path):
     good = config_path.read_text()
 
     config_path.write_text(good.replace('"r": 2', '"r": 2,,'))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(config_path))}, line \d+, column \d+: invalid JSON"):
+    with pytest.raises(JSONError, match=rf"{re.escape(str(config_path))}:\d+:\d+: invalid JSON"):
         load_adapter(random_classifier(SHAPES[0], 0), tmp_path)
     config_path.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "alpha"}))
     with pytest.raises(ValueError, match=r"adapter_config.json: not a minift adapter config; missing key\(s\) alpha"):

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel, WordPiece
 from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 
+from minift.io import JSONError
 from minift.tokenizer import BatchEncoding, FastTokenizer, WordPieceTokenizer, load_tokenizer
 from minift.tokenizer.base import truncation_lengths
 from minift.tokenizer.wordpiece import (
@@ -504,7 +505,7 @@ def test_vocab_with_blank_last_line_and_no_mask(tmp_path):
 def test_bad_tokenizer_json(tmp_path, minilm_dir):
     path = tmp_path / "tokenizer.json"
     path.write_text('{"model": {"type": "WordPiece",\n "vocab": {"a": 0,}}}', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"tokenizer.json:2:\d+: not valid JSON"):
+    with pytest.raises(JSONError, match=r"tokenizer.json:2:\d+: invalid JSON"):
         WordPieceTokenizer.from_pretrained(tmp_path)
     path.write_text('{"model": {"type": "BPE", "vocab": {}}}', encoding="utf-8")
     with pytest.raises(VocabError, match=r"tokenizer.json: 'model.type' is 'BPE', not 'WordPiece'"):

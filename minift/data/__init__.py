@@ -5,8 +5,8 @@ turns a list of examples into padded tensors and builds the seeded DataLoader.
 """
 
 from minift.data.collate import ClassificationCollate, make_classification_collate, make_loader
-from minift.data.sampler import EpochBatchSampler
 from minift.data.readers import DataError, Example, LabelMap, demo_path, read_classification, read_conll
+from minift.data.sampler import EpochBatchSampler
 
 __all__ = [
     "ClassificationCollate",

@@ -4,7 +4,7 @@ the encoder and its task heads, with the parameter names of the public checkpoin
 Lesson: `lessons/05-bert.md` (embeddings, the post-LN layer, the pooler, the heads, and the
 parameter count of all-MiniLM-L6-v2 worked out by hand).
 
-    input_ids (B, T) -> BertEmbeddings -> N x BertLayer (minift/nn/blocks.py) -> (B, T, C)
+    input_ids (B, T) -> BertEmbeddings -> N x BertLayer (post-LN) -> (B, T, C)
                      -> pooler: tanh(Dense(h_[CLS]))                          -> (B, C)
     heads: sequence classification (pooled), token classification (every position),
            masked LM (every position, decoder tied to the word embeddings).
@@ -14,60 +14,44 @@ parameter count of all-MiniLM-L6-v2 worked out by hand).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.checkpoint import PretrainedModel
 from minift.losses import cross_entropy
-from minift.models.heads import (
-    PROBLEM_TYPES,
-    label_maps_for_json,
-    parse_label_map,
-    sequence_classification_loss,
-    settle_labels,
-    token_classification_loss,
-)
-from minift.nn.attention import IMPLS, padding_mask
-from minift.nn.blocks import BertLayer
+from minift.models.config import Check, PretrainedConfig, is_int
+from minift.models.heads import sequence_classification_loss, token_classification_loss
+from minift.models.pretrained import PretrainedModel
+from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
-
-
-class ConfigError(ValueError):
-    """A config.json (or BertConfig argument) that does not describe a BERT minift can build."""
-
 
 # ----------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------
 
-# Keys of a config.json that change the architecture in ways minift does not implement: accepting
-# them silently would build a different model than the checkpoint's (a wrong answer, not an error).
-_UNSUPPORTED = {
-    "position_embedding_type": ("absolute",),
-    "is_decoder": (False,),
-    "add_cross_attention": (False,),
-}
-# Without these the model's shapes are unknown; a default would only fail later, less clearly.
-_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
 
 @dataclass
-class BertConfig:
-    """The fields of a BERT config.json that the model uses; defaults are BERT-base's.
+class BertConfig(PretrainedConfig):
+    """The fields of a BERT config.json that the model uses; defaults are BERT-base's. Reading,
+    checking and writing config.json, and the label maps, are shared (minift/models/config.py).
 
     id2label / label2id map class ids to names; `num_labels`, when given and different from
-    len(id2label), wins and rebuilds both maps as LABEL_0, LABEL_1, ... (as transformers does;
-    `settle_labels` in minift/models/heads.py, shared with GPT-2).
+    len(id2label), wins and rebuilds both maps as LABEL_0, LABEL_1, ... (as transformers does).
     attn_impl is how to run the model ("eager": the readable path, "sdpa": fused kernels); it is
     not part of the checkpoint and is not written to config.json.
     """
 
     model_type: ClassVar[str] = "bert"
+    required: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    unsupported: ClassVar[dict[str, tuple]] = {
+        "position_embedding_type": ("absolute",),
+        "is_decoder": (False,),
+        "add_cross_attention": (False,),
+    }
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -90,103 +74,15 @@ class BertConfig:
     tie_word_embeddings: bool = True
     attn_impl: str = "eager"
 
-    def __post_init__(self) -> None:
-        _check_fields(self, "BertConfig")
-        settle_labels(self, "BertConfig", ConfigError)
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> BertConfig:
-        """Build from a config.json dict (plus any overrides merged into it); `source` names the
-        file in every error. Keys minift does not use (transformers_version, use_cache, ...) are
-        ignored; keys that would change the architecture unsupported-ly are errors."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
-        model_type = d.get("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise ConfigError(f"{source}: model_type is {model_type!r}, but BertConfig reads 'bert' configs")
-        missing = [key for key in _REQUIRED if key not in d]
-        if missing:
-            raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
-        for key, allowed in _UNSUPPORTED.items():
-            if key in d and d[key] not in allowed:
-                raise ConfigError(
-                    f"{source}: {key}={d[key]!r} is not supported (minift implements {key}={allowed[0]!r})"
-                )
-        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        for key in ("id2label", "label2id"):
-            if values.get(key) is not None:
-                values[key] = parse_label_map(key, values[key], source, ConfigError)
-        config = cls.__new__(cls)
-        for f in dataclasses.fields(cls):  # defaults first, then the file's values
-            setattr(config, f.name, values.get(f.name, _default(f)))
-        _check_fields(config, source)
-        settle_labels(config, source, ConfigError)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        """A config.json dict `transformers` loads: model_type, every architecture field, and the
-        label maps with string keys (JSON object keys are strings, as in the public files)."""
-        d = {"model_type": self.model_type}
-        for f in dataclasses.fields(self):
-            if f.name not in ("attn_impl", "num_labels"):  # num_labels is len(id2label) on reload
-                d[f.name] = getattr(self, f.name)
-        d.update(label_maps_for_json(self))
-        return d
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _check_fields(config: BertConfig, source: str) -> None:
-    """Types and ranges of every field; one ConfigError naming `source` and the key."""
-
-    def fail(key: str, expected: str) -> None:
-        raise ConfigError(f"{source}: {key} must be {expected}, got {getattr(config, key)!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    for key in (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-        "type_vocab_size",
-    ):
-        if not is_int(getattr(config, key)) or getattr(config, key) < 1:
-            fail(key, "a positive integer")
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-        value = getattr(config, key)
-        if value is None and key == "classifier_dropout":
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-            fail(key, "a probability in [0, 1)")
-    for key in ("layer_norm_eps", "initializer_range"):
-        value = getattr(config, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            fail(key, "a non-negative number")
-    if config.pad_token_id is not None and not (
-        is_int(config.pad_token_id) and 0 <= config.pad_token_id < config.vocab_size
-    ):
-        fail("pad_token_id", f"null or a token id in [0, vocab_size={config.vocab_size})")
-    if config.num_labels is not None and (not is_int(config.num_labels) or config.num_labels < 1):
-        fail("num_labels", "a positive integer")
-    if config.hidden_act not in ACTIVATION_NAMES:
-        fail("hidden_act", f"one of {ACTIVATION_NAMES}")
-    if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
-        fail("problem_type", f"null or one of {PROBLEM_TYPES}")
-    if config.attn_impl not in IMPLS:
-        fail("attn_impl", f"one of {IMPLS}")
-    if not isinstance(config.tie_word_embeddings, bool):
-        fail("tie_word_embeddings", "true or false")
-    if config.hidden_size % config.num_attention_heads != 0:
-        raise ConfigError(
-            f"{source}: hidden_size={config.hidden_size} is not divisible by "
-            f"num_attention_heads={config.num_attention_heads}"
-        )
+    def _check(self, check: Check) -> None:
+        check.positive_int("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size", "max_position_embeddings", "type_vocab_size")
+        check.probability("hidden_dropout_prob", "attention_probs_dropout_prob")
+        check.non_negative("layer_norm_eps")
+        if self.pad_token_id is not None and not (is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size):
+            check.fail("pad_token_id", f"null or a token id in [0, vocab_size={self.vocab_size})")
+        check.one_of("hidden_act", ACTIVATION_NAMES)
+        check.divisible("hidden_size", "num_attention_heads")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -248,6 +144,92 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
         x = x + self.position_embeddings.weight[:length]  # (T, C): positions 0..T-1, broadcast over B
         return self.dropout(self.LayerNorm(x))
+
+
+# One BERT layer (Devlin et al. 2019, sec. 3, which uses the encoder of Vaswani et al. 2017 unchanged):
+#     a = LayerNorm(x + Dropout(Dense(MultiHeadSelfAttention(x))))       "attention"
+#     y = LayerNorm(a + Dropout(Dense(GELU(Dense(a)))))                   "intermediate", "output"
+# "Post-LN": LayerNorm(x + Sublayer(x)), the normalisation *after* the residual sum (Vaswani et al.
+# sec. 3.1), with dropout on the sublayer's output before the sum (sec. 5.4). GPT-2's pre-LN block,
+# x + Sublayer(LayerNorm(x)), is in minift/models/gpt2.py. The attribute names (`attention.self.query`,
+# `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, ...) are exactly the tensor names
+# of the public BERT checkpoints, so loading needs no renaming table.
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. sec. 3.2.2) without the output projection,
+    which the checkpoint stores under `attention.output.dense`."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.impl = config.attn_impl
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = split_heads(self.query(x), self.num_heads)  # (B, H, T, D)
+        k = split_heads(self.key(x), self.num_heads)  # (B, H, T, D)
+        v = split_heads(self.value(x), self.num_heads)  # (B, H, T, D)
+        out = attention(q, k, v, mask, dropout_p=self.dropout_p, training=self.training, impl=self.impl)
+        return merge_heads(out)  # (B, T, C)
+
+
+class BertResidualOutput(nn.Module):
+    """Dense -> Dropout -> LayerNorm(residual + .): the post-LN end of both sublayers.
+    In the checkpoint: `attention.output.*` (in = C) and `output.*` (in = intermediate_size)."""
+
+    def __init__(self, config: BertConfig, in_features: int) -> None:
+        super().__init__()
+        fast = config.attn_impl == "sdpa"
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, fast=fast)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))  # (B, T, C)
+
+
+class BertAttention(nn.Module):
+    """Sublayer 1: a = LayerNorm(x + Dropout(Dense(SelfAttention(x))))."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertResidualOutput(config, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, mask), residual=x)
+
+
+class BertIntermediate(nn.Module):
+    """The first half of the position-wise feed-forward network (Vaswani et al. sec. 3.3): C -> 4C, GELU."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act, fast=config.attn_impl == "sdpa")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))  # (B, T, intermediate_size)
+
+
+class BertLayer(nn.Module):
+    """One post-LN encoder layer: attention sublayer, then feed-forward sublayer."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertResidualOutput(config, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, C), mask additive (B, 1, 1, T) or None -> (B, T, C)."""
+        a = self.attention(x, mask)
+        return self.output(self.intermediate(a), residual=a)
 
 
 class BertPooler(nn.Module):

@@ -14,54 +14,34 @@ implementation, which `tests/test_gpt2.py` checks every output, loss and gradien
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from minift.checkpoint import PretrainedModel
 from minift.generate import generate as _generate
 from minift.losses import cross_entropy
-from minift.models.heads import (
-    PROBLEM_TYPES,
-    label_maps_for_json,
-    parse_label_map,
-    sequence_classification_loss,
-    settle_labels,
-    token_classification_loss,
-)
-from minift.nn.attention import IMPLS, attention, merge_heads, padding_mask, split_heads
+from minift.models.config import Check, PretrainedConfig, is_int
+from minift.models.heads import sequence_classification_loss, token_classification_loss
+from minift.models.pretrained import PretrainedModel
+from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class GPT2ConfigError(ValueError):
-    """A config.json (or GPT2Config argument) that does not describe a GPT-2 minift can build."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------
 
-# Keys that would change the architecture in ways minift does not implement: accepting them would
-# build a different model than the checkpoint's. (reorder_and_upcast_attn only changes the order of
-# the float32 attention math under mixed precision; the model is the same, so it is ignored.)
-_UNSUPPORTED = {
-    "scale_attn_weights": (True,),
-    "scale_attn_by_inverse_layer_idx": (False,),
-    "add_cross_attention": (False,),
-}
-_REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
-_NOT_SAVED = ("attn_impl", "num_labels")  # a run-time choice; num_labels is len(id2label) on reload
-
 
 @dataclass
-class GPT2Config:
+class GPT2Config(PretrainedConfig):
     """The fields of a GPT-2 config.json that the model uses; defaults are GPT-2 small's (124M).
+    Reading, checking and writing config.json, and the label maps, are shared
+    (minift/models/config.py).
 
     n_inner None means 4 * n_embd (Radford et al. 2018, sec. 4.1). attn_impl is how to run the
     model, not part of the checkpoint: "eager" is the readable path; "sdpa" is fused kernels and, on a
@@ -69,6 +49,14 @@ class GPT2Config:
     """
 
     model_type: ClassVar[str] = "gpt2"
+    required: ClassVar[tuple[str, ...]] = ("vocab_size", "n_embd", "n_layer", "n_head")
+    # (reorder_and_upcast_attn only changes the order of the float32 attention math under mixed
+    # precision; the model is the same, so it is ignored.)
+    unsupported: ClassVar[dict[str, tuple]] = {
+        "scale_attn_weights": (True,),
+        "scale_attn_by_inverse_layer_idx": (False,),
+        "add_cross_attention": (False,),
+    }
 
     vocab_size: int = 50257
     n_positions: int = 1024
@@ -93,94 +81,26 @@ class GPT2Config:
     tie_word_embeddings: bool = True
     attn_impl: str = "eager"
 
-    def __post_init__(self) -> None:
-        _check_fields(self, "GPT2Config")
-        settle_labels(self, "GPT2Config", GPT2ConfigError)  # minift/models/heads.py, shared with BERT
-
     @property
     def inner_size(self) -> int:
         return 4 * self.n_embd if self.n_inner is None else self.n_inner
 
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> GPT2Config:
-        """Build from a config.json dict (plus overrides merged into it); `source` names the file in
-        every error. Unused keys (summary_*, use_cache, ...) are ignored; architecture-changing ones
-        minift does not implement are errors."""
-        if not isinstance(d, dict):
-            raise GPT2ConfigError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
-        model_type = d.get("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise GPT2ConfigError(f"{source}: model_type is {model_type!r}, but GPT2Config reads 'gpt2' configs")
-        missing = [key for key in _REQUIRED if key not in d]
-        if missing:
-            raise GPT2ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
-        for key, allowed in _UNSUPPORTED.items():
-            if key in d and d[key] not in allowed:
-                raise GPT2ConfigError(f"{source}: {key}={d[key]!r} is not supported (minift implements "
-                                      f"{key}={allowed[0]!r})")
-        config = cls.__new__(cls)
-        for f in dataclasses.fields(cls):  # defaults first, then the file's values
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            setattr(config, f.name, d.get(f.name, default))
-        for key in ("id2label", "label2id"):
-            if getattr(config, key) is not None:
-                setattr(config, key, parse_label_map(key, getattr(config, key), source, GPT2ConfigError))
-        _check_fields(config, source)
-        settle_labels(config, source, GPT2ConfigError)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        """A config.json dict that `transformers` loads (label maps with string keys, as in JSON)."""
-        d: dict[str, Any] = {"model_type": self.model_type}
-        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED})
-        d.update(label_maps_for_json(self))
-        return d
-
-
-def _check_fields(config: GPT2Config, source: str) -> None:
-    """Types and ranges of every field; one GPT2ConfigError naming `source` and the key."""
-
-    def fail(key: str, expected: str) -> None:
-        raise GPT2ConfigError(f"{source}: {key} must be {expected}, got {getattr(config, key)!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-        if not is_int(getattr(config, key)) or getattr(config, key) < 1:
-            fail(key, "a positive integer")
-    if config.n_inner is not None and (not is_int(config.n_inner) or config.n_inner < 1):
-        fail("n_inner", "null or a positive integer")
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "classifier_dropout"):
-        value = getattr(config, key)
-        if not (value is None and key == "classifier_dropout") and not (is_number(value) and 0 <= value < 1):
-            fail(key, "a probability in [0, 1)")
-    for key in ("layer_norm_epsilon", "initializer_range"):
-        if not is_number(getattr(config, key)) or getattr(config, key) < 0:
-            fail(key, "a non-negative number")
-    # Types only, no range: transformers' GPT2Config keeps GPT-2's 50256 for any vocab_size, so small
-    # random checkpoints carry special ids outside their vocabulary (an id the model never produces).
-    for key in ("bos_token_id", "pad_token_id"):
-        if getattr(config, key) is not None and not (is_int(getattr(config, key)) and getattr(config, key) >= 0):
-            fail(key, "null or a token id (an integer >= 0)")
-    eos = config.eos_token_id
-    if eos is not None and not all(is_int(i) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])):
-        fail("eos_token_id", "null, a token id or a list of token ids")
-    if config.num_labels is not None and (not is_int(config.num_labels) or config.num_labels < 1):
-        fail("num_labels", "a positive integer")
-    if config.activation_function not in ACTIVATION_NAMES:
-        fail("activation_function", f"one of {ACTIVATION_NAMES}")
-    if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
-        fail("problem_type", f"null or one of {PROBLEM_TYPES}")
-    if config.attn_impl not in IMPLS:
-        fail("attn_impl", f"one of {IMPLS}")
-    if not isinstance(config.tie_word_embeddings, bool):
-        fail("tie_word_embeddings", "true or false")
-    if config.n_embd % config.n_head != 0:
-        raise GPT2ConfigError(f"{source}: n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+    def _check(self, check: Check) -> None:
+        check.positive_int("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+        check.positive_int("n_inner", nullable=True)
+        check.probability("resid_pdrop", "embd_pdrop", "attn_pdrop")
+        check.non_negative("layer_norm_epsilon")
+        # Types only, no range: transformers' GPT2Config keeps GPT-2's 50256 for any vocab_size, so small
+        # random checkpoints carry special ids outside their vocabulary (an id the model never produces).
+        for key in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, key)
+            if value is not None and not (is_int(value) and value >= 0):
+                check.fail(key, "null or a token id (an integer >= 0)")
+        eos = self.eos_token_id
+        if eos is not None and not all(is_int(i) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])):
+            check.fail("eos_token_id", "null, a token id or a list of token ids")
+        check.one_of("activation_function", ACTIVATION_NAMES)
+        check.divisible("n_embd", "n_head")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,7 +254,7 @@ class GPT2PretrainedModel(PretrainedModel):
     _keys_to_ignore_on_load: tuple[str, ...] = (r"\.attn\.bias$", r"\.attn\.masked_bias$")  # not c_attn.bias
     # OpenAI's TensorFlow code wrote these projections as 1x1 convolutions, whose kernel is stored
     # (in_features, out_features); transformers kept that as its `Conv1D` module. An nn.Linear weight
-    # is (out, in), so minift/checkpoint.py transposes these four on load and back on save, here only.
+    # is (out, in), so minift/checkpoint/load.py transposes these four on load and back on save, here only.
     _transposed_weights: tuple[str, ...] = (
         r"attn\.c_attn\.weight$",
         r"attn\.c_proj\.weight$",

@@ -1,68 +1,16 @@
-"""What the task heads of BERT and GPT-2 share: the label maps of their configs and the losses
-(lessons 05 and 21).
+"""What the task heads of BERT and GPT-2 share: the losses on their logits (lessons 05 and 21).
 
 A head maps hidden states to logits; what differs between the families is which hidden state it
-reads (BERT's pooled [CLS], GPT-2's last real token). The class names in the config (id2label,
-label2id, num_labels) and the loss on the logits are the same, so they live here once.
+reads (BERT's pooled [CLS], GPT-2's last real token). The loss on the logits is the same, so it lives
+here once; the label maps of the configs are in minift/models/config.py.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from minift.losses import binary_cross_entropy_with_logits, cross_entropy
-
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Label maps of a config
-# ----------------------------------------------------------------------------------------------------
-
-
-def parse_label_map(key: str, value: Any, source: str, error: type[ValueError]) -> dict:
-    """A label map as config.json holds it -> Python keys: id2label {"0": "NEG"} -> {0: "NEG"},
-    label2id {"NEG": "0"} -> {"NEG": 0}. `error` is the model's config error class; `source` names
-    the file."""
-    if not isinstance(value, dict):
-        raise error(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
-    try:
-        if key == "id2label":
-            return {int(i): str(name) for i, name in value.items()}
-        return {str(name): int(i) for name, i in value.items()}
-    except (TypeError, ValueError):
-        raise error(f"{source}: {key} must map integer ids and label names, got {value}") from None
-
-
-def settle_labels(config: Any, source: str, error: type[ValueError]) -> None:
-    """Makes config.num_labels, .id2label and .label2id consistent, as transformers does: names given
-    with no num_labels (or a matching one) are kept and label2id is derived from them; a num_labels
-    that disagrees with id2label wins and renames the classes LABEL_0, LABEL_1, ... (transformers'
-    num_labels setter). One output cannot be single-label classification (its softmax is always 1)."""
-    if config.id2label is not None and config.num_labels in (None, len(config.id2label)):
-        config.num_labels = len(config.id2label)
-        inverse = {name: i for i, name in config.id2label.items()}
-        if config.label2id is not None and config.label2id != inverse:
-            raise error(f"{source}: label2id {config.label2id} is not the inverse of id2label "
-                        f"{config.id2label}")
-        config.label2id = inverse
-    else:
-        config.num_labels = 2 if config.num_labels is None else config.num_labels
-        config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)}
-        config.label2id = {name: i for i, name in config.id2label.items()}
-    if config.problem_type == "single_label_classification" and config.num_labels < 2:
-        raise error(f"{source}: problem_type single_label_classification needs num_labels >= 2, "
-                    f"got {config.num_labels} (use problem_type 'regression' for one output)")
-
-
-def label_maps_for_json(config: Any) -> dict[str, dict]:
-    """id2label and label2id as config.json holds them: JSON object keys are strings."""
-    return {"id2label": {str(i): name for i, name in config.id2label.items()},
-            "label2id": dict(config.label2id)}
-
 
 # ----------------------------------------------------------------------------------------------------
 # Losses

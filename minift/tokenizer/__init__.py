@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minift.tokenizer.base import BatchEncoding, read_json
+from minift.io import read_json
+from minift.tokenizer.base import BatchEncoding
 from minift.tokenizer.fast import FastTokenizer
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 

@@ -17,8 +17,6 @@ attention masks").
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -26,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from minift.io import atomic_files, dumps_json, read_json
 
 # A template item: ("$A", type_id) or ("$B", type_id) stands for the first or second text, any other
 # string is a special token inserted with that type id. This is the format of the `tokenizers`
@@ -451,14 +451,6 @@ SPECIAL_ROLES = ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token
 NO_MAX_LENGTH = int(1e29)  # transformers writes int(1e30) as model_max_length when a model has no limit
 
 
-def read_json(path: Path) -> object:
-    """Parse a JSON file; a syntax error names the file, line and column."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-
-
 def read_tokenizer_settings(folder: Path) -> dict:
     """special_tokens_map.json updated by tokenizer_config.json (either may be absent).
 
@@ -498,21 +490,17 @@ def read_model_max_length(folder: Path, settings: dict, default: int) -> int:
 
 
 def write_files_atomically(folder: Path, files: dict[str, str]) -> list[Path]:
-    """Write {name: text} into ``folder``; each file goes to a temporary name and is renamed into
-    place, so an interrupted save never leaves a half-written file behind."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in files.items():
-        path, tmp = folder / name, folder / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        paths.append(path)
+    """Write {name: text} into ``folder``, all at once (`minift.io.atomic_files`): an interrupted save
+    never leaves a half-written file, nor a new vocabulary beside an old merges file."""
+    paths = [Path(folder) / name for name in files]
+    with atomic_files(paths) as tmps:
+        for tmp, text in zip(tmps, files.values()):
+            tmp.write_text(text, encoding="utf-8")
     return paths
 
 
 def to_json(data: dict) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return dumps_json(data, sort_keys=False)
 
 
 def list_folder(folder: Path) -> str:

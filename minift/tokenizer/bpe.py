@@ -24,11 +24,11 @@ from typing import NamedTuple
 import regex
 import torch
 
+from minift.io import read_json
 from minift.tokenizer.base import (
     BaseTokenizer,
     BatchEncoding,
     Encoding,
-    read_json,
     read_model_max_length,
     read_tokenizer_settings,
     write_files_atomically,

@@ -19,11 +19,11 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
+from minift.io import read_json
 from minift.tokenizer.base import (
     SPECIAL_ROLES,
     BaseTokenizer,
     list_folder,
-    read_json,
     read_model_max_length,
     read_tokenizer_settings,
     to_json,

@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from minift.io import read_json
 from minift.tokenizer.base import (
     BaseTokenizer,
     Template,
     list_folder,
-    read_json,
     read_model_max_length,
     read_tokenizer_settings,
     to_json,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from minift.checkpoint import read_json, write_json
+from minift.io import read_json, write_json
 from minift.train import distributed
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed

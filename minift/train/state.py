@@ -16,7 +16,6 @@ checkpoints as they were, and a half-written folder is never mistaken for a chec
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minift.checkpoint import CheckpointError, load_into, load_state_dict
+from minift.io import atomic_folder, write_text
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -105,29 +105,17 @@ def set_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 def save_checkpoint(run_dir: Path, *, model, optimizer, scheduler, progress: dict, extra: dict | None = None,
                     keep: int | None = None) -> Path:
     """Writes ``checkpoints/step-XXXXXXXX`` atomically; then prunes all but the newest ``keep``."""
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{progress['step']:08d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    final = Path(run_dir) / CHECKPOINTS / f"step-{progress['step']:08d}"
+    # Assembled in a hidden folder, fsynced, renamed into place (minift/io.py); the same step saved
+    # again (e.g. Ctrl-C right after a periodic save) replaces the earlier copy.
+    with atomic_folder(final) as tmp:
         model.save_pretrained(tmp)
         opt_tensors, opt_meta = optimizer_state(optimizer)
         rng_tensors, rng_meta = rng_state()
         save_file({**opt_tensors, **rng_tensors}, str(tmp / TENSORS), metadata={"format": "pt"})
         state = {"progress": progress, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "rng": rng_meta, "extra": extra or {}}
-        (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
-        for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (e.g. Ctrl-C right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / STATE, json.dumps(state))
     if keep is not None:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
