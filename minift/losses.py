@@ -157,11 +157,17 @@ class _CrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+# The label that marks a position the loss skips: padding, special tokens, a word's later sub-tokens,
+# unmasked positions of a masked LM. -100 is torch's and transformers' convention; every minift
+# module that writes or reads such labels uses this one name.
+IGNORE_INDEX = -100
+
+
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:

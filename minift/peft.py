@@ -37,6 +37,7 @@ from torch import nn
 
 from minift.checkpoint import load_state_dict
 from minift.io import atomic_files, read_json, write_json
+from minift.models.pretrained import count_parameters
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -155,8 +156,7 @@ def _parts(model: nn.Module) -> dict[str, tuple[str, int]]:
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters; a tied weight counts once."""
-    params = list(model.parameters())  # parameters() yields a shared Parameter once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return count_parameters(model, trainable_only=True), count_parameters(model)
 
 
 def trainable_summary(model: nn.Module) -> str:

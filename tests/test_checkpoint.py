@@ -29,8 +29,8 @@ from minift.checkpoint import (
     read_config,
     save_state_dict,
 )
-from minift.models.pretrained import PretrainedModel
 from minift.models import BertForMaskedLM, BertForSequenceClassification, BertModel
+from minift.models.pretrained import PretrainedModel
 
 # --------------------------------------------------------------------------------------------
 # Tiny models: a base (embedding + norm) under the prefix "toy", a classifier and a tied LM head.

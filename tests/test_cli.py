@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 import transformers
+from tests_support import write_tiny_bert
+from tests_support import write_tiny_dataset as write_dataset
 
 from minift.cli import main
 from minift.models import BertForSequenceClassification
 from minift.tokenizer import WordPieceTokenizer
-from tests_support import write_tiny_bert
-from tests_support import write_tiny_dataset as write_dataset
 
 transformers.logging.set_verbosity_error()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tests_support import write_tiny_bert, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from tests_support import write_tiny_bert, write_tiny_dataset
 
 from minift.cli import main
-from tests_support import write_tiny_bert, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")

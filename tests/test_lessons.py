@@ -4,12 +4,10 @@ Blocks fenced as ```python run; ```text, ```bash and others are shown to the rea
 Lessons run with the repository root as the working directory, as a reader following along would.
 """
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED_DATA, minilm_or_skip
 
 LESSONS = sorted((REPO / "lessons").glob("*.md"))

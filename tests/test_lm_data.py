@@ -13,7 +13,6 @@ import torch
 import transformers
 
 from minift.data.lm import (
-    IGNORE_INDEX,
     MLMCollate,
     causal_lm_collate,
     encode_documents,
@@ -23,6 +22,7 @@ from minift.data.lm import (
     split_off,
 )
 from minift.data.readers import DataError
+from minift.losses import IGNORE_INDEX
 from minift.models import BertForMaskedLM
 from minift.tokenizer import WordPieceTokenizer
 

@@ -15,7 +15,8 @@ from seqeval.metrics import classification_report as seqeval_report
 from sklearn.metrics import accuracy_score
 
 from minift.data import DataError, LabelMap, read_conll
-from minift.data.collate import IGNORE_INDEX, make_token_classification_collate
+from minift.data.collate import make_token_classification_collate
+from minift.losses import IGNORE_INDEX
 from minift.models import BertForTokenClassification
 from minift.tokenizer import load_tokenizer
 from minift.train.ner import (

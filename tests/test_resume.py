@@ -2,7 +2,6 @@
 same run left alone (CPU, dropout on); saves are atomic; --resume refuses what is not the same run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,9 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from tests_support import write_tiny_bert, write_tiny_dataset
 
 from minift.train import state
-from tests_support import write_tiny_bert, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 transformers.logging.set_verbosity_error()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from minift.data.readers import DataError, Example, LabelMap
 from minift.data.sampler import EpochBatchSampler
+from minift.losses import IGNORE_INDEX
 
 # What a model's forward takes from the tokenizer's output; anything else it returns stays out.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -117,7 +118,6 @@ def make_loader(examples: Sequence[Example], collate: Callable, batch_size: int,
 # own gives the index of the caller's word directly, exactly as transformers'
 # ``is_split_into_words=True`` does (it also pre-tokenizes each word separately).
 
-IGNORE_INDEX = -100  # the label cross_entropy skips: special tokens, padding, continuation pieces
 NO_WORD = -1  # word id of a token that belongs to no word ([CLS], [SEP], padding) in a tensor
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from minift.data.readers import DataError
+from minift.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # label of a position the loss skips (minift.losses.cross_entropy's ignore_index)
 MLM_PROBABILITY = 0.15  # share of the real tokens BERT predicts (sec. 3.1)
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the remaining 10% keep their own id
 

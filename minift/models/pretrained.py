@@ -28,6 +28,13 @@ from minift.io import write_json
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
 
 
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of any module (or only those with requires_grad): the one count that
+    models, PEFT summaries and run results report. A tied weight counts once: ``parameters()``
+    yields a Parameter shared by two modules once."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
 class PretrainedModel(torch.nn.Module):
     """Base of every minift model: config, weight init and tying, from_pretrained/save_pretrained.
 
@@ -60,8 +67,8 @@ class PretrainedModel(torch.nn.Module):
         tie_weights(self)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters; a tied weight counts once (``parameters()`` yields it once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        """Number of parameters; a tied weight counts once (`count_parameters`)."""
+        return count_parameters(self, trainable_only)
 
     @classmethod
     def from_pretrained(

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minift.io import read_json, write_json
+from minift.models.pretrained import count_parameters
 from minift.train import distributed
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
@@ -177,7 +178,7 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
         if lora:
             save_adapter(model, cfg.out / "adapter", base_model=str(task.folder))
         _save_final(model, task.tokenizer, cfg.out, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_parameters(model, trainable_only=True)
     result = {"task": cfg.task, "model": str(task.folder), "out": str(cfg.out), "steps": summary["steps"],
               "train_seconds": round(summary["seconds"], 1), "trainable_parameters": trainable,
               "processes": world.world_size, "stopped_early": summary["stopped_early"]}

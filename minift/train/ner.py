@@ -31,6 +31,7 @@ from minift.data.collate import (
     make_token_classification_collate,
 )
 from minift.hub import resolve
+from minift.losses import IGNORE_INDEX
 from minift.metrics import entity_report, extract_entities, token_report
 from minift.models import BertForTokenClassification
 from minift.tokenizer import load_tokenizer
@@ -174,7 +175,7 @@ def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label:
         word_ids, tags = batch["word_ids"].tolist(), batch["tags"]
         inputs = to_device({k: v for k, v in batch.items() if k not in ("word_ids", "tags")}, device)
         out = model(**inputs)
-        n = int((inputs["labels"] != -100).sum())
+        n = int((inputs["labels"] != IGNORE_INDEX).sum())
         loss_sum += out.loss.item() * n  # out.loss is a mean over labelled tokens: weight it back
         n_labelled += n
         for row, (predicted_ids, sentence_tags) in enumerate(zip(out.logits.argmax(-1).tolist(), tags)):

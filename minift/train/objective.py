@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minift.data.collate import IGNORE_INDEX
-from minift.losses import cross_entropy
+from minift.losses import IGNORE_INDEX, cross_entropy
 
 UNITS = ("examples", "tokens", "next-tokens")
 

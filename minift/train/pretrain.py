@@ -30,7 +30,7 @@ from minift.data.lm import (
     split_off,
 )
 from minift.hub import resolve
-from minift.losses import cross_entropy
+from minift.losses import IGNORE_INDEX, cross_entropy
 from minift.models.bert import BertConfig, BertForMaskedLM
 from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from minift.tokenizer import load_tokenizer
@@ -154,7 +154,7 @@ def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal
             logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1): predict the next token
         nll += cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                              reduction="sum").item()
-        tokens += int((labels != -100).sum())
+        tokens += int((labels != IGNORE_INDEX).sum())
     model.train(was_training)
     if tokens == 0:
         raise ValueError("the evaluation data has no scored token (every label is -100)")
