@@ -108,7 +108,7 @@ class Report:
         lines.append(f"{'module':<{width}}  {'shape':<18} {'out diff':>11} {'grad rel':>11}")
         for r in self.rows:
             mark = "" if r.ok else "   <-- beyond tolerance"
-            lines.append(f"{r.name:<{width}}  {str(list(r.shape)):<18} {_fmt(r.output_diff):>11} "
+            lines.append(f"{r.name:<{width}}  {list(r.shape)!s:<18} {_fmt(r.output_diff):>11} "
                          f"{_fmt(r.grad_rel):>11}{mark}")
         if self.first_divergence is None:
             lines.append(f"every module within tolerance {self.tolerance:g}")
@@ -230,7 +230,7 @@ def gradient_error(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float 
 def import_transformers() -> Any:
     """The reference library, imported only here; without it, one sentence saying how to install it."""
     try:
-        import transformers  # noqa: PLC0415 - the reference is a dev dependency, needed only by verify
+        import transformers
     except ImportError:
         raise VerifyError(f"minift verify compares with the reference implementation, `transformers`, "
                           f"which is not installed: {INSTALL_HINT}") from None
@@ -307,7 +307,7 @@ def fixed_batch(folder: Path, vocab_size: int, model: nn.Module) -> tuple[dict[s
 
 
 def _forward_parameters(model: nn.Module) -> list[str]:
-    import inspect  # noqa: PLC0415 - only for this signature check
+    import inspect
 
     return list(inspect.signature(model.forward).parameters)
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 import transformers
 
-import minift.models.bert as bert
+from minift.models import bert
 from minift.nn.functional import LayerNorm
 from minift.verify import VerifyError, compare, verify_checkpoint
 
 transformers.logging.set_verbosity_error()
 GPT2_CONFIGS = [
-    dict(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=64),
-    dict(n_layer=3, n_embd=48, n_head=3, vocab_size=77, n_positions=32, activation_function="gelu"),
-    dict(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16, n_inner=40),
+    {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 101, "n_positions": 64},
+    {"n_layer": 3, "n_embd": 48, "n_head": 3, "vocab_size": 77, "n_positions": 32, "activation_function": "gelu"},
+    {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50, "n_positions": 16, "n_inner": 40},
 ]
 
 
@@ -100,10 +100,10 @@ def test_random_gpt2_within_1e_5(tmp_path, head, index):
 def test_gpt2_transpose_bug_is_found(tmp_path, monkeypatch):
     """Forgetting GPT-2's Conv1D transpose for attention's output projection: the (C, C) matrix loads
     without a shape error, in the wrong orientation, and verify names that projection."""
-    import minift.models.gpt2 as gpt2
+    from minift.models import gpt2
 
-    folder = _gpt2_folder(tmp_path, "GPT2LMHeadModel", dict(n_layer=2, n_embd=32, n_head=4, vocab_size=60,
-                                                            n_positions=16), seed=3)
+    folder = _gpt2_folder(tmp_path, "GPT2LMHeadModel", {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 60,
+                                                            "n_positions": 16}, seed=3)
     assert verify_checkpoint(folder).ok
     without = tuple(p for p in gpt2.GPT2PretrainedModel._transposed_weights if "attn\\.c_proj" not in p)
     assert len(without) == 3
