@@ -14,9 +14,16 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from minift.generate import apply_temperature, generate, next_token, top_k_filter, top_p_filter
+from minift.generate import (
+    apply_temperature,
+    generate,
+    next_token,
+    position_ids_from_mask,
+    top_k_filter,
+    top_p_filter,
+)
 from minift.models import gpt2_fast
-from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel, position_ids_from_mask
+from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from minift.models.gpt2_fast import FEW_ROWS, FewRowsLinear, FewRowsLMHead, few_rows_linear, use_fast_path
 
 transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids

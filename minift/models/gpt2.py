@@ -262,15 +262,6 @@ def _check_past(past: KVCache, config: GPT2Config, batch: int) -> int:
     return length
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions that skip left padding: each real token's position counts the real tokens before
-    it, so a left-padded prompt gets the positions 0, 1, ... it would have unpadded (transformers
-    does the same when generating). attention_mask (B, T_past + T) -> positions of the last `length`
-    tokens (B, length); padding gets position 0 (its output is never used)."""
-    positions = attention_mask.long().cumsum(-1) - 1  # (B, T_past + T)
-    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
-
-
 class GPT2Model(GPT2PretrainedModel):
     """The decoder: token + learned position embeddings, N pre-LN blocks, final LayerNorm."""
 
@@ -293,13 +284,14 @@ class GPT2Model(GPT2PretrainedModel):
     ) -> GPT2ModelOutput:
         """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
         attention_mask (B, T_past + T): 1 = token, 0 = padding, over the past and the new tokens.
-        position_ids (B, T): default from attention_mask (skipping left padding), else T_past, T_past + 1, ...
+        position_ids (B, T): default T_past, T_past + 1, ... whatever attention_mask says, as in
+        transformers' GPT2Model.forward. Right padding needs nothing more; a left-padded row must be
+        given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
+        tokens are read at positions shifted by the padding (lesson 21).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
         past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
-        length = input_ids.shape[1]
-        if position_ids is None and attention_mask is not None:
-            position_ids = position_ids_from_mask(attention_mask, length)  # (B, T)
-        elif position_ids is None:
+        if position_ids is None:
+            length = input_ids.shape[1]
             position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)[None]  # (1, T)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
