@@ -230,6 +230,7 @@ class GPT2PretrainedModel(PretrainedModel):
                 module.c_proj.weight.normal_(0.0, std / (2 * self.config.n_layer) ** 0.5)
 
     def post_init(self) -> None:
+        """Initialise and tie (PretrainedModel.post_init); on the fast path, then swap layers."""
         super().post_init()
         if self.config.attn_impl == "sdpa":
             use_fast_path(self)  # CPU decoding: the same weights in faster layers, see minift/models/gpt2_fast.py
