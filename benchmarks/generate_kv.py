@@ -14,7 +14,7 @@ transformers' (asserted): greedy decoding is a deterministic function of the log
 
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
 times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
-in the BLAS orders minift's fast path chooses between (lesson 22).
+in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 22).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from minift.models import GPT2LMHeadModel
-from minift.models.gpt2 import FEW_ROWS, GPT2Config, few_rows_linear
+from minift.models.gpt2 import GPT2Config
+from minift.models.gpt2_fast import FEW_ROWS, few_rows_linear
 
 SIZES = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
@@ -149,8 +150,9 @@ def bench_blocks() -> list[tuple]:
 def bench_head() -> list[tuple]:
     """The LM head alone, GPT-2's (50257, C) matrix times a few rows, in the BLAS orders GPT2LMHeadModel
     can use: (rows, C) @ (C, V) as nn.Linear runs it, the tall (V, C) @ (C, rows) product, one row
-    against W stored (C, V) in a single product, and `_few_rows_logits` itself (for one row: W stored
-    (C, V) in one slab of columns per thread). Median milliseconds of 15 calls each."""
+    against W stored (C, V) in a single product, and the fast path's `FewRowsLMHead.few_rows_logits`
+    itself (for one row: W stored (C, V) in one slab of columns per thread). Median milliseconds of
+    15 calls each."""
     rows_out = []
     for width in (128, 768):
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=width, n_head=4, vocab_size=SIZES["small"]["vocab_size"],
@@ -162,7 +164,7 @@ def bench_head() -> list[tuple]:
             with torch.no_grad():
                 ms = {"linear": median_ms(lambda: torch.nn.functional.linear(x, weight)),  # noqa: B023 (called here)
                       "tall": median_ms(lambda: (weight @ x.t()).t()),  # noqa: B023
-                      "minift": median_ms(lambda: model._few_rows_logits(x[None]))}  # noqa: B023
+                      "minift": median_ms(lambda: model.lm_head.few_rows_logits(x[None]))}  # noqa: B023
                 if n_rows == 1:
                     ms["by column"] = median_ms(lambda: x @ by_column)  # noqa: B023
             rows_out.append((width, n_rows, ms))
@@ -212,10 +214,10 @@ def main() -> None:
     for n_rows, ms in blocks:
         print(f"| {n_rows} | {ms['linear']:.1f} | {ms['slabs']:.1f} | {ms['linear'] / ms['slabs']:.2f}x |")
     print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, median ms of 15 calls, {slabs} "
-          f"thread(s); minift's fast path (_few_rows_logits) is 'tall' from 2 to {FEW_ROWS} rows and W stored "
+          f"thread(s); minift's fast path (few_rows_logits) is 'tall' from 2 to {FEW_ROWS} rows and W stored "
           "(C, V) in one slab of columns per thread for 1 row (no autograd):\n")
-    print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | _few_rows_logits (ms) "
-          "| nn.Linear / _few_rows_logits |")
+    print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | few_rows_logits (ms) "
+          "| nn.Linear / few_rows_logits |")
     print("|---|---|---|---|---|---|---|")
     for width, n_rows, ms in head:
         column = f"{ms['by column']:.2f}" if "by column" in ms else "-"

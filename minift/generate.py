@@ -3,10 +3,12 @@
 
 Lesson: `lessons/22-generation.md` (the decoding rules, the cache and its memory/time arithmetic).
 
-`generate` works with any model whose forward takes `(input_ids, attention_mask=, past_key_values=,
-use_cache=, logits_to_keep=)` and returns `.logits` (B, T or logits_to_keep, vocab) and
-`.past_key_values`, and whose config has `n_positions`: minift's GPT2LMHeadModel
-(minift/models/gpt2.py), whose `.generate` calls it.
+`generate` works with any model whose forward takes `(input_ids, attention_mask=, position_ids=,
+past_key_values=, use_cache=, logits_to_keep=)` and returns `.logits` (B, T or logits_to_keep, vocab)
+and `.past_key_values`, and whose config has `n_positions`: minift's GPT2LMHeadModel
+(minift/models/gpt2.py), whose `.generate` calls it. For a left-padded batch it passes the positions
+that skip the padding (`position_ids_from_mask`), as transformers' generate does; the model's forward,
+like transformers', numbers positions 0, 1, ... whatever the mask (lesson 21).
 `tests/test_generate.py` checks greedy decoding token for token against `transformers`' `generate`,
 and the three sampling filters against its logits warpers.
 """
@@ -77,6 +79,16 @@ def next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions that skip left padding: each real token's position counts the real tokens before
+    it, so a left-padded prompt gets the positions 0, 1, ... it would have unpadded. This is
+    transformers' generate (`_prepare_position_ids_for_generation`: cumsum(mask) - 1, padding set to
+    0). attention_mask (B, T_past + T) -> positions of the last `length` tokens (B, length); padding
+    gets position 0 (its output is never used)."""
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, T_past + T)
+    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
+
+
 def _check_args(model: Any, input_ids: torch.Tensor, max_new_tokens: int, temperature: float,
                 top_k: int | None, top_p: float | None, attention_mask: torch.Tensor | None) -> None:
     """Every argument before the first forward, so a bad one fails in one clear sentence."""
@@ -123,16 +135,19 @@ def generate(
     """The prompt followed by up to `max_new_tokens` generated tokens: a LongTensor (B, T + new).
 
     input_ids (B, T), left-padded for a batch of different lengths with attention_mask (B, T) marking
-    the padding with 0. A row stops when it produces an eos_token_id (one id or several); later
-    positions of a finished row hold pad_token_id (the eos id when pad_token_id is None), and
-    generation ends early once every row has finished, as in transformers. temperature, top_k and
-    top_p apply only when do_sample; `generator` seeds the draws. use_cache=False recomputes the
-    whole prefix at every step (same tokens, slower). The model's train/eval mode is left as is.
+    the padding with 0; each row's tokens then get the positions they would have unpadded
+    (`position_ids_from_mask`), so a row continues as it would alone. A row stops when it produces an
+    eos_token_id (one id or several); later positions of a finished row hold pad_token_id (the eos id
+    when pad_token_id is None), and generation ends early once every row has finished, as in
+    transformers. temperature, top_k and top_p apply only when do_sample; `generator` seeds the draws.
+    use_cache=False recomputes the whole prefix at every step (same tokens, slower). The model's
+    train/eval mode is left as is.
     """
     _check_args(model, input_ids, max_new_tokens, temperature, top_k, top_p, attention_mask)
     if attention_mask is not None and bool(attention_mask.all()):
         # No padding anywhere: the mask says nothing, and without one the model skips building the
-        # padding mask and the positions at every step (and the prompt can use the fused causal kernel).
+        # padding mask at every step (and the prompt can use the fused causal kernel); its default
+        # positions, T_past, T_past + 1, ..., are then the ones the mask would give.
         attention_mask = None
     eos = None if eos_token_id is None else torch.tensor(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
@@ -143,12 +158,14 @@ def generate(
     step_input, past = tokens, None
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            if use_cache:  # feed only what the cache has not seen: the prompt, then one token at a time
-                out = model(step_input, attention_mask=attention_mask, past_key_values=past, use_cache=True,
-                            logits_to_keep=1)
-                past = out.past_key_values
-            else:  # recompute every position of the prefix
-                out = model(tokens, attention_mask=attention_mask, logits_to_keep=1)
+            # With the cache, feed only what it has not seen: the prompt, then one token at a time;
+            # without it, recompute every position of the prefix.
+            fed = step_input if use_cache else tokens  # (B, T_step)
+            # Left padding: pass the positions that skip it, as transformers' generate does.
+            positions = None if attention_mask is None else position_ids_from_mask(attention_mask, fed.shape[1])
+            out = model(fed, attention_mask=attention_mask, position_ids=positions, past_key_values=past,
+                        use_cache=use_cache, logits_to_keep=1)
+            past = out.past_key_values  # None without the cache
             chosen = next_token(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)  # (B,)
             if eos is not None:
                 chosen = chosen.masked_fill(finished, pad)  # finished rows only pad from here on

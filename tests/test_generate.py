@@ -14,9 +14,17 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from minift.generate import apply_temperature, generate, next_token, top_k_filter, top_p_filter
-from minift.models import gpt2
-from minift.models.gpt2 import FEW_ROWS, GPT2Config, GPT2LMHeadModel, few_rows_linear, position_ids_from_mask
+from minift.generate import (
+    apply_temperature,
+    generate,
+    next_token,
+    position_ids_from_mask,
+    top_k_filter,
+    top_p_filter,
+)
+from minift.models import gpt2_fast
+from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from minift.models.gpt2_fast import FEW_ROWS, FewRowsLinear, FewRowsLMHead, few_rows_linear, use_fast_path
 
 transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids
 
@@ -207,40 +215,55 @@ def test_few_rows_linear_equals_f_linear(seed, rows, slabs, bias):
         assert (g_got - g_want).abs().max() <= 1e-5 * max(1.0, g_want.abs().max().item())
 
 
-def test_project_cuts_weights_only_where_that_computes_the_same_layer(monkeypatch):
-    """`project` takes the slab path only on the fast path, on a CPU, for at most FEW_ROWS rows, with
-    several threads, for a plain nn.Linear (no wrapper, no hook) whose rows split evenly; otherwise
-    the layer's own forward runs. Either way the numbers are the layer's."""
+def test_few_rows_linear_cuts_weights_only_where_that_computes_the_same_layer(monkeypatch):
+    """A FewRowsLinear takes the slab path only on a CPU, for at most FEW_ROWS rows, with several
+    threads, when its rows split evenly; otherwise nn.Linear's own product runs. Either way the numbers
+    are the layer's. Only a plain nn.Linear (no wrapper, no subclass, no hook) is swapped for one, and
+    the readable path (a plain nn.Linear) never takes it."""
     calls = []
-    real = gpt2.few_rows_linear
-    monkeypatch.setattr(gpt2, "few_rows_linear", lambda *a: calls.append(a[3]) or real(*a))
+    real = gpt2_fast.few_rows_linear
+    monkeypatch.setattr(gpt2_fast, "few_rows_linear", lambda *a: calls.append(a[3]) or real(*a))
     torch.manual_seed(0)
     layer = torch.nn.Linear(12, 24)
+    holder = torch.nn.Module()
+    holder.layer = layer
+    fast = swapped(holder, "layer", FewRowsLinear)
+    assert fast.weight is layer.weight and fast.bias is layer.bias  # the same Parameters
 
-    def taken(x, fast=True, n_threads=2, module=layer) -> bool:
+    def taken(x, n_threads=2, module=fast) -> bool:
         calls.clear()
         with threads(n_threads), torch.no_grad():
-            got = gpt2.project(module, x, fast)
-            assert (got - module(x)).abs().max() <= 1e-5
+            got = module(x)
+            assert (got - torch.nn.functional.linear(x, layer.weight, layer.bias)).abs().max() <= 1e-5
         return bool(calls)
 
     assert taken(torch.randn(1, 1, 12)) and calls == [2]
     assert taken(torch.randn(4, 3, 12), n_threads=3) and calls == [3]
     assert taken(torch.randn(FEW_ROWS, 12))
     assert not taken(torch.randn(FEW_ROWS + 1, 12))  # a training batch: nn.Linear's product is fine
-    assert not taken(torch.randn(1, 12), fast=False)  # the readable path
+    assert not taken(torch.randn(1, 12), module=layer)  # the readable path
     assert not taken(torch.randn(1, 12), n_threads=1)  # one thread: nothing to share out
     assert not taken(torch.randn(1, 12), n_threads=5)  # 24 rows do not cut into 5 equal slabs
     seen = []
-    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
-    assert not taken(torch.randn(1, 12)) and seen == [(1, 24), (1, 24)]  # the hook sees every call
+    handle = fast.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert taken(torch.randn(1, 12)) and seen == [(1, 24)]  # the module itself is called: its hook sees it
     handle.remove()
+    hooked = torch.nn.Linear(12, 24)
+    hooked.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    holder.hooked = hooked
+    assert swapped(holder, "hooked", FewRowsLinear) is hooked  # a layer watched by a hook keeps its forward
 
     class Scaled(torch.nn.Linear):  # a subclass has its own forward, which must run
         def forward(self, x):
             return 2 * super().forward(x)
-    scaled = Scaled(12, 24)
-    assert not taken(torch.randn(1, 12), module=scaled)
+    holder.scaled = Scaled(12, 24)
+    assert type(swapped(holder, "scaled", FewRowsLinear)) is Scaled
+
+
+def swapped(owner: torch.nn.Module, name: str, cls: type) -> torch.nn.Module:
+    """owner.name after gpt2_fast's swap of one layer (what use_fast_path does to each projection)."""
+    gpt2_fast._swap(owner, name, cls)
+    return getattr(owner, name)
 
 
 def test_lora_adapters_in_the_blocks_run_their_own_forward():
@@ -277,16 +300,17 @@ def test_few_rows_logits_equal_the_lm_head(seed, shape, grad, n_threads):
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config_(n_embd=24 + 8 * seed, vocab_size=97 + seed, attn_impl="sdpa"))
     hidden = torch.randn(*shape, model.config.n_embd, requires_grad=grad)
+    assert type(model.lm_head) is FewRowsLMHead
     with torch.set_grad_enabled(grad), threads(n_threads):
-        fast = model._few_rows_logits(hidden)
-        want = model.lm_head(hidden)
+        fast = model.lm_head.few_rows_logits(hidden)
+        want = torch.nn.functional.linear(hidden, model.lm_head.weight)  # nn.Linear's product
     assert fast.shape == want.shape == (*shape, model.config.vocab_size)
     assert (fast - want).abs().max() <= 1e-5
     if grad:  # autograd through the transposed product gives the nn.Linear's gradients
         (g_fast,) = torch.autograd.grad((fast * want.detach()).sum(), hidden)
         (g_want,) = torch.autograd.grad((want * want.detach()).sum(), hidden)
         assert (g_fast - g_want).abs().max() <= 1e-5
-    assert (model._head_by_column is not None) == (shape == (1, 1) and not grad)
+    assert (model.lm_head._by_column is not None) == (shape == (1, 1) and not grad)
 
 
 def test_the_column_copy_of_the_head_follows_the_weight():
@@ -302,11 +326,11 @@ def test_the_column_copy_of_the_head_follows_the_weight():
 
     def reference():
         with torch.no_grad():
-            return model.lm_head(model.transformer(ids).last_hidden_state[0, -1])
+            return torch.nn.functional.linear(model.transformer(ids).last_hidden_state[0, -1], model.lm_head.weight)
 
     before = last_logits()
     assert (before - reference()).abs().max() <= 1e-5
-    assert model._head_by_column is not None
+    assert model.lm_head._by_column is not None
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     model(ids, labels=ids).loss.backward()
     optimizer.step()  # updates lm_head.weight (= wte.weight) in place
@@ -320,7 +344,7 @@ def test_the_column_copy_of_the_head_follows_the_weight():
     for n_threads in (2, 3):  # another thread count: other slabs (and padding), a new copy
         with threads(n_threads):
             assert (last_logits() - reference()).abs().max() <= 1e-5
-            assert model._head_by_column[0][-1] == n_threads
+            assert model.lm_head._by_column[0][-1] == n_threads
 
 
 def test_a_wrapped_lm_head_runs_its_own_forward():
@@ -337,6 +361,78 @@ def test_a_wrapped_lm_head_runs_its_own_forward():
         want = model.lm_head(model.transformer(ids).last_hidden_state[0, -1])
         bare = torch.nn.functional.linear(model.transformer(ids).last_hidden_state[0, -1], model.lm_head.weight)
     assert (got - want).abs().max() <= 1e-5 and (got - bare).abs().max() > 1e-3
+
+
+BLOCK_PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def fast_layers(model: torch.nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, (FewRowsLinear, FewRowsLMHead))}
+
+
+def test_the_fast_path_swaps_layers_not_parameters(tmp_path):
+    """attn_impl="sdpa" swaps the block projections and the LM head for gpt2_fast's layers; the
+    parameters stay the readable model's: after a decoding step, state_dict() has the same names,
+    shapes and values in the same order, save_pretrained writes the same bytes, the LM head stays tied, and from_pretrained with
+    attn_impl="eager" builds plain nn.Linear layers only."""
+    torch.manual_seed(0)
+    eager = GPT2LMHeadModel(GPT2Config_(attn_impl="eager")).eval()
+    fast = GPT2LMHeadModel(GPT2Config_(attn_impl="sdpa")).eval()
+    fast.load_state_dict(eager.state_dict())
+    assert fast_layers(eager) == set()
+    assert fast_layers(fast) == {f"transformer.h.{i}.{p}" for i in range(2) for p in BLOCK_PROJECTIONS} | {"lm_head"}
+    assert fast.lm_head.weight is fast.transformer.wte.weight  # still one tensor under two names
+    with torch.no_grad(), threads(2):  # a decoding step, which builds the head's column copy
+        fast.generate(torch.tensor([[3, 1, 4]]), 2)
+    assert fast.lm_head._by_column is not None  # ...which must stay out of the state dict
+    want, got = eager.state_dict(), fast.state_dict()
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert got[name].shape == tensor.shape and torch.equal(got[name], tensor), name
+    eager.save_pretrained(tmp_path / "eager")
+    fast.save_pretrained(tmp_path / "fast")
+    names = sorted(p.name for p in (tmp_path / "eager").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "fast").iterdir())
+    for name in names:
+        assert (tmp_path / "eager" / name).read_bytes() == (tmp_path / "fast" / name).read_bytes(), name
+    assert fast_layers(GPT2LMHeadModel.from_pretrained(tmp_path / "fast", attn_impl="eager")) == set()
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "eager", attn_impl="sdpa")
+    assert fast_layers(reloaded) == fast_layers(fast)
+    assert reloaded.lm_head.weight is reloaded.transformer.wte.weight  # tied again after loading
+
+
+def test_a_deep_copy_and_a_merged_lora_keep_the_fast_path_s_numbers():
+    """What finetune does to save a LoRA run: deep-copy the model, merge the adapters. The copy starts
+    without the head's column copy (it builds its own from its own weight) and gives the same logits;
+    the merged layers are plain nn.Linear again, which use_fast_path swaps back."""
+    import copy
+
+    from minift.peft import apply_lora, merge_lora
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config_(attn_impl="sdpa")).eval()
+    ids = torch.tensor([[3, 1, 4]])
+    with torch.no_grad(), threads(2):
+        plain = model(ids, logits_to_keep=1).logits
+        assert model.lm_head._by_column is not None
+        twin = copy.deepcopy(model)
+        assert twin.lm_head._by_column is None and twin.lm_head.weight is twin.transformer.wte.weight
+        assert (twin(ids, logits_to_keep=1).logits - plain).abs().max() <= 1e-5
+        assert twin.lm_head._by_column[1].data_ptr() != model.lm_head._by_column[1].data_ptr()
+        apply_lora(model, r=2, alpha=4, target_modules=("c_attn", "mlp.c_proj"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.5)  # a non-zero adapter
+        adapted = model(ids, logits_to_keep=1).logits
+        merged = copy.deepcopy(model)
+        merge_lora(merged)
+        assert fast_layers(merged) == fast_layers(model) == (
+            {f"transformer.h.{i}.{p}" for i in range(2) for p in ("attn.c_proj", "mlp.c_fc")} | {"lm_head"})
+        assert (merged(ids, logits_to_keep=1).logits - adapted).abs().max() <= 1e-5
+        use_fast_path(merged)  # the merged nn.Linear layers: the decoding path again
+        assert fast_layers(merged) == fast_layers(twin)
+        assert (merged(ids, logits_to_keep=1).logits - adapted).abs().max() <= 1e-5
+    assert (adapted - plain).abs().max() > 1e-3  # the adapter mattered
 
 
 def GPT2Config_(**overrides):

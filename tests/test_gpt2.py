@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import save_file
 
 from minift.checkpoint import CheckpointError
+from minift.generate import generate, position_ids_from_mask
 from minift.models.config import ConfigError
 from minift.models.gpt2 import (
     GPT2Config,
@@ -57,12 +58,6 @@ def reference(tmp_path, cls_name: str, config: dict, seed: int = 0, **extra) -> 
     return model.eval()
 
 
-def hf_positions(mask: torch.Tensor) -> torch.Tensor:
-    """transformers' forward counts positions 0..T-1 whatever the mask; its generate (and our forward,
-    given a mask) skips padding. The reference gets these positions explicitly."""
-    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-
 def padded_mask(batch: int, length: int) -> torch.Tensor:
     """Row 0 left-padded by 3, row 1 right-padded by 2, the rest unpadded."""
     mask = torch.ones(batch, length, dtype=torch.long)
@@ -92,7 +87,7 @@ def test_logits_match_transformers(tmp_path, name, impl):
     mask = padded_mask(3, 9)
     with torch.no_grad():
         got = ours(ids, attention_mask=mask).logits
-        want = ref(ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
+        want = ref(ids, attention_mask=mask).logits
     assert ((got - want).abs() * mask[..., None]).max() <= 1e-5  # fp32, as above
 
 
@@ -207,7 +202,7 @@ def test_sequence_classification_last_token_rule(tmp_path, impl):
     ids[2, :] = pad  # all padding: transformers takes column 0 (argmax of an all-zero row)
     labels = torch.tensor([0, 2, 1, 1])
     got = ours(ids, attention_mask=mask, labels=labels)
-    want = ref(ids, attention_mask=mask, position_ids=hf_positions(mask), labels=labels)
+    want = ref(ids, attention_mask=mask, labels=labels)
     assert (got.logits - want.logits).abs().max() <= 1e-5  # fp32 logits of size ~10
     assert abs(got.loss.item() - want.loss.item()) <= 1e-5
     # The rule itself: the chosen states are those at columns 7, 4, 0 and 7.
@@ -286,15 +281,117 @@ def test_kv_cache_matches_full_forward(tmp_path, impl):
 
 
 def test_position_ids_skip_left_padding(tmp_path):
-    """A left-padded row gives the same logits as the same tokens unpadded."""
-    reference(tmp_path, "GPT2LMHeadModel", CONFIGS["c20h4"], seed=14)
+    """Given the positions that skip the padding (what generate passes), a left-padded row gives the
+    same logits as the same tokens unpadded, in minift and in transformers. Without them the forward
+    numbers the padding too, as transformers' does, and the row's tokens sit at other positions."""
+    ref = reference(tmp_path, "GPT2LMHeadModel", CONFIGS["c20h4"], seed=14)
     model = GPT2LMHeadModel.from_pretrained(tmp_path)
     tokens = torch.tensor([[5, 9, 2, 7]])
     padded = torch.tensor([[0, 0, 5, 9, 2, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    positions = position_ids_from_mask(mask, 6)
+    assert positions.tolist() == [[0, 0, 0, 1, 2, 3]]
     with torch.no_grad():
         alone = model(tokens).logits
-        in_batch = model(padded, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]])).logits[:, 2:]
+        in_batch = model(padded, attention_mask=mask, position_ids=positions).logits[:, 2:]
+        theirs = ref(padded, attention_mask=mask, position_ids=positions).logits[:, 2:]
+        shifted = model(padded, attention_mask=mask).logits[:, 2:]  # positions 2..5
     assert (alone - in_batch).abs().max() <= 1e-5  # fp32: the padding changes only summation order
+    assert (theirs - in_batch).abs().max() <= 1e-5  # fp32, as above
+    assert (alone - shifted).abs().max() > 1e-2  # other positions, other logits
+
+
+def side_padded(side: str, batch: int = 3, length: int = 9) -> torch.Tensor:
+    """attention_mask (B, T) with rows padded by 0, 2, 5, ... tokens on `side` ("left" or "right")."""
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(batch):
+        pad = min(row * (row + 3) // 2, length - 1)  # 0, 2, 5, 9 (at most T - 1), ...
+        if side == "left":
+            mask[row, :pad] = 0
+        else:
+            mask[row, length - pad:] = 0
+    return mask
+
+
+def references(tmp_path, name: str, seed: int) -> dict:
+    """transformers' GPT2LMHeadModel with random weights, with each of its attention implementations."""
+    reference(tmp_path, "GPT2LMHeadModel", CONFIGS[name], seed=seed)
+    return {impl: transformers.GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation=impl).eval()
+            for impl in ("eager", "sdpa")}
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_forward_with_a_padding_mask_is_transformers_forward(tmp_path, name, impl, side):
+    """With attention_mask and no position_ids, minift's forward is transformers' GPT2Model.forward:
+    positions 0..T-1 whatever the mask, so hidden states and logits agree at every position, padding
+    included, and so does the loss with labels=input_ids (which scores the padding too).
+
+    One exception, at positions whose output nothing uses: a padding query with only padding before
+    it (the start of a left-padded row) has no key to attend to. minift, and transformers' eager
+    attention, give every key the same finite minimum score, hence a uniform average of the values;
+    transformers' sdpa path gives 0 (PyTorch's kernel for a row without keys). There the comparison
+    with transformers' sdpa skips them."""
+    theirs = references(tmp_path, name, seed=16 + len(name))
+    ours = GPT2LMHeadModel.from_pretrained(tmp_path, attn_impl=impl)
+    config = CONFIGS[name]
+    ids = torch.randint(0, config["vocab_size"], (3, 9), generator=torch.Generator().manual_seed(17))
+    mask = side_padded(side)
+    has_key = mask.cumsum(-1) > 0  # (B, T): the query sees at least one real token
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask, labels=ids)
+        hidden = ours.transformer(ids, attention_mask=mask).last_hidden_state
+        for their_impl, their in theirs.items():
+            want = their(ids, attention_mask=mask, labels=ids)
+            want_hidden = their.transformer(ids, attention_mask=mask).last_hidden_state
+            where = torch.ones_like(has_key) if their_impl == "eager" else has_key
+            # fp32, hidden <= 20, logits of size ~10: observed ~1e-6
+            assert (hidden - want_hidden)[where].abs().max() <= 1e-5, their_impl
+            assert (got.logits - want.logits)[where].abs().max() <= 1e-5, their_impl
+            if bool(where.all()):  # the loss covers every position
+                assert abs(got.loss.item() - want.loss.item()) <= 1e-5, their_impl
+    assert side == "left" or bool(has_key.all())  # right padding: every position was compared to both
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cached_steps_are_positioned_after_the_cache_as_in_transformers(tmp_path, name, impl):
+    """With a KV cache and no position_ids, the new tokens sit at T_past, T_past + 1, ... in both
+    libraries, with left and right padding: a prompt, then one token at a time."""
+    theirs = references(tmp_path, name, seed=18)["eager"]
+    ours = GPT2LMHeadModel.from_pretrained(tmp_path, attn_impl=impl)
+    ids = torch.randint(0, CONFIGS[name]["vocab_size"], (3, 9), generator=torch.Generator().manual_seed(19))
+    for side in ("left", "right"):
+        mask = side_padded(side)
+        with torch.no_grad():
+            got = ours(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+            want = theirs(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+            assert (got.logits - want.logits).abs().max() <= 1e-5, side  # fp32, as above
+            for t in range(5, 9):
+                got = ours(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=got.past_key_values,
+                           use_cache=True)
+                want = theirs(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=want.cache, use_cache=True)
+                assert (got.logits - want.logits).abs().max() <= 1e-5, (side, t)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_generation_of_a_left_padded_batch_matches_transformers(tmp_path, name, impl):
+    """generate passes the positions that skip the left padding, as transformers' generate does: the
+    tokens are identical, with and without the cache."""
+    theirs = references(tmp_path, name, seed=20)["sdpa"]  # transformers' default
+    ours = GPT2LMHeadModel.from_pretrained(tmp_path, attn_impl=impl)
+    config = CONFIGS[name]
+    ids = torch.randint(1, config["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(21))
+    mask = side_padded("left", 3, 6)
+    ids = ids.masked_fill(mask == 0, 0)
+    new = config["n_positions"] - 6
+    for use_cache in (True, False):
+        want = theirs.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
+                               use_cache=use_cache)
+        got = generate(ours, ids, new, attention_mask=mask, pad_token_id=0, use_cache=use_cache)
+        assert torch.equal(got, want), use_cache
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import nn
 from minift.generate import generate as _generate
 from minift.losses import cross_entropy
 from minift.models.config import Check, PretrainedConfig, is_int
+from minift.models.gpt2_fast import use_fast_path
 from minift.models.heads import sequence_classification_loss, token_classification_loss
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
@@ -45,7 +46,7 @@ class GPT2Config(PretrainedConfig):
 
     n_inner None means 4 * n_embd (Radford et al. 2018, sec. 4.1). attn_impl is how to run the
     model, not part of the checkpoint: "eager" is the readable path; "sdpa" is fused kernels and, on a
-    CPU, the faster products of a decoding step (`few_rows_linear`, `_few_rows_logits`; lesson 22).
+    CPU, the faster products of a decoding step (minift/models/gpt2_fast.py; lesson 22).
     """
 
     model_type: ClassVar[str] = "gpt2"
@@ -126,55 +127,6 @@ class GPT2HeadOutput:
 # ----------------------------------------------------------------------------------------------------
 
 
-# Up to this many rows (batch x positions) the fast path on a CPU computes the linear layers with
-# `few_rows_linear` and the LM head with `GPT2LMHeadModel._few_rows_logits`: a decoding step's shapes.
-FEW_ROWS = 64
-
-
-def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slabs: int) -> torch.Tensor:
-    """x W^T + b for a few rows, x (..., in) -> (..., out), with W (out, in) cut into `slabs` equal
-    slabs of rows, all multiplied by x in one batched product (`torch.baddbmm`).
-
-    Why: a decoding step multiplies one row per sequence by every weight matrix, two flops per weight
-    read, so the step lasts as long as the weights take to stream in from memory. nn.Linear hands that
-    product to the BLAS as one matrix product with a single column, which MKL runs at the speed of
-    one core whatever the thread count (lesson 22 has the measurements); its batched product gives
-    each thread its own slabs, so every core streams weights. Each output is the same dot product of
-    one row of W with x; only who computes it changes. The slabs are views of W: nothing is copied
-    (W must be contiguous and `slabs` must divide its rows; `project` checks both).
-    """
-    out_features, in_features = weight.shape
-    rows = x.reshape(1, -1, in_features).expand(slabs, -1, -1)  # (S, R, in): every slab sees every row
-    by_slab = weight.view(slabs, out_features // slabs, in_features).transpose(1, 2)  # (S, in, out / S)
-    if bias is None:
-        y = torch.bmm(rows, by_slab)
-    else:
-        y = torch.baddbmm(bias.view(slabs, 1, -1), rows, by_slab)  # (S, R, out / S)
-    return y.transpose(0, 1).reshape(*x.shape[:-1], out_features)  # slab s holds outputs s * out / S...
-
-
-def _plain_linear(layer: nn.Module) -> bool:
-    """An nn.Linear itself, without hooks: its forward is exactly F.linear, so the fast path may compute
-    it another way. Not a subclass or a wrapper (a LoRA adapter runs its own forward), and not a layer
-    someone is watching with a hook (the hook must see the call)."""
-    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
-
-
-def _few_rows_on_cpu(x: torch.Tensor) -> bool:
-    """x (..., features) is a decoding step's input on a CPU: at most FEW_ROWS rows (batch x positions)."""
-    return x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1]
-
-
-def project(layer: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """layer(x). On the fast path (attn_impl="sdpa"), for the few rows of a decoding step on a CPU with
-    several threads, the same numbers through `few_rows_linear`, one slab of the weight per thread."""
-    slabs = torch.get_num_threads()
-    if (fast and slabs > 1 and _few_rows_on_cpu(x) and _plain_linear(layer)
-            and layer.weight.shape[0] % slabs == 0 and layer.weight.is_contiguous()):
-        return few_rows_linear(x, layer.weight, layer.bias, slabs)
-    return layer(x)
-
-
 class CausalSelfAttention(nn.Module):
     """Masked multi-head self-attention (Vaswani et al. 2017, sec. 3.2.3): position t sees 0..t.
 
@@ -195,15 +147,14 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, T, C); mask additive (B, 1, 1, T_past + T) or None -> (B, T, C) and the new (k, v)."""
-        fast = self.impl == "sdpa"
-        q, k, v = project(self.c_attn, x, fast).split(x.shape[-1], dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)  # 3 x (B, T, C)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, H, T, D)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
             v = torch.cat([past[1], v], dim=2)
         out = attention(q, k, v, mask, dropout_p=self.attn_pdrop, training=self.training, is_causal=True,
                         impl=self.impl)  # (B, H, T, D)
-        return self.resid_dropout(project(self.c_proj, merge_heads(out), fast)), (k, v)
+        return self.resid_dropout(self.c_proj(merge_heads(out))), (k, v)
 
 
 class MLP(nn.Module):
@@ -211,15 +162,14 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.fast = config.attn_impl == "sdpa"
         self.c_fc = nn.Linear(config.n_embd, config.inner_size)
-        self.act = activation(config.activation_function, fast=self.fast)
+        self.act = activation(config.activation_function, fast=config.attn_impl == "sdpa")
         self.c_proj = nn.Linear(config.inner_size, config.n_embd)
         self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(project(self.c_fc, x, self.fast))  # (B, T, inner)
-        return self.dropout(project(self.c_proj, hidden, self.fast))  # (B, T, C)
+        hidden = self.act(self.c_fc(x))  # (B, T, inner)
+        return self.dropout(self.c_proj(hidden))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -245,7 +195,8 @@ class Block(nn.Module):
 
 
 class GPT2PretrainedModel(PretrainedModel):
-    """What every GPT-2 class shares: the config class, the checkpoint prefix, init and the transpose."""
+    """What every GPT-2 class shares: the config class, the checkpoint prefix, init, the transpose,
+    and on the fast path the faster layers of a decoding step."""
 
     config_class = GPT2Config
     base_model_prefix = "transformer"
@@ -278,6 +229,12 @@ class GPT2PretrainedModel(PretrainedModel):
             if isinstance(module, (CausalSelfAttention, MLP)):
                 module.c_proj.weight.normal_(0.0, std / (2 * self.config.n_layer) ** 0.5)
 
+    def post_init(self) -> None:
+        """Initialise and tie (PretrainedModel.post_init); on the fast path, then swap layers."""
+        super().post_init()
+        if self.config.attn_impl == "sdpa":
+            use_fast_path(self)  # CPU decoding: the same weights in faster layers, see minift/models/gpt2_fast.py
+
 
 def _check_ids(input_ids: Any, vocab_size: int) -> None:
     """A bad id is a deep IndexError on the CPU (a device-side assert on a GPU): catch it by name."""
@@ -306,15 +263,6 @@ def _check_past(past: KVCache, config: GPT2Config, batch: int) -> int:
     return length
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions that skip left padding: each real token's position counts the real tokens before
-    it, so a left-padded prompt gets the positions 0, 1, ... it would have unpadded (transformers
-    does the same when generating). attention_mask (B, T_past + T) -> positions of the last `length`
-    tokens (B, length); padding gets position 0 (its output is never used)."""
-    positions = attention_mask.long().cumsum(-1) - 1  # (B, T_past + T)
-    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
-
-
 class GPT2Model(GPT2PretrainedModel):
     """The decoder: token + learned position embeddings, N pre-LN blocks, final LayerNorm."""
 
@@ -337,13 +285,14 @@ class GPT2Model(GPT2PretrainedModel):
     ) -> GPT2ModelOutput:
         """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
         attention_mask (B, T_past + T): 1 = token, 0 = padding, over the past and the new tokens.
-        position_ids (B, T): default from attention_mask (skipping left padding), else T_past, T_past + 1, ...
+        position_ids (B, T): default T_past, T_past + 1, ... whatever attention_mask says, as in
+        transformers' GPT2Model.forward. Right padding needs nothing more; a left-padded row must be
+        given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
+        tokens are read at positions shifted by the padding (lesson 21).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
         past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
-        length = input_ids.shape[1]
-        if position_ids is None and attention_mask is not None:
-            position_ids = position_ids_from_mask(attention_mask, length)  # (B, T)
-        elif position_ids is None:
+        if position_ids is None:
+            length = input_ids.shape[1]
             position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)[None]  # (1, T)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
@@ -394,7 +343,6 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self._head_by_column: tuple[tuple, torch.Tensor] | None = None  # see _few_rows_logits
         self.post_init()
 
     def forward(
@@ -422,10 +370,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         hidden = out.last_hidden_state  # (B, T, C)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, n, C)
-        if self.config.attn_impl == "sdpa" and _few_rows_on_cpu(hidden) and _plain_linear(self.lm_head):
-            logits = self._few_rows_logits(hidden)  # a generation step: same numbers, faster BLAS call
-        else:
-            logits = self.lm_head(hidden)  # (B, T or n, vocab_size)
+        logits = self.lm_head(hidden)  # (B, T or n, vocab_size)
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
@@ -434,40 +379,6 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
             shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
             loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
         return GPT2HeadOutput(logits=logits, loss=loss, past_key_values=out.past_key_values)
-
-    def _few_rows_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """h W^T for the few rows (batch x positions) of a generation step, hidden (B, n, C) -> (B, n, V):
-        the fast path's LM head on a CPU. The same products and sums as `self.lm_head(hidden)`, handed
-        to the BLAS in the order that streams the (V, C) matrix, the largest in the model, fastest.
-
-        - Several rows: (W h^T)^T, one tall (V, C) @ (C, rows) product, instead of the wide
-          (rows, C) @ (C, V) one: 1.4 to 4 times faster from 2 to 64 rows (lesson 22 has the table).
-        - One row without autograd (greedy or sampled decoding of one prompt): W stored column by
-          column, (C, V), cut into one slab of columns per thread, each slab's product with the row on
-          its own thread (`torch.bmm`, as `few_rows_linear`): 2.4 times faster than nn.Linear for
-          C = 768 on two threads. That layout is a copy of W, kept on the model and rebuilt whenever
-          W changes (another tensor, or an in-place update such as an optimizer step, which bumps its
-          version) or the thread count does: V x C more floats (154 MB for GPT-2 small) for as long
-          as the model lives.
-        `tests/test_generate.py` checks both against `lm_head` and greedy decoding against transformers.
-        """
-        weight = self.lm_head.weight  # (V, C)
-        vocab, width = weight.shape
-        rows = hidden.reshape(-1, width)  # (R, C)
-        if rows.shape[0] == 1 and not torch.is_grad_enabled():
-            slabs = torch.get_num_threads()
-            key = (weight.data_ptr(), weight._version, weight.dtype, slabs)
-            if self._head_by_column is None or self._head_by_column[0] != key:
-                padded = -(-vocab // slabs) * slabs  # V rounded up to whole slabs; the extra logits are dropped
-                by_column = weight.new_zeros(width, padded)
-                by_column[:, :vocab] = weight.detach().t()
-                self._head_by_column = (key, by_column)  # (C, V padded)
-            by_column = self._head_by_column[1]
-            by_slab = by_column.view(width, slabs, -1).permute(1, 0, 2)  # (S, C, V padded / S), a view
-            logits = torch.bmm(rows.expand(slabs, 1, width), by_slab).reshape(1, -1)[:, :vocab]  # (1, V)
-        else:
-            logits = (weight @ rows.t()).t()  # (R, V), a transposed view of (V, R): no copy
-        return logits.reshape(*hidden.shape[:-1], vocab)
 
     def generate(
         self,

@@ -87,8 +87,8 @@ def align_padding(model: torch.nn.Module, tokenizer, folder: Path) -> None:
     """For GPT-2, make the tokenizer pad on the right with the model's pad_token_id, or say why it cannot."""
     if not isinstance(model, GPT2ForSequenceClassification):
         return  # BERT's [CLS] head never looks for padding: the attention mask is all it needs
-    # Right padding: real tokens keep positions 0..n-1 in both libraries (minift's forward skips left
-    # padding when counting positions, transformers' does not), so a reload gives the same logits.
+    # Right padding: real tokens keep positions 0..n-1 (both libraries' forward numbers positions
+    # 0..T-1 whatever the mask; left padding would need position_ids), so a reload gives the same logits.
     tokenizer.padding_side = "right"
     pad_id = model.config.pad_token_id
     if tokenizer.pad_token_id is None and pad_id == tokenizer.eos_token_id:
