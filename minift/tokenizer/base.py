@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from minift.io import atomic_files, dumps_json, read_json
+from minift.checkpoint.files import CONFIG_NAME
+from minift.io import read_json
 
 # A template item: ("$A", type_id) or ("$B", type_id) stands for the first or second text, any other
 # string is a special token inserted with that type id. This is the format of the `tokenizers`
@@ -86,7 +87,7 @@ def truncation_lengths(len_a: int, len_b: int | None, budget: int) -> tuple[int,
         return min(len_a, budget), None
     if len_a + len_b <= budget:
         return len_a, len_b
-    short, long_ = sorted((len_a, len_b))
+    short, _ = sorted((len_a, len_b))
     keep_long = max(short, budget - short) if short <= budget else short
     if short + keep_long > budget:  # both are longer than half the budget: split it evenly
         short, keep_long = budget // 2, budget // 2 + budget % 2
@@ -447,6 +448,14 @@ def _check_batch(texts: str | Sequence[str], name: str) -> list[str]:
 
 
 # ---- files shared by every tokenizer folder (tokenizer_config.json, special_tokens_map.json) ---------------
+# The file names of a tokenizer in the public layout, defined once: each format module reads and writes
+# its own, `load_tokenizer` picks a tokenizer by which are present, minift/hub.py copies TOKENIZER_FILES.
+VOCAB_TXT = "vocab.txt"  # WordPiece: one token per line, the line number is its id
+VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"  # byte-level BPE: {token: id}, the merges by rank
+TOKENIZER_JSON = "tokenizer.json"  # the `tokenizers` package's whole pipeline, either model
+TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = "tokenizer_config.json", "special_tokens_map.json"  # settings
+TOKENIZER_FILES = (VOCAB_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, VOCAB_JSON, MERGES_TXT)
+
 SPECIAL_ROLES = ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token", "bos_token", "eos_token")
 NO_MAX_LENGTH = int(1e29)  # transformers writes int(1e30) as model_max_length when a model has no limit
 
@@ -458,17 +467,18 @@ def read_tokenizer_settings(folder: Path) -> dict:
     come back as strings.
     """
     settings = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+    for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
         path = Path(folder) / name
         if not path.is_file():
             continue
         data = read_json(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            # A malformed file, not a wrong argument: hence ValueError.
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
         for role in SPECIAL_ROLES:
             if isinstance(data.get(role), dict):
                 if not isinstance(data[role].get("content"), str):
-                    raise ValueError(f"{path}: {role} is an object without a string 'content'")
+                    raise ValueError(f"{path}: {role} is an object without a string 'content'")  # noqa: TRY004
                 data[role] = data[role]["content"]
         settings.update(data)
     return settings
@@ -480,27 +490,13 @@ def read_model_max_length(folder: Path, settings: dict, default: int) -> int:
     value = settings.get("model_max_length")
     if isinstance(value, int) and 0 < value < NO_MAX_LENGTH:
         return value
-    config_path = Path(folder) / "config.json"
+    config_path = Path(folder) / CONFIG_NAME
     if config_path.is_file():
         config = read_json(config_path)
         for key in ("max_position_embeddings", "n_positions"):
             if isinstance(config, dict) and isinstance(config.get(key), int):
                 return config[key]
     return default
-
-
-def write_files_atomically(folder: Path, files: dict[str, str]) -> list[Path]:
-    """Write {name: text} into ``folder``, all at once (`minift.io.atomic_files`): an interrupted save
-    never leaves a half-written file, nor a new vocabulary beside an old merges file."""
-    paths = [Path(folder) / name for name in files]
-    with atomic_files(paths) as tmps:
-        for tmp, text in zip(tmps, files.values()):
-            tmp.write_text(text, encoding="utf-8")
-    return paths
-
-
-def to_json(data: dict) -> str:
-    return dumps_json(data, sort_keys=False)
 
 
 def list_folder(folder: Path) -> str:
