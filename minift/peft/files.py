@@ -17,11 +17,10 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from minift.checkpoint import load_state_dict
-from minift.io import atomic_files, read_json, write_json
+from minift.checkpoint import load_state_dict, write_safetensors
+from minift.io import read_json, write_json
 from minift.peft.lora import (
     LoRAConfig,
     apply_lora,
@@ -51,8 +50,7 @@ def save_adapter(model: nn.Module, folder: str | Path, *, base_model: str | None
     config = {**lora_config(model).to_dict(), "model_type": _model_type(model), "base_model": base_model}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_files([folder / ADAPTER_WEIGHTS]) as (tmp,):
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_safetensors(tensors, folder / ADAPTER_WEIGHTS)
     write_json(config, folder / ADAPTER_CONFIG)
     return [folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG]
 
