@@ -23,6 +23,7 @@ from __future__ import annotations
 from torch import nn
 
 from minift.models.architectures import architecture_of
+from minift.models.config import is_int
 
 STRATEGIES = ("none", "embeddings", "first-n", "last-block", "head-only")
 
@@ -38,7 +39,7 @@ def check_strategy(strategy: str, n: int | None, names: tuple[str, str] = ("free
     if strategy != "first-n" and n is not None:  # silently ignoring it would hide a mistyped strategy
         raise ValueError(f"{names[0]}: {names[1]} is only used by strategy 'first-n', not by {strategy!r}; "
                          f"got {n!r}")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+    if n is not None and not is_int(n):
         raise ValueError(f"{names[0]}: {names[1]} must be a whole number of blocks, got {n!r}")
 
 

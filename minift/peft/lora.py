@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minift.models.config import is_int, is_number
 from minift.peft.trainable import check_targets, head_modules, head_parameters, target_linears
 
 DEFAULT_LORA_ALPHA = 16.0
@@ -39,11 +40,11 @@ DEFAULT_LORA_TARGETS = ("query", "value")  # the paper's choice for attention (H
 def check_lora_args(r: int, alpha: float, dropout: float,
                     names: tuple[str, str, str] = ("the rank r", "alpha", "dropout")) -> None:
     """`names` is how the error calls r, alpha and dropout (setup_peft names the CLI flags too)."""
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+    if not is_int(r) or r <= 0:
         raise ValueError(f"LoRA: {names[0]} must be a positive integer, got {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+    if not is_number(alpha) or not 0 < alpha < math.inf:
         raise ValueError(f"LoRA: {names[1]} must be a positive number, got {alpha!r}")
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"LoRA: {names[2]} must be a probability in [0, 1), got {dropout!r}")
 
 
