@@ -40,7 +40,7 @@ from minift.io import atomic_folder
 
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
 # (tokenizer.json) and the special-token settings: copied when the source has them.
-from minift.tokenizer.base import TOKENIZER_FILES
+from minift.tokenizer.files import TOKENIZER_FILES
 
 # Short names readers type -> hub ids (the hub moved the old org-less names under their owners).
 ALIASES: dict[str, str] = {

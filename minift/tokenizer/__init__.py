@@ -4,6 +4,7 @@
 - `ByteLevelBPETokenizer` (minift/tokenizer/bpe.py): GPT-2's, written out by hand;
 - `FastTokenizer` (minift/tokenizer/fast.py): the same interface over the Rust `tokenizers` package;
 - `BatchEncoding` (minift/tokenizer/base.py): what a batch call returns;
+- minift/tokenizer/files.py: the file names of a tokenizer folder and the settings read from them;
 - `load_tokenizer(folder, fast=False)`: the right one of them for a checkpoint folder.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from minift.io import read_json
-from minift.tokenizer.base import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT, BatchEncoding
+from minift.tokenizer.base import BatchEncoding
 from minift.tokenizer.fast import FastTokenizer
+from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
 __all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer"]

@@ -21,12 +21,8 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-from minift.checkpoint.files import CONFIG_NAME
-from minift.io import read_json
 
 # A template item: ("$A", type_id) or ("$B", type_id) stands for the first or second text, any other
 # string is a special token inserted with that type id. This is the format of the `tokenizers`
@@ -445,60 +441,3 @@ def _check_batch(texts: str | Sequence[str], name: str) -> list[str]:
     for i, text in enumerate(texts):
         _check_text(text, f"{name}[{i}]")
     return list(texts)
-
-
-# ---- files shared by every tokenizer folder (tokenizer_config.json, special_tokens_map.json) ---------------
-# The file names of a tokenizer in the public layout, defined once: each format module reads and writes
-# its own, `load_tokenizer` picks a tokenizer by which are present, minift/hub.py copies TOKENIZER_FILES.
-VOCAB_TXT = "vocab.txt"  # WordPiece: one token per line, the line number is its id
-VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"  # byte-level BPE: {token: id}, the merges by rank
-TOKENIZER_JSON = "tokenizer.json"  # the `tokenizers` package's whole pipeline, either model
-TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = "tokenizer_config.json", "special_tokens_map.json"  # settings
-TOKENIZER_FILES = (VOCAB_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, VOCAB_JSON, MERGES_TXT)
-
-SPECIAL_ROLES = ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token", "bos_token", "eos_token")
-NO_MAX_LENGTH = int(1e29)  # transformers writes int(1e30) as model_max_length when a model has no limit
-
-
-def read_tokenizer_settings(folder: Path) -> dict:
-    """special_tokens_map.json updated by tokenizer_config.json (either may be absent).
-
-    Special tokens are written either as strings or as {"content": "[CLS]", ...} objects; both
-    come back as strings.
-    """
-    settings = {}
-    for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
-        path = Path(folder) / name
-        if not path.is_file():
-            continue
-        data = read_json(path)
-        if not isinstance(data, dict):
-            # A malformed file, not a wrong argument: hence ValueError.
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
-        for role in SPECIAL_ROLES:
-            if isinstance(data.get(role), dict):
-                if not isinstance(data[role].get("content"), str):
-                    raise ValueError(f"{path}: {role} is an object without a string 'content'")  # noqa: TRY004
-                data[role] = data[role]["content"]
-        settings.update(data)
-    return settings
-
-
-def read_model_max_length(folder: Path, settings: dict, default: int) -> int:
-    """The longest input the model takes: tokenizer_config.json's model_max_length, else the size
-    of the position table in config.json, else ``default``."""
-    value = settings.get("model_max_length")
-    if isinstance(value, int) and 0 < value < NO_MAX_LENGTH:
-        return value
-    config_path = Path(folder) / CONFIG_NAME
-    if config_path.is_file():
-        config = read_json(config_path)
-        for key in ("max_position_embeddings", "n_positions"):
-            if isinstance(config, dict) and isinstance(config.get(key), int):
-                return config[key]
-    return default
-
-
-def list_folder(folder: Path) -> str:
-    """The file names in ``folder``, for error messages that say what was found instead."""
-    return ", ".join(sorted(p.name for p in Path(folder).iterdir())) or "nothing"

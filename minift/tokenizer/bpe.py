@@ -24,15 +24,13 @@ import regex
 import torch
 
 from minift.io import dumps_json, read_json, write_texts
-from minift.tokenizer.base import (
+from minift.tokenizer.base import BaseTokenizer, BatchEncoding, Encoding
+from minift.tokenizer.files import (
     MERGES_TXT,
     SPECIAL_TOKENS_MAP,
     TOKENIZER_CONFIG,
     TOKENIZER_JSON,
     VOCAB_JSON,
-    BaseTokenizer,
-    BatchEncoding,
-    Encoding,
     read_model_max_length,
     read_tokenizer_settings,
 )

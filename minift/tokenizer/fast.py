@@ -20,7 +20,8 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import BPE, WordPiece
 
 from minift.io import dumps_json, read_json, write_texts
-from minift.tokenizer.base import (
+from minift.tokenizer.base import BaseTokenizer
+from minift.tokenizer.files import (
     MERGES_TXT,
     SPECIAL_ROLES,
     SPECIAL_TOKENS_MAP,
@@ -28,7 +29,6 @@ from minift.tokenizer.base import (
     TOKENIZER_JSON,
     VOCAB_JSON,
     VOCAB_TXT,
-    BaseTokenizer,
     list_folder,
     read_model_max_length,
     read_tokenizer_settings,

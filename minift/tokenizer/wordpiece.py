@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minift.io import dumps_json, read_json, write_texts
-from minift.tokenizer.base import (
+from minift.tokenizer.base import BaseTokenizer, Template
+from minift.tokenizer.files import (
     SPECIAL_TOKENS_MAP,
     TOKENIZER_CONFIG,
     TOKENIZER_JSON,
     VOCAB_TXT,
-    BaseTokenizer,
-    Template,
     list_folder,
     read_model_max_length,
     read_tokenizer_settings,
