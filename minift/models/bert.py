@@ -10,6 +10,10 @@ parameter count of all-MiniLM-L6-v2 worked out by hand).
            masked LM (every position, decoder tied to the word embeddings).
 
 `tests/test_bert.py` checks every output, loss and parameter gradient against `transformers`.
+
+Long because it holds one whole architecture, config to heads, read top to bottom in lesson 05;
+what BERT shares with GPT-2 is elsewhere (attention and LayerNorm in minift/nn/, the losses of the
+heads in heads.py, loading and saving in pretrained.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ this file, is the same for all of them:
 
 Lesson: lessons/02-wordpiece.md (sections "Special tokens and the pair template" and "Padding and
 attention masks").
+
+Long because the five steps are one pipeline that every tokenizer runs in order (`_encode_texts`,
+`_finish`, `_pad`), held by the one class `BaseTokenizer` that the model halves subclass; the files
+of a tokenizer folder are minift/tokenizer/files.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ each pre-token the learned merges are replayed, lowest rank first (`bpe`). Speci
 References: Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units"
 (BPE, Algorithm 1); Radford et al. 2019, "Language Models are Unsupervised Multitask Learners",
 section 2.2 (the byte-level variant and its pre-tokenization).
+
+Long because GPT-2's tokenizer comes in three file layouts (vocab.json + merges.txt, OpenAI's
+encoder.json + vocab.bpe, tokenizer.json), and checking and reading them, with errors that name the
+file and line, is the last third of the file; the algorithm itself, `bpe` and `merge_pair`, is 30 lines.
 """
 
 from __future__ import annotations
