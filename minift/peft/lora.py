@@ -159,7 +159,7 @@ def apply_lora(
     embeddings) stays frozen. Everything is checked before the model changes.
     """
     check_lora_args(r, alpha, dropout)
-    targets = check_targets(target_modules)
+    targets = check_targets(target_modules, "LoRA")
     refuse_lora_layers(model, "apply_lora")
     heads = head_modules(model, head, "apply_lora")
     names = target_linears(model, targets, heads, "apply_lora")

@@ -69,7 +69,7 @@ def setup_peft(
                              "freezes every pretrained weight and trains only the adapters and the task "
                              "head; drop one")
         check_lora_args(lora_r, lora_alpha, lora_dropout, LORA_NAMES)
-        lora_targets = check_targets(lora_targets, TARGETS_NAME)
+        lora_targets = check_targets(lora_targets, "LoRA", TARGETS_NAME)
     # A strategy would unfreeze the weights under existing adapters; apply_lora would refuse them too.
     refuse_lora_layers(model, "setup_peft")
     if lora_r is None:

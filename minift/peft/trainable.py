@@ -31,13 +31,14 @@ from minift.models.pretrained import count_parameters
 HEAD_MODULES = ("classifier", "score", "cls", "qa_outputs")
 
 
-def check_targets(targets: str | Sequence[str], name: str = "target_modules") -> list[str]:
+def check_targets(targets: str | Sequence[str], where: str, name: str = "target_modules") -> list[str]:
     """Target names as a list: a sequence of names, or one string of comma-separated names as the
-    --lora-targets flag is typed ("query,value"). `name` is how the error calls the argument."""
+    --lora-targets flag is typed ("query,value"). The error starts with `where` (the method) and calls
+    the argument `name`."""
     parsed = targets.split(",") if isinstance(targets, str) else list(targets)
     parsed = [t.strip() if isinstance(t, str) else t for t in parsed]
     if not parsed or not all(isinstance(t, str) and t for t in parsed):
-        raise ValueError(f"LoRA: {name} must be non-empty module names (suffixes such as query,value, "
+        raise ValueError(f"{where}: {name} must be non-empty module names (suffixes such as query,value, "
                          f"separated by commas in one string); got {targets!r}")
     return parsed
 
