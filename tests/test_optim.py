@@ -265,7 +265,7 @@ def test_param_groups_errors():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match=r"Linear has no trainable parameters"):
         param_groups(frozen, 0.01)
-    with pytest.raises(ValueError, match=r"weight_decay must be >= 0"):
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0, got -1.0"):
         param_groups(nn.Linear(2, 2), -1.0)
 
 

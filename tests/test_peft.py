@@ -1,8 +1,8 @@
-"""minift/peft.py: freezing strategies name by name, and LoRA checked against its definition
+"""minift/peft/: freezing strategies name by name, and LoRA checked against its definition
 (Hu et al. 2021, eq. 3), against itself merged, and against transformers loading the merged checkpoint.
 
 Models: minift BERT with small random configs, the real all-MiniLM-L6-v2 (fixture `minilm_dir`), and
-transformers' GPT-2 for the second row of the freezing layout table.
+transformers' GPT-2 for the second row of the architecture table's layouts (minift/models/architectures.py).
 """
 
 import copy
@@ -342,7 +342,7 @@ def test_adapter_round_trip_random(seed, tmp_path):
 
 def expected_frozen(names: list[str], strategy: str, n: int | None, layers: int, base: str, blocks: str,
                     embeddings: tuple[str, ...]) -> set[str]:
-    """The frozen set written out with regexes, independently of minift/peft.py's table."""
+    """The frozen set written out with regexes, independently of the layouts in minift/models/architectures.py."""
     emb = re.compile(rf"^{base}({'|'.join(embeddings)})\.")
     k = {"none": 0, "embeddings": 0, "first-n": n, "last-block": layers - 1, "head-only": layers}[strategy]
     below = re.compile(rf"^{base}{blocks}\.({'|'.join(str(i) for i in range(k))})\.") if k else None
@@ -456,7 +456,8 @@ def test_lora_state_errors():
     ("first-n", None, r"strategy 'first-n' needs n, the number of blocks to freeze; got None"),
     ("first-n", 3, r"first-n with n=3 is out of range: the model has 2 blocks, so n must be in \[0, 2\]"),
     ("first-n", -1, r"first-n with n=-1 is out of range"),
-    ("last-block", 1, r"n=1 is only used by strategy 'first-n', not by 'last-block'"),
+    ("last-block", 1, r"^freeze: n is only used by strategy 'first-n', not by 'last-block'; got 1$"),
+    ("first-n", 1.0, r"^freeze: n must be a whole number of blocks, got 1.0$"),
 ])
 def test_freeze_errors(strategy, n, message):
     model = random_classifier(SHAPES[0], 0)
@@ -466,8 +467,8 @@ def test_freeze_errors(strategy, n, message):
 
 
 def test_freeze_unknown_architecture():
-    with pytest.raises(ValueError, match=r"Linear has model_type None, which has no layout in minift/peft.py "
-                                         r"LAYOUTS \(known: bert, gpt2\)"):
+    with pytest.raises(ValueError, match=r"^Linear: model_type None is not an architecture minift implements "
+                                         r"\(known: bert, gpt2\)$"):
         freeze(nn.Linear(2, 2), "embeddings")
 
 
@@ -629,12 +630,15 @@ SETUP_ERRORS = [
     ({"freeze": "top-2"},
      (r"freeze \(--freeze\): unknown strategy 'top-2'; expected one of none, embeddings, first-n, last-block, "
       r"head-only")),
-    ({"freeze": "first-n"}, r"--freeze first-n needs --freeze-n N \(freeze_n\), the number of blocks"),
-    ({"freeze_n": 1}, r"--freeze-n 1 \(freeze_n\) is only used with --freeze first-n, not with --freeze none"),
+    ({"freeze": "first-n"},
+     (r"^freeze \(--freeze\): strategy 'first-n' needs freeze_n \(--freeze-n\), the number of blocks to "
+      r"freeze; got None$")),
+    ({"freeze_n": 1},
+     r"^freeze \(--freeze\): freeze_n \(--freeze-n\) is only used by strategy 'first-n', not by 'none'; got 1$"),
     ({"freeze": "head-only", "freeze_n": 0},
-     r"--freeze-n 0 \(freeze_n\) is only used with --freeze first-n, not with --freeze head-only"),
+     r"freeze_n \(--freeze-n\) is only used by strategy 'first-n', not by 'head-only'; got 0$"),
     ({"freeze": "first-n", "freeze_n": 1.0},
-     r"freeze_n \(--freeze-n\) must be an integer number of blocks, got 1.0"),
+     r"^freeze \(--freeze\): freeze_n \(--freeze-n\) must be a whole number of blocks, got 1.0$"),
     ({"freeze": "first-n", "freeze_n": 3}, r"first-n with n=3 is out of range: the model has 2 blocks"),
     ({"freeze": "first-n", "freeze_n": -1}, r"first-n with n=-1 is out of range"),
     ({"lora_r": 0}, r"LoRA: lora_r \(--lora-r\), the rank, must be a positive integer, got 0"),
@@ -648,8 +652,8 @@ SETUP_ERRORS = [
     ({"lora_r": 4, "lora_dropout": 1.0},
      r"LoRA: lora_dropout \(--lora-dropout\) must be a probability in \[0, 1\), got 1.0"),
     ({"lora_r": 4, "lora_targets": ""},
-     (r"lora_targets \(--lora-targets\) must be module-name suffixes separated by commas, such as "
-      r"query,value; got ''")),
+     (r"^LoRA: lora_targets \(--lora-targets\) must be non-empty module names \(suffixes such as query,value, "
+      r"separated by commas in one string\); got ''$")),
     ({"lora_r": 4, "lora_targets": "query,,value"}, r"--lora-targets\) must be .*; got 'query,,value'"),
     ({"lora_r": 4, "lora_targets": ()}, r"--lora-targets\) must be .*; got \(\)"),
     ({"lora_r": 4, "lora_targets": "querry"},

@@ -20,6 +20,7 @@ from minift.checkpoint.files import (
     read_config,
     read_index,
     save_state_dict,
+    write_safetensors,
 )
 from minift.checkpoint.load import LoadReport, load_into, tie_weights
 
@@ -39,4 +40,5 @@ __all__ = [
     "read_index",
     "save_state_dict",
     "tie_weights",
+    "write_safetensors",
 ]

@@ -157,7 +157,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     """A torch.save'd state dict, unpickled with weights_only=True (tensors and containers only)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for bad pickles
+    except Exception as err:  # noqa: BLE001 - torch raises several unrelated types for bad pickles
         raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {err}") from None
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
@@ -211,7 +211,7 @@ def _load_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 
 def _parse_size(size: int | str) -> int:
     """Bytes from an int or a string like "200KB", "5GB" (powers of 1000) or "10MiB" (of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), flags=re.I)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), flags=re.IGNORECASE)
     if isinstance(size, bool) or match is None:
         raise CheckpointError(f"max_shard_size={size!r}: expected bytes (int) or a string like '5GB'")
     unit = (match.group(2) or "B").upper()
@@ -275,6 +275,22 @@ def _plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> lis
     return shards
 
 
+def _header_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    return {**(metadata or {}), "format": "pt"}  # transformers checks format == "pt"
+
+
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write one safetensors file, atomically (`minift.io.atomic_files`), with ``{"format": "pt"}``
+    added to ``metadata`` in its header. No two tensors may share memory (`save_state_dict` drops
+    tied duplicates first); an adapter file (minift/peft/files.py) is written here too."""
+    path = Path(path)
+    with atomic_files([path]) as (tmp,):
+        save_file(tensors, str(tmp), metadata=_header_metadata(metadata))
+    return path
+
+
 def save_state_dict(
     state_dict: dict[str, torch.Tensor],
     folder: str | os.PathLike,
@@ -293,22 +309,20 @@ def save_state_dict(
     """
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in (metadata or {}).items()):
         raise CheckpointError(f"metadata must map str to str (the safetensors header), got {metadata!r}")
-    file_metadata = {**(metadata or {}), "format": "pt"}  # transformers checks format == "pt"
     tensors = _dedupe(state_dict)
     shards = _plan_shards(tensors, None if max_shard_size is None else _parse_size(max_shard_size))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
     if len(shards) == 1:
-        with atomic_files([folder / SAFE_WEIGHTS]) as (tmp,):
-            save_file(tensors, str(tmp), metadata=file_metadata)
+        write_safetensors(tensors, folder / SAFE_WEIGHTS, metadata)
         _remove_stale(folder, keep={SAFE_WEIGHTS})
         return [folder / SAFE_WEIGHTS]
 
     names = [SHARD_NAME.format(index=i, count=len(shards)) for i in range(1, len(shards) + 1)]
     with atomic_files([folder / n for n in names]) as tmps:
         for tmp, shard in zip(tmps, shards):
-            save_file({n: tensors[n] for n in shard}, str(tmp), metadata=file_metadata)
+            save_file({n: tensors[n] for n in shard}, str(tmp), metadata=_header_metadata(metadata))
     index = {
         "metadata": {
             "total_parameters": sum(t.numel() for t in tensors.values()),

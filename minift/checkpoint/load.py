@@ -145,7 +145,7 @@ def copy_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sourc
     """The work of load_into: map names, copy what fits, tie, and list what did not fit."""
     prefix = getattr(model, "base_model_prefix", "") or ""
     ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load", ())]
-    ignored = lambda name: any(p.search(name) for p in ignore)  # noqa: E731
+    ignored = lambda name: any(p.search(name) for p in ignore)
     tied = tied_pairs(model)
     model_tensors = {k: v for k, v in model.state_dict(keep_vars=True).items() if not ignored(k)}
     model_names = set(model_tensors)

@@ -96,10 +96,7 @@ def make_loader(examples: Sequence[Example], collate: Callable, batch_size: int,
     generator too: otherwise each new iterator draws a seed from the global RNG, and a resumed run's
     dropout masks would drift from those of the run it continues.
     """
-    if not examples:
-        raise ValueError("cannot make a loader over an empty list of examples")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    # The sampler checks the number of examples, batch_size and the rank.
     sampler = EpochBatchSampler(len(examples), batch_size, shuffle=shuffle, seed=seed, rank=rank,
                                 world_size=world_size)
     return DataLoader(list(examples), batch_sampler=sampler, collate_fn=collate, pin_memory=pin_memory,

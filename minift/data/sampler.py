@@ -29,7 +29,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __init__(self, num_examples: int, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         if num_examples <= 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise ValueError("cannot sample batches from an empty list of examples")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:

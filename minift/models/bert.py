@@ -10,6 +10,10 @@ parameter count of all-MiniLM-L6-v2 worked out by hand).
            masked LM (every position, decoder tied to the word embeddings).
 
 `tests/test_bert.py` checks every output, loss and parameter gradient against `transformers`.
+
+Long because it holds one whole architecture, config to heads, read top to bottom in lesson 05;
+what BERT shares with GPT-2 is elsewhere (attention and LayerNorm in minift/nn/, the losses of the
+heads in heads.py, loading and saving in pretrained.py).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.losses import cross_entropy
 from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.heads import sequence_classification_loss, token_classification_loss
 from minift.models.pretrained import PretrainedModel
@@ -469,12 +472,6 @@ class BertForMaskedLM(BertPretrainedModel):
     ) -> BertHeadOutput:
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
         logits = self.cls(hidden)  # (B, T, vocab_size)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(
-                    f"labels have shape {tuple(labels.shape)}, input_ids "
-                    f"{tuple(input_ids.shape)}: one token id (or -100) per position"
-                )
-            loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
+        # A classification over the vocabulary at every position, scored where labels != IGNORE_INDEX.
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
         return BertHeadOutput(logits=logits, loss=loss)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minift.losses import binary_cross_entropy_with_logits, cross_entropy
+from minift.losses import IGNORE_INDEX, binary_cross_entropy_with_logits, cross_entropy
 
 # ----------------------------------------------------------------------------------------------------
 # Losses
@@ -50,8 +50,9 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, num
 def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor,
                               input_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over every position of logits (B, T, num_labels) against labels (B, T), one label
-    per token of input_ids; -100 marks positions that are not scored (padding, later sub-tokens)."""
+    per token of input_ids; IGNORE_INDEX (-100) marks positions that are not scored (padding, later
+    sub-tokens, unmasked tokens). Token classification and BERT's masked LM (labels: token ids)."""
     if labels.shape != input_ids.shape:  # a flattened mismatch could still line up: catch it by shape
         raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
-                         "one label (or -100) per token")
+                         f"one label (or IGNORE_INDEX = {IGNORE_INDEX}, not scored) per token")
     return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))

@@ -124,17 +124,19 @@ class AdamW(torch.optim.Optimizer):
 
 
 def _check_hyperparameters(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not (isinstance(lr, (int, float)) and 0.0 <= lr < math.inf):
-        raise ValueError(f"AdamW: lr must be a finite number >= 0, got {lr!r}")
+    _check_finite_nonnegative("lr", lr)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"AdamW: betas must be a pair (beta1, beta2), got {betas!r}")
     for i, beta in enumerate(betas):
         if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
             raise ValueError(f"AdamW: betas[{i}] must be in [0, 1), got {beta!r}")
-    if not (isinstance(eps, (int, float)) and 0.0 <= eps < math.inf):
-        raise ValueError(f"AdamW: eps must be a finite number >= 0, got {eps!r}")
-    if not (isinstance(weight_decay, (int, float)) and 0.0 <= weight_decay < math.inf):
-        raise ValueError(f"AdamW: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    _check_finite_nonnegative("eps", eps)
+    _check_finite_nonnegative("weight_decay", weight_decay)
+
+
+def _check_finite_nonnegative(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+        raise ValueError(f"AdamW: {name} must be a finite number >= 0, got {value!r}")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -154,8 +156,7 @@ def param_groups(
     pulls weights towards 0; a LayerNorm gain pulled to 0 switches its feature off, and biases do not
     multiply the input, so shrinking them does not limit the model's capacity (lesson 08).
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    _check_finite_nonnegative("weight_decay", weight_decay)  # AdamW's own check, where the value arrives
     norm_params = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
     decay, keep = [], []
     for name, p in model.named_parameters():

@@ -4,6 +4,7 @@
 - `ByteLevelBPETokenizer` (minift/tokenizer/bpe.py): GPT-2's, written out by hand;
 - `FastTokenizer` (minift/tokenizer/fast.py): the same interface over the Rust `tokenizers` package;
 - `BatchEncoding` (minift/tokenizer/base.py): what a batch call returns;
+- minift/tokenizer/files.py: the file names of a tokenizer folder and the settings read from them;
 - `load_tokenizer(folder, fast=False)`: the right one of them for a checkpoint folder.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from minift.io import read_json
 from minift.tokenizer.base import BatchEncoding
 from minift.tokenizer.fast import FastTokenizer
+from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
 __all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer"]
@@ -37,18 +39,18 @@ def load_tokenizer(folder: str | Path, fast: bool = False):
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
     if fast:
         return FastTokenizer.from_pretrained(folder)
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    if (folder / VOCAB_JSON).is_file() and (folder / MERGES_TXT).is_file():
         from minift.tokenizer.bpe import ByteLevelBPETokenizer
 
         return ByteLevelBPETokenizer.from_pretrained(folder)
-    if (folder / "vocab.txt").is_file():
+    if (folder / VOCAB_TXT).is_file():
         return WordPieceTokenizer.from_pretrained(folder)
-    if (folder / "tokenizer.json").is_file():
-        data = read_json(folder / "tokenizer.json")
+    if (folder / TOKENIZER_JSON).is_file():
+        data = read_json(folder / TOKENIZER_JSON)
         model_type = data.get("model", {}).get("type") if isinstance(data, dict) else None
         if model_type == "WordPiece":
             return WordPieceTokenizer.from_pretrained(folder)
-        raise ValueError(f"{folder / 'tokenizer.json'}: a {model_type!r} model has no hand-written "
+        raise ValueError(f"{folder / TOKENIZER_JSON}: a {model_type!r} model has no hand-written "
                          f"tokenizer in minift; load it with load_tokenizer(folder, fast=True)")
     raise FileNotFoundError(f"{folder} holds no tokenizer files (vocab.txt, vocab.json + merges.txt or "
                             f"tokenizer.json)")

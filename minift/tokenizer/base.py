@@ -13,6 +13,10 @@ this file, is the same for all of them:
 
 Lesson: lessons/02-wordpiece.md (sections "Special tokens and the pair template" and "Padding and
 attention masks").
+
+Long because the five steps are one pipeline that every tokenizer runs in order (`_encode_texts`,
+`_finish`, `_pad`), held by the one class `BaseTokenizer` that the model halves subclass; the files
+of a tokenizer folder are minift/tokenizer/files.py.
 """
 
 from __future__ import annotations
@@ -21,11 +25,8 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-from minift.io import atomic_files, dumps_json, read_json
 
 # A template item: ("$A", type_id) or ("$B", type_id) stands for the first or second text, any other
 # string is a special token inserted with that type id. This is the format of the `tokenizers`
@@ -86,7 +87,7 @@ def truncation_lengths(len_a: int, len_b: int | None, budget: int) -> tuple[int,
         return min(len_a, budget), None
     if len_a + len_b <= budget:
         return len_a, len_b
-    short, long_ = sorted((len_a, len_b))
+    short, _ = sorted((len_a, len_b))
     keep_long = max(short, budget - short) if short <= budget else short
     if short + keep_long > budget:  # both are longer than half the budget: split it evenly
         short, keep_long = budget // 2, budget // 2 + budget % 2
@@ -444,65 +445,3 @@ def _check_batch(texts: str | Sequence[str], name: str) -> list[str]:
     for i, text in enumerate(texts):
         _check_text(text, f"{name}[{i}]")
     return list(texts)
-
-
-# ---- files shared by every tokenizer folder (tokenizer_config.json, special_tokens_map.json) ---------------
-SPECIAL_ROLES = ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token", "bos_token", "eos_token")
-NO_MAX_LENGTH = int(1e29)  # transformers writes int(1e30) as model_max_length when a model has no limit
-
-
-def read_tokenizer_settings(folder: Path) -> dict:
-    """special_tokens_map.json updated by tokenizer_config.json (either may be absent).
-
-    Special tokens are written either as strings or as {"content": "[CLS]", ...} objects; both
-    come back as strings.
-    """
-    settings = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = Path(folder) / name
-        if not path.is_file():
-            continue
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        for role in SPECIAL_ROLES:
-            if isinstance(data.get(role), dict):
-                if not isinstance(data[role].get("content"), str):
-                    raise ValueError(f"{path}: {role} is an object without a string 'content'")
-                data[role] = data[role]["content"]
-        settings.update(data)
-    return settings
-
-
-def read_model_max_length(folder: Path, settings: dict, default: int) -> int:
-    """The longest input the model takes: tokenizer_config.json's model_max_length, else the size
-    of the position table in config.json, else ``default``."""
-    value = settings.get("model_max_length")
-    if isinstance(value, int) and 0 < value < NO_MAX_LENGTH:
-        return value
-    config_path = Path(folder) / "config.json"
-    if config_path.is_file():
-        config = read_json(config_path)
-        for key in ("max_position_embeddings", "n_positions"):
-            if isinstance(config, dict) and isinstance(config.get(key), int):
-                return config[key]
-    return default
-
-
-def write_files_atomically(folder: Path, files: dict[str, str]) -> list[Path]:
-    """Write {name: text} into ``folder``, all at once (`minift.io.atomic_files`): an interrupted save
-    never leaves a half-written file, nor a new vocabulary beside an old merges file."""
-    paths = [Path(folder) / name for name in files]
-    with atomic_files(paths) as tmps:
-        for tmp, text in zip(tmps, files.values()):
-            tmp.write_text(text, encoding="utf-8")
-    return paths
-
-
-def to_json(data: dict) -> str:
-    return dumps_json(data, sort_keys=False)
-
-
-def list_folder(folder: Path) -> str:
-    """The file names in ``folder``, for error messages that say what was found instead."""
-    return ", ".join(sorted(p.name for p in Path(folder).iterdir())) or "nothing"

@@ -10,12 +10,15 @@ each pre-token the learned merges are replayed, lowest rank first (`bpe`). Speci
 References: Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units"
 (BPE, Algorithm 1); Radford et al. 2019, "Language Models are Unsupervised Multitask Learners",
 section 2.2 (the byte-level variant and its pre-tokenization).
+
+Long because GPT-2's tokenizer comes in three file layouts (vocab.json + merges.txt, OpenAI's
+encoder.json + vocab.bpe, tokenizer.json), and checking and reading them, with errors that name the
+file and line, is the last third of the file; the algorithm itself, `bpe` and `merge_pair`, is 30 lines.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,14 +27,16 @@ from typing import NamedTuple
 import regex
 import torch
 
-from minift.io import read_json
-from minift.tokenizer.base import (
-    BaseTokenizer,
-    BatchEncoding,
-    Encoding,
+from minift.io import dumps_json, read_json, write_texts
+from minift.tokenizer.base import BaseTokenizer, BatchEncoding, Encoding
+from minift.tokenizer.files import (
+    MERGES_TXT,
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    VOCAB_JSON,
     read_model_max_length,
     read_tokenizer_settings,
-    write_files_atomically,
 )
 
 EOS_TOKEN = "<|endoftext|>"
@@ -167,7 +172,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         files = read_model_files(folder)
         settings = read_tokenizer_settings(folder)
         added = files.added + read_added_tokens(settings.get("added_tokens_decoder", {}),
-                                                folder / "tokenizer_config.json")
+                                                folder / TOKENIZER_CONFIG)
         pinned = dict(sorted(added, key=lambda item: item[1]))  # token -> the id the files give it
         listed = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
         extra = [*pinned, *(t["content"] if isinstance(t, dict) else t for t in listed),
@@ -255,12 +260,11 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                   "model_max_length": self.model_max_length, "padding_side": self.padding_side,
                   "extra_special_tokens": extras,
                   "added_tokens_decoder": {str(self.vocab[t]): _added_token_entry(t) for t in specials}}
-        return write_files_atomically(folder, {
-            "vocab.json": json.dumps(base_vocab, ensure_ascii=False) + "\n",
-            "merges.txt": "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges),
-            "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-            "special_tokens_map.json": json.dumps({**roles, "additional_special_tokens": extras}, indent=2,
-                                                  ensure_ascii=False) + "\n",
+        return write_texts(folder, {
+            VOCAB_JSON: dumps_json(base_vocab, sort_keys=False, indent=None),
+            MERGES_TXT: "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges),
+            TOKENIZER_CONFIG: dumps_json(config, sort_keys=False),
+            SPECIAL_TOKENS_MAP: dumps_json({**roles, "additional_special_tokens": extras}, sort_keys=False),
         })
 
 
@@ -322,13 +326,14 @@ class ModelFiles(NamedTuple):
 
 def read_model_files(folder: Path) -> ModelFiles:
     """The vocabulary and merges from whichever of the three file layouts the folder holds."""
-    for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+    # vocab.json + merges.txt, or the same two under the names of OpenAI's original release.
+    for vocab_name, merges_name in ((VOCAB_JSON, MERGES_TXT), ("encoder.json", "vocab.bpe")):
         vocab_path, merges_path = folder / vocab_name, folder / merges_name
         if vocab_path.is_file() and merges_path.is_file():
             merges, origins = read_merges(merges_path)
             return ModelFiles(read_json(vocab_path), merges, str(vocab_path), origins, [])
-    if (folder / "tokenizer.json").is_file():
-        return read_tokenizer_json(folder / "tokenizer.json")
+    if (folder / TOKENIZER_JSON).is_file():
+        return read_tokenizer_json(folder / TOKENIZER_JSON)
     raise FileNotFoundError(f"{folder} holds none of vocab.json + merges.txt, encoder.json + vocab.bpe, "
                             f"tokenizer.json; found {sorted(p.name for p in folder.iterdir())}")
 

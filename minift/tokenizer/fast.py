@@ -19,15 +19,19 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
-from minift.io import read_json
-from minift.tokenizer.base import (
+from minift.io import dumps_json, read_json, write_texts
+from minift.tokenizer.base import BaseTokenizer
+from minift.tokenizer.files import (
+    MERGES_TXT,
     SPECIAL_ROLES,
-    BaseTokenizer,
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    VOCAB_JSON,
+    VOCAB_TXT,
     list_folder,
     read_model_max_length,
     read_tokenizer_settings,
-    to_json,
-    write_files_atomically,
 )
 from minift.tokenizer.wordpiece import BERT_MAX_LENGTH, BERT_SPECIAL_TOKENS, read_vocab_txt, special_tokens
 
@@ -86,15 +90,15 @@ class FastTokenizer(BaseTokenizer):
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
         settings = read_tokenizer_settings(folder)
-        if (folder / "tokenizer.json").is_file():
-            backend = _load_tokenizer_json(folder / "tokenizer.json")
+        if (folder / TOKENIZER_JSON).is_file():
+            backend = _load_tokenizer_json(folder / TOKENIZER_JSON)
             default_roles, default_length = _default_roles(backend), BERT_MAX_LENGTH
-        elif (folder / "vocab.txt").is_file():
-            vocab = read_vocab_txt(folder / "vocab.txt")
-            default_roles = special_tokens(folder / "vocab.txt", vocab, settings)
+        elif (folder / VOCAB_TXT).is_file():
+            vocab = read_vocab_txt(folder / VOCAB_TXT)
+            default_roles = special_tokens(folder / VOCAB_TXT, vocab, settings)
             backend, default_length = bert_pipeline(vocab, settings, default_roles), BERT_MAX_LENGTH
-        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            backend = gpt2_pipeline(folder / "vocab.json", folder / "merges.txt")
+        elif (folder / VOCAB_JSON).is_file() and (folder / MERGES_TXT).is_file():
+            backend = gpt2_pipeline(folder / VOCAB_JSON, folder / MERGES_TXT)
             default_roles, default_length = _default_roles(backend), GPT2_MAX_LENGTH
         else:
             raise FileNotFoundError(f"{folder} has no tokenizer.json, vocab.txt or vocab.json + merges.txt "
@@ -118,10 +122,10 @@ class FastTokenizer(BaseTokenizer):
                   "clean_up_tokenization_spaces": False, **self.special_tokens_map}
         if self.tokenizer_class is not None:
             config = {"tokenizer_class": self.tokenizer_class, **config}
-        return write_files_atomically(folder, {
-            "tokenizer.json": self.backend.to_str(pretty=True) + "\n",
-            "tokenizer_config.json": to_json(config),
-            "special_tokens_map.json": to_json(self.special_tokens_map),
+        return write_texts(folder, {
+            TOKENIZER_JSON: self.backend.to_str(pretty=True) + "\n",
+            TOKENIZER_CONFIG: dumps_json(config, sort_keys=False),
+            SPECIAL_TOKENS_MAP: dumps_json(self.special_tokens_map, sort_keys=False),
         })
 
 
@@ -146,7 +150,7 @@ def gpt2_pipeline(vocab_path: Path, merges_path: Path) -> Tokenizer:
     """GPT-2's byte-level BPE from its vocab.json and merges.txt (no special tokens around a text)."""
     try:
         backend = Tokenizer(BPE.from_file(str(vocab_path), str(merges_path)))
-    except Exception as e:  # the Rust error names no file: add both
+    except Exception as e:  # noqa: BLE001 - `tokenizers` raises a plain Exception, naming no file: add both
         raise ValueError(f"{vocab_path} / {merges_path}: not a BPE vocabulary and merges list "
                          f"({e})") from None
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -161,7 +165,7 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
     read_json(path)  # a syntax error is reported with its line and column
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust error names no file: add it
+    except Exception as e:  # noqa: BLE001 - `tokenizers` raises a plain Exception, naming no file: add it
         raise ValueError(f"{path}: not a tokenizer.json the `tokenizers` package can load ({e})") from None
 
 

@@ -25,15 +25,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minift.io import read_json
-from minift.tokenizer.base import (
-    BaseTokenizer,
-    Template,
+from minift.io import dumps_json, read_json, write_texts
+from minift.tokenizer.base import BaseTokenizer, Template
+from minift.tokenizer.files import (
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    VOCAB_TXT,
     list_folder,
     read_model_max_length,
     read_tokenizer_settings,
-    to_json,
-    write_files_atomically,
 )
 
 BERT_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
@@ -271,11 +272,11 @@ class WordPieceTokenizer(BaseTokenizer):
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
         settings = read_tokenizer_settings(folder)
-        if (folder / "vocab.txt").is_file():
-            path = folder / "vocab.txt"
+        if (folder / VOCAB_TXT).is_file():
+            path = folder / VOCAB_TXT
             vocab, options = read_vocab_txt(path), {}
-        elif (folder / "tokenizer.json").is_file():
-            path = folder / "tokenizer.json"
+        elif (folder / TOKENIZER_JSON).is_file():
+            path = folder / TOKENIZER_JSON
             vocab, options = read_wordpiece_json(path)
             if "unk_token" in options:  # the model's own unknown token is the one WordPiece emits
                 settings["unk_token"] = options.pop("unk_token")
@@ -298,10 +299,10 @@ class WordPieceTokenizer(BaseTokenizer):
                   "max_input_chars_per_word": self.max_input_chars_per_word,
                   "clean_up_tokenization_spaces": False, **self.special_tokens_map}
         tokens = [self.ids_to_tokens[i] for i in range(self.vocab_size)]
-        return write_files_atomically(folder, {
-            "vocab.txt": "".join(token + "\n" for token in tokens),
-            "tokenizer_config.json": to_json(config),
-            "special_tokens_map.json": to_json(self.special_tokens_map),
+        return write_texts(folder, {
+            VOCAB_TXT: "".join(token + "\n" for token in tokens),
+            TOKENIZER_CONFIG: dumps_json(config, sort_keys=False),
+            SPECIAL_TOKENS_MAP: dumps_json(self.special_tokens_map, sort_keys=False),
         })
 
 
