@@ -22,6 +22,9 @@ minift's modules carry the checkpoint's names (lessons 05 and 21), so "the same 
 
 `compare(mine, reference, *inputs)` gives the same table for any two modules or functions: a
 reader's own attention or LayerNorm against minift's, on random inputs, values and gradients.
+
+Long because the two entry points (a checkpoint, any two modules) share one table, one notion of
+difference and one report: split, each half would reach into the other.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ transpose, the parameter count); generation with the KV cache is `minift/generat
 
 It follows OpenAI's original TensorFlow code (gpt-2/src/model.py) and the `transformers`
 implementation, which `tests/test_gpt2.py` checks every output, loss and gradient against.
+
+Long because it holds one whole architecture, config to heads, read top to bottom in lesson 21 (as
+bert.py does BERT); the CPU decoding path is apart, in gpt2_fast.py.
 """
 
 from __future__ import annotations
