@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA, minilm_or_skip
 
-LESSONS = sorted((REPO / "lessons").glob("*.md"))
+LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]-*.md"))  # not README.md, teaching.md
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 
