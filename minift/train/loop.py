@@ -1,4 +1,5 @@
-"""The training loop: one readable function, no Trainer class (lessons 12 and 13).
+"""The training loop, twice: `train_simple`, the loop of lesson 12 and nothing else, and `train`, the
+same loop with what a real run adds (lessons 12 and 13).
 
     for each step:   for each of its grad_accum micro-batches:
                          loss_k = model(**batch).loss             forward (under autocast for bf16/fp16)
@@ -9,8 +10,9 @@
     after each epoch: evaluate on dev, keep the best checkpoint, append to metrics.jsonl, maybe stop early
 
 Everything a step uses is hand-written elsewhere in minift (loss, AdamW, clipping, schedule, loss
-scaling); this file only orders the calls, logs and saves. With one micro-batch per step, fp32 and one
-process it is exactly the loop of lesson 12.
+scaling); this file only orders the calls, logs and saves. With one micro-batch per step, fp32, one
+process and no evaluation, `train` takes exactly the steps of `train_simple`, and ends on the same
+weights bit for bit (tests/test_train.py): the extras only observe, log and save.
 """
 
 from __future__ import annotations
@@ -120,6 +122,27 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dic
         "report": report,
         "examples": n_examples,
     }
+
+
+def train_simple(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader, *,
+                 device: torch.device, epochs: int, max_grad_norm: float = 1.0) -> list[float]:
+    """The loop of lesson 12: ``epochs`` passes over ``train_loader``, one optimizer step per batch.
+    Returns the loss of every step. No evaluation, logging, checkpoints, accumulation or mixed
+    precision: `train` below adds those around the same six calls."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    model.train()  # dropout on
+    for _ in range(epochs):
+        for batch in train_loader:
+            batch = to_device(batch, device)
+            loss = model(**batch).loss  # L(theta): the mean loss of the batch
+            loss.backward()  # g = dL/dtheta, added into every p.grad
+            clip_grad_norm_(params, max_grad_norm)  # g <- g * min(1, c / ||g||)
+            optimizer.step()  # theta <- AdamW(theta, g, lr_t)
+            scheduler.step()  # t <- t + 1: the learning rate of the next step
+            optimizer.zero_grad(set_to_none=True)  # the next step starts from g = 0
+            losses.append(loss.item())
+    return losses
 
 
 def train(
