@@ -11,9 +11,14 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tests_support import write_tiny_bert, write_tiny_dataset
+from tests_support import write_byte_bpe, write_tiny_bert, write_tiny_dataset
 
 from minift.cli import main
+from minift.io import JSONError
+from minift.models import BertForSequenceClassification
+from minift.train.config import FinetuneConfig, check_run_identity
+from minift.train.finetune import pretrain
+from minift.train.state import CHECKPOINTS, STATE
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def test_patience_stops_when_the_metric_stops_improving(capsys, tiny):
     evals = [e["epoch"] for e in events if e["event"] == "eval"]
     assert result["stopped_early"] is True
     assert evals == [0, 1, 2, 3]  # best at epoch 1 (first after training), then 2 without improvement
-    assert [e for e in events if e["event"] == "early_stop"][0]["best_epoch"] == 1
+    assert next(e for e in events if e["event"] == "early_stop")["best_epoch"] == 1
     assert "--patience needs --dev" in (
         main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--out",
               str(root / "x"), "--patience", "1", "--quiet"]) == 1 and capsys.readouterr().err)
@@ -115,8 +120,6 @@ def test_lora_run_saves_a_merged_public_checkpoint_and_the_adapter(capsys, tiny)
     assert (weights["bert." + query] - start[query]).abs().max() > 1e-6  # B A was merged into W
     assert torch.equal(weights["bert." + key], start[key])  # not a LoRA target: untouched
     # transformers reads it as a plain classifier with the same logits as minift
-    from minift.models import BertForSequenceClassification
-
     ours = BertForSequenceClassification.from_pretrained(out, attn_impl="eager").eval()
     ref = transformers.BertForSequenceClassification.from_pretrained(out).eval()
     ids = torch.randint(1, 30, (3, 7))
@@ -167,12 +170,8 @@ def test_resume_is_exact_for_ner(tmp_path, capsys):
 
 
 def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
-    from minift.tokenizer.bpe import ByteLevelBPETokenizer, bytes_to_unicode
-    from minift.train.pretrain import pretrain
-
     _, text = _ner_files(tmp_path)
-    byte_bpe = tmp_path / "byte_bpe"  # one token per byte: no GPT-2 vocabulary needed
-    ByteLevelBPETokenizer({ch: i for i, ch in enumerate(bytes_to_unicode().values())}, []).save_pretrained(byte_bpe)
+    byte_bpe = write_byte_bpe(tmp_path / "byte_bpe")  # one token per byte: no GPT-2 vocabulary needed
     gpt2 = tmp_path / "gpt2"
     pretrain(text, gpt2, arch="gpt2", size="nano", tokenizer=byte_bpe, max_steps=2, block_size=16, device="cpu",
              progress=False)
@@ -183,10 +182,6 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
 def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
     run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
-    from minift.io import JSONError
-    from minift.train.finetune import FinetuneConfig, check_run_identity
-    from minift.train.state import CHECKPOINTS, STATE
-
     cfg = FinetuneConfig(out=tmp_path / "run", lr=3e-5)
     check_run_identity(cfg)  # a new run: writes run.json
     run_file = tmp_path / "run" / "run.json"

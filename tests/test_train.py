@@ -17,16 +17,17 @@ from minift.data import make_loader
 from minift.models import BertForSequenceClassification
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
-from minift.train.loop import TrainArgs, TrainingError, evaluate, train, train_simple
+from minift.train.loop import TrainArgs, TrainingError, train, train_simple
+from minift.train.tasks.classification import evaluate
 
 transformers.logging.set_verbosity_error()
 CPU = torch.device("cpu")
 
 
 def tiny_config(**kw) -> transformers.BertConfig:
-    base = dict(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=37,
-                max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0, num_labels=3)
+    base = {"vocab_size": 97, "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3,
+            "intermediate_size": 37, "max_position_embeddings": 40, "type_vocab_size": 2, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0, "num_labels": 3}
     return transformers.BertConfig(**{**base, **kw})
 
 

@@ -23,14 +23,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from minift.metrics import classification_report
 from minift.optim import clip_grad_norm_
 from minift.train import state
 from minift.train.device import to_device
@@ -84,7 +83,8 @@ class JsonlLog:
     """metrics.jsonl: one JSON object per line, flushed at once so a crash loses nothing logged."""
 
     def __init__(self, path: Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+        # Open for the whole run (closed by `close`), not per line: no context manager fits.
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict) -> None:
         if self.file is not None:
@@ -94,34 +94,6 @@ class JsonlLog:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dict[int, str]) -> dict:
-    """Mean loss, accuracy, macro-F1 and the per-class report of a classifier over ``loader``."""
-    was_training = model.training
-    model.eval()
-    losses, n_examples, y_true, y_pred = 0.0, 0, [], []
-    for batch in loader:
-        batch = to_device(batch, device)
-        out = model(**batch)
-        n = batch["labels"].shape[0]
-        losses += out.loss.item() * n  # out.loss is a mean over the batch: weight it back by size
-        n_examples += n
-        y_true += batch["labels"].tolist()
-        y_pred += out.logits.argmax(dim=-1).tolist()
-    model.train(was_training)
-    names = [id2label[i] for i in range(len(id2label))]
-    report = classification_report(
-        [names[i] for i in y_true], [names[i] for i in y_pred], labels=names
-    )
-    return {
-        "loss": losses / max(n_examples, 1),
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro avg"]["f1-score"],
-        "report": report,
-        "examples": n_examples,
-    }
 
 
 def train_simple(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader, *,
@@ -172,7 +144,7 @@ def train(
     evaluations without improvement stop the run. With ``run_dir``, ``args.save_every`` steps write a
     resumable checkpoint (minift/train/state.py), Ctrl-C writes one and stops, and ``resume=True``
     first restores the newest one: the run then continues from that step exactly as if it had never
-    stopped (same batches, same dropout masks, same updates).
+    stopped (same batches, same dropout masks, same masked-LM masks, same updates).
     """
     objective = objective or Objective()
     world = world or Distributed()
@@ -185,6 +157,9 @@ def train(
     autocast = autocast_context(device, args.precision)
     scaler = make_loss_scaler(args.precision)
     sampler = getattr(train_loader, "batch_sampler", None)  # EpochBatchSampler: epochs and resume
+    # A collate that draws random numbers of its own (MLMCollate's masks) is training state too.
+    collate = getattr(train_loader, "collate_fn", None)
+    collate = collate if hasattr(collate, "state_dict") else None
     writes = world.is_main  # only rank 0 writes the log and the checkpoints
     # where the run is: step (optimizer steps done), epoch in progress, micro-batches of it done,
     # evaluations in a row without a better best_metric (early stopping)
@@ -194,14 +169,19 @@ def train(
     def checkpoint() -> Path | None:
         if not writes:
             return None
+        extra = {"scaler": scaler.state_dict()}
+        if collate is not None:
+            extra["collate"] = collate.state_dict()
         return state.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     progress=progress, keep=args.keep, extra={"scaler": scaler.state_dict()})
+                                     progress=progress, keep=args.keep, extra=extra)
 
     if resume:
         restored = state.resume(run_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         progress = {"bad_evals": 0, "stopped_early": False, **restored["progress"]}
         if restored["extra"].get("scaler"):
             scaler.load_state_dict(restored["extra"]["scaler"])
+        if collate is not None and restored["extra"].get("collate"):
+            collate.load_state_dict(restored["extra"]["collate"])
         if writes:
             _truncate_log(log_path, progress)
             print(f"resumed from {restored['folder']} (step {progress['step']}, epoch {progress['epoch']})",
@@ -378,9 +358,9 @@ def _truncate_log(log_path: Path | None, progress: dict) -> None:
     kept = []
     for line in Path(log_path).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record["event"] == "train" and record["step"] <= progress["step"]:
-            kept.append(line)
-        elif record["event"] == "eval" and record["epoch"] < progress["epoch"]:
+        done = (record["step"] <= progress["step"] if record["event"] == "train"
+                else record["event"] == "eval" and record["epoch"] < progress["epoch"])
+        if done:
             kept.append(line)
     Path(log_path).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
