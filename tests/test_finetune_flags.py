@@ -93,6 +93,24 @@ def test_class_weights_and_label_smoothing_change_the_run(capsys, tiny):
     assert "--label-smoothing must be in [0, 1)" in _error(capsys, root, model, "--label-smoothing", "1.5")
 
 
+def test_a_flag_the_task_does_not_read_is_refused_before_any_work(capsys, tiny):
+    """FinetuneConfig's field metadata names the tasks that read each flag: given to another task, the
+    flag would be silently ignored, so it is an error, before any file is read or written."""
+    root, model = tiny
+    out = root / "not-written"
+    ignored = "--label-all-subtokens is not used by --task classification; it applies to --task ner"
+    assert main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--out", str(out),
+                 "--quiet", "--label-all-subtokens"]) == 1
+    assert ignored in capsys.readouterr().err
+    ignored = "--class-weights is not used by --task causal-lm; it applies to --task classification/ner"
+    assert main(["finetune", "--task", "causal-lm", "--model", str(model), "--train", str(root / "train.tsv"),
+                 "--out", str(out), "--quiet", "--class-weights", "balanced"]) == 1
+    assert ignored in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"--block-size is not used by --task ner; it applies to minift pretrain"):
+        FinetuneConfig(task="ner", train=root / "train.tsv", block_size=32).check()
+
+
 def test_freeze_head_only_changes_only_the_head(capsys, tiny):
     root, model = tiny
     result = _run(capsys, root, model, "frozen", "--max-steps", "3", "--freeze", "head-only")

@@ -154,3 +154,17 @@ def test_pad_id_mismatch_and_missing_eos_are_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "minift finetune: error:" in err and "eos_token_id None" in err
     assert "Traceback" not in err
+
+
+def test_ner_on_gpt2_is_refused_naming_what_fits(tmp_path, capsys):
+    """GPT-2 has a token-classification head, but NER batches are BERT's [CLS] words [SEP] (a WordPiece
+    template): `--task ner` on a GPT-2 checkpoint stops with the model types of the table that fit."""
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    (tmp_path / "train.conll").write_text("the\tO\nfilm\tB-work\n", encoding="utf-8")
+    for command in (["finetune", "--task", "ner", "--train", str(tmp_path / "train.conll"), "--out",
+                     str(tmp_path / "out")], ["predict", "--task", "ner", "the film"]):
+        assert main([*command, "--model", str(folder), "--quiet", "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert (f"{folder / 'config.json'}: model_type 'gpt2'; ner builds [CLS] words [SEP] inputs with a WordPiece "
+                "tokenizer for a token-classification head, which minift has for model type(s) bert") in err
+        assert "Traceback" not in err
