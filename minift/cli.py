@@ -14,7 +14,6 @@ defaults, its `check` the flags' checks) and run it with the same `finetune` (mi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ from minift.optim.schedules import SCHEDULES
 from minift.peft import STRATEGIES
 from minift.plot import plot_run
 from minift.tokenizer import load_tokenizer
-from minift.train.config import FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
+from minift.train.config import DEFAULTS, FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
 from minift.train.device import select_device
 from minift.train.distributed import from_environment
 from minift.train.finetune import finetune
@@ -39,9 +38,8 @@ from minift.train.tasks.causal_lm import causal_lm_class
 from minift.train.tasks.classification import evaluate, load_classifier, make_loaders, predict
 from minift.train.tasks.ner import load_token_classifier, predict_entities
 
-# The defaults of `minift finetune` and `minift pretrain`: FinetuneConfig's, and PRETRAIN_DEFAULTS.
-FINETUNE = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
-PRETRAIN = {**FINETUNE, **PRETRAIN_DEFAULTS}
+# `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
+PRETRAIN = {**DEFAULTS, **PRETRAIN_DEFAULTS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,24 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Fine-tune a pretrained checkpoint; the run directory ends up "
                         "holding the model in the public layout (config.json, model.safetensors, "
                         "tokenizer files) and metrics.jsonl.")
-    ft.add_argument("--task", choices=FINETUNING, default=FINETUNE["task"],
+    ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags) or causal-lm (a text "
                     "file, GPT-2); default %(default)s")
-    ft.add_argument("--model", default=FINETUNE["model"],
+    ft.add_argument("--model", default=DEFAULTS["model"],
                     help="checkpoint folder or name (see `minift weights list`); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
                     "`label ||| text` lines; default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch")
-    ft.add_argument("--out", type=Path, default=FINETUNE["out"], help="run directory (default %(default)s)")
-    ft.add_argument("--max-length", type=int, default=FINETUNE["max_length"],
+    ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
+    ft.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
                     help="truncate inputs to this many tokens; causal-lm: the packed block length (default "
                     "%(default)s)")
-    _add_training(ft, FINETUNE)
+    _add_training(ft, DEFAULTS)
     ft.add_argument("--class-weights", metavar="W",
                     help="weighted cross-entropy: 'balanced' (n / (C * n_c)), 'w1,w2,...' in label order, or "
                     "'label=w,...'")
-    ft.add_argument("--label-smoothing", type=float, default=FINETUNE["label_smoothing"], metavar="EPS",
+    ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
@@ -170,7 +168,8 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the training set (default "
                    "%(default)s)")
     p.add_argument("--max-steps", type=int, default=d["max_steps"],
-                   help="stop after this many optimizer steps (overrides --epochs; default %(default)s)")
+                   help="stop after this many optimizer steps (overrides --epochs" +
+                   ("" if d["max_steps"] is None else "; default %(default)s") + ")")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="examples per micro-batch and per "
                    "process: a step takes batch x --grad-accum x processes (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
@@ -235,7 +234,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, **fixed) -> FinetuneConfig:
-    flags = {k: v for k, v in vars(args).items() if k in FINETUNE}
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS}
     return FinetuneConfig(**{**flags, **fixed}, progress=not args.quiet)
 
 

@@ -16,7 +16,7 @@ from tests_support import write_byte_bpe, write_tiny_bert, write_tiny_dataset
 from minift.cli import main
 from minift.io import JSONError
 from minift.models import BertForSequenceClassification
-from minift.train.config import FinetuneConfig, check_run_identity
+from minift.train.config import FinetuneConfig, check_run_identity, run_identity
 from minift.train.finetune import pretrain
 from minift.train.state import CHECKPOINTS, STATE
 
@@ -214,4 +214,34 @@ def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
         check_run_identity(cfg)
     run_file.write_text('{"task": ', encoding="utf-8")
     with pytest.raises(JSONError, match=r"run\.json:1:10: invalid JSON"):
+        check_run_identity(cfg)
+
+
+def test_the_identity_comes_from_the_config_fields_and_old_run_json_files_resume(tmp_path):
+    """run_identity reads FinetuneConfig's field metadata: the fields the task reads, minus those that say
+    how the run executes. A run.json written before a field existed resumes when the field has its
+    default (the value the run had then), and not otherwise."""
+    how = {"out", "save_every", "resume", "keep", "device", "attn_impl", "fast_tokenizer", "progress"}
+    classification = run_identity(FinetuneConfig(out=tmp_path / "a"))
+    assert not how & classification.keys()
+    assert "label_all_subtokens" not in classification and "arch" not in classification  # ner, pretraining
+    assert {"model", "train", "lr", "class_weights", "lora_r", "processes"} <= classification.keys()
+    assert "label_all_subtokens" in run_identity(FinetuneConfig(task="ner", out=tmp_path / "b"))
+    pretraining = run_identity(FinetuneConfig(task="pretrain", out=tmp_path / "c"))
+    assert {"arch", "size", "text", "tokenizer", "block_size", "dev_fraction", "dropout"} <= pretraining.keys()
+    assert not {"model", "train", "dev", "max_length", "class_weights", "label_all_subtokens"} & pretraining.keys()
+
+    cfg = FinetuneConfig(out=tmp_path / "run")
+    check_run_identity(cfg)
+    run_file = tmp_path / "run" / "run.json"
+    old = json.loads(run_file.read_text())
+    del old["label_smoothing"]  # as a run.json written before --label-smoothing existed
+    run_file.write_text(json.dumps(old), encoding="utf-8")
+    step = tmp_path / "run" / CHECKPOINTS / "step-00000001"
+    step.mkdir(parents=True)
+    (step / STATE).write_text("{}")
+    cfg.resume = True
+    check_run_identity(cfg)  # the field's default: the same run
+    cfg.label_smoothing = 0.1
+    with pytest.raises(ValueError, match=r"holds a different run \(label_smoothing: run has 0.0, now 0.1\)"):
         check_run_identity(cfg)

@@ -182,7 +182,7 @@ class FinetuneConfig:
             raise ValueError(f"--freeze-n must be a number of blocks (an integer >= 0), got {self.freeze_n!r}")
         lora_options = ("lora_alpha", "lora_dropout", "lora_targets")
         if self.lora_r is None:
-            given = [flag(name) for name in lora_options if getattr(self, name) != _default(name)]
+            given = [flag(name) for name in lora_options if getattr(self, name) != DEFAULTS[name]]
             if given:  # ignoring them would train the whole model while the user thinks LoRA is on
                 raise ValueError(f"{', '.join(given)} given without --lora-r R (lora_r): the LoRA options take "
                                  "effect only when --lora-r turns LoRA on")
@@ -197,7 +197,7 @@ class FinetuneConfig:
             raise ValueError(f"lora_alpha (--lora-alpha) must be a positive number, got {self.lora_alpha!r}")
         if not _number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout (--lora-dropout) must be in [0, 1), got {self.lora_dropout!r}")
-        if not isinstance(self.lora_targets, str) or not all(t.strip() for t in self.lora_targets.split(",")):
+        if not isinstance(self.lora_targets, str) or not any(t.strip() for t in self.lora_targets.split(",")):
             raise ValueError("lora_targets (--lora-targets) must be module-name suffixes separated by commas, "
                              f"such as query,value; got {self.lora_targets!r}")
 
@@ -214,6 +214,9 @@ class FinetuneConfig:
                              f"got {self.dev_fraction}")
         if self.dropout is not None and (not _number(self.dropout) or not 0 <= self.dropout < 1):
             raise ValueError(f"--dropout must be a probability in [0, 1), got {self.dropout}")
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}  # `minift finetune`'s
 
 
 def flag(name: str) -> str:
@@ -247,10 +250,6 @@ def _one_of(name: str, value, options) -> None:
         raise ValueError(f"unknown {flag(name)} {value!r}; choose one of {', '.join(sorted(options))}")
 
 
-def _default(name: str):
-    return FinetuneConfig.__dataclass_fields__[name].default
-
-
 # --- the run directory ----------------------------------------------------------------------------
 
 
@@ -280,7 +279,7 @@ def run_identity(cfg: FinetuneConfig) -> dict:
 
 
 # A run.json written before a key existed holds the value that key then had: the field's default.
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)} | {"processes": 1}
+_DEFAULTS = DEFAULTS | {"processes": 1}
 
 
 def check_run_identity(cfg: FinetuneConfig) -> None:

@@ -173,16 +173,14 @@ def finetune_causal_lm(model: str | Path, train_file: str | Path, out: str | Pat
                                    progress=progress, **options))
 
 
-def pretrain(text: str | Path, out: str | Path, *, arch: str = "gpt2", size: str = "tiny",
-             tokenizer: str | Path | None = None, block_size: int = 64, progress: bool = True, **options) -> dict:
-    """Train a fresh ``arch`` model of ``size`` on ``text``; save it with its tokenizer in ``out``.
+def pretrain(text: str | Path, out: str | Path, **options) -> dict:
+    """Train a fresh model on ``text``; save it with its tokenizer in ``out``. Returns the run's numbers
+    (the `minift pretrain` JSON line).
 
-    ``minift pretrain`` from Python: ``options`` are FinetuneConfig's other fields, with the defaults
-    of PRETRAIN_DEFAULTS (lr 1e-3, cosine schedule, 5% warmup, batch 8, 300 steps, seed 0) and
-    dev_fraction 0.05: the last 5% of the data (packed blocks for GPT-2, lines for BERT) is held out
-    and evaluated before training and after each epoch. ``block_size`` is the packed block length
-    (GPT-2) or the longest line kept (BERT, [CLS]/[SEP] included). Returns the run's numbers (the
-    `minift pretrain` JSON line).
+    ``minift pretrain`` from Python: ``options`` are FinetuneConfig's fields — arch ("gpt2"), size
+    ("tiny"), tokenizer (the arch's), block_size (64: the packed block length for GPT-2, the longest line
+    kept for BERT, [CLS]/[SEP] included), dev_fraction (0.05: the last 5% of the blocks or lines, held
+    out and evaluated before training and after each epoch), ... — with PRETRAIN_DEFAULTS (lr 1e-3,
+    cosine schedule, 5% warmup, batch 8, 300 steps, seed 0) in place of fine-tuning's.
     """
-    return finetune(FinetuneConfig(task="pretrain", text=text, out=out, arch=arch, size=size, tokenizer=tokenizer,
-                                   block_size=block_size, progress=progress, **{**PRETRAIN_DEFAULTS, **options}))
+    return finetune(FinetuneConfig(task="pretrain", text=text, out=out, **{**PRETRAIN_DEFAULTS, **options}))

@@ -358,9 +358,9 @@ def _truncate_log(log_path: Path | None, progress: dict) -> None:
     kept = []
     for line in Path(log_path).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        done = (record["step"] <= progress["step"] if record["event"] == "train"
-                else record["event"] == "eval" and record["epoch"] < progress["epoch"])
-        if done:
+        step_done = record["event"] == "train" and record["step"] <= progress["step"]
+        epoch_done = record["event"] == "eval" and record["epoch"] < progress["epoch"]
+        if step_done or epoch_done:
             kept.append(line)
     Path(log_path).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
