@@ -6,7 +6,7 @@ Both sides use the same recipe — AdamW lr 5e-5 (no decay on biases and LayerNo
 batch 32, linear schedule with 10% warmup, clipping at 1.0, max length 128, seed 42, the label on the
 first sub-token of each word — select the epoch with the best dev entity F1 and report the entity F1
 (seqeval's micro average, scored on whole words) of that epoch's model on the test set, plus the wall
-time. minift runs `minift.train.ner.finetune_ner` (the recipe behind `minift finetune --task ner`);
+time. minift runs `minift.train.finetune.finetune_ner` (the recipe behind `minift finetune --task ner`);
 transformers runs a plain PyTorch loop over `transformers.BertForTokenClassification` with
 `BertTokenizerFast(is_split_into_words=True)` and run_ner.py's label alignment (no Trainer).
 `--max-steps 3` checks that both sides start and run. Data: ../shared/data/wnut17.
@@ -34,7 +34,8 @@ RECIPE = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "warmup_ratio": 0.
 def run_minift(model_dir: Path, epochs: int, max_steps: int | None, out: Path) -> dict:
     from minift.data import make_loader
     from minift.data.collate import make_token_classification_collate
-    from minift.train.ner import evaluate_ner, finetune_ner, load_token_classifier, read_ner
+    from minift.train.finetune import finetune_ner
+    from minift.train.tasks.ner import evaluate_ner, load_token_classifier, read_ner
 
     result = finetune_ner(model_dir, DATA / "train.conll", DATA / "dev.conll", out, epochs=epochs,
                           max_steps=max_steps, device="cpu", progress=False, **{

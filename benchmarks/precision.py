@@ -161,7 +161,7 @@ def logits_under(model, tokenizer, texts: list[str], device: torch.device, preci
 def compare_logits(run_dir: Path, device: torch.device, precision: str) -> dict:
     """The fp32-trained model on the demo dev set, evaluated in fp32 and under `precision` autocast."""
     from minift.data import demo_path, read_classification
-    from minift.train.run import load_classifier
+    from minift.train.tasks.classification import load_classifier
 
     model, tokenizer, _ = load_classifier(str(run_dir))
     model.to(device).eval()

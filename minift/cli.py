@@ -3,9 +3,12 @@
     minift finetune --model all-MiniLM-L6-v2 --train F --dev F --out runs/x   train a classifier
     minift evaluate --model runs/x --data F                                     metrics on a labelled file
     minift predict  --model runs/x "text" ...                                   label new texts
+    minift pretrain --arch gpt2 --size tiny --text F --out runs/lm              a fresh model on a text file
     minift weights pull all-MiniLM-L6-v2 | minift weights list                  checkpoints in weights/
 
 Every command ends by printing its result as one JSON line on stdout; progress goes to stderr.
+`finetune` and `pretrain` fill one FinetuneConfig (minift/train/config.py: its defaults are the flags'
+defaults, its `check` the flags' checks) and run it with the same `finetune` (minift/train/finetune.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,28 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
+
+from minift import hub
+from minift.data import read_classification
+from minift.metrics import format_report
+from minift.models.architectures import ARCHITECTURES
+from minift.optim.schedules import SCHEDULES
+from minift.peft import STRATEGIES
+from minift.plot import plot_run
+from minift.tokenizer import load_tokenizer
+from minift.train.config import DEFAULTS, FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
+from minift.train.device import select_device
+from minift.train.distributed import from_environment
+from minift.train.finetune import finetune
+from minift.train.precision import PRECISIONS
+from minift.train.tasks.causal_lm import causal_lm_class
+from minift.train.tasks.classification import evaluate, load_classifier, make_loaders, predict
+from minift.train.tasks.ner import load_token_classifier, predict_entities
+
+# `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
+PRETRAIN = {**DEFAULTS, **PRETRAIN_DEFAULTS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,60 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Fine-tune a pretrained checkpoint; the run directory ends up "
                         "holding the model in the public layout (config.json, model.safetensors, "
                         "tokenizer files) and metrics.jsonl.")
-    ft.add_argument("--task", choices=["classification", "ner", "causal-lm"], default="classification",
+    ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags) or causal-lm (a text "
-                    "file, GPT-2); default classification")
-    ft.add_argument("--model", default="all-MiniLM-L6-v2",
-                    help="checkpoint folder or name (see `minift weights list`); default all-MiniLM-L6-v2")
+                    "file, GPT-2); default %(default)s")
+    ft.add_argument("--model", default=DEFAULTS["model"],
+                    help="checkpoint folder or name (see `minift weights list`); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
                     "`label ||| text` lines; default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch")
-    ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run directory (default runs/finetune)")
-    ft.add_argument("--epochs", type=int, default=3, help="passes over the training set (default 3)")
-    ft.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    ft.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch and per process: a step takes batch x "
-                    "--grad-accum x processes (default 32)")
-    ft.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default 128)")
-    ft.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    ft.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay (default 0.01)")
-    ft.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps of linear warmup (default 0.1)")
-    ft.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear",
-                    help="learning-rate decay after warmup (default linear)")
-    ft.add_argument("--max-grad-norm", type=float, default=1.0, help="global gradient-norm clip (default 1.0)")
-    ft.add_argument("--seed", type=int, default=42, help="seed for init, dropout and shuffling (default 42)")
-    ft.add_argument("--save-every", type=int, metavar="K",
-                    help="write a resumable checkpoint every K optimizer steps")
-    ft.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from its newest complete checkpoint")
-    ft.add_argument("--label-all-subtokens", action="store_true",
-                    help="ner: label every sub-token of a word, not only the first")
-    ft.add_argument("--keep", type=int, default=2, metavar="N",
-                    help="resumable checkpoints kept on disk; older ones are deleted (default 2)")
-    ft.add_argument("--grad-accum", type=int, default=1, metavar="K",
-                    help="micro-batches of --batch-size per optimizer step: the update is that of one batch "
-                    "K times larger (default 1)")
-    ft.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                    help="fp32; bf16 autocast (CPU, CUDA); fp16 autocast with loss scaling (CUDA). Default fp32")
-    ft.add_argument("--patience", type=int, metavar="N",
-                    help="early stopping: stop after N evaluations without a better --metric (needs --dev)")
-    ft.add_argument("--metric", help="dev metric that picks best/ and drives --patience (default: accuracy "
-                    "for classification, f1 for ner, loss for causal-lm; e.g. macro_f1)")
+    ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
+    ft.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
+                    help="truncate inputs to this many tokens; causal-lm: the packed block length (default "
+                    "%(default)s)")
+    _add_training(ft, DEFAULTS)
     ft.add_argument("--class-weights", metavar="W",
                     help="weighted cross-entropy: 'balanced' (n / (C * n_c)), 'w1,w2,...' in label order, or "
                     "'label=w,...'")
-    ft.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
-                    help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default 0)")
-    ft.add_argument("--freeze", choices=["none", "embeddings", "first-n", "last-block", "head-only"],
-                    default="none", help="which pretrained parameters stay fixed: embeddings, the embeddings and "
-                    "the first --freeze-n blocks, all but the last block, or all but the head (default none)")
-    ft.add_argument("--freeze-n", type=int, metavar="N", help="blocks frozen by --freeze first-n")
-    ft.add_argument("--lora-r", type=int, metavar="R",
-                    help="LoRA of rank R on --lora-targets (everything else but the head frozen)")
-    ft.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha; the update is alpha/r B A (default 16)")
-    ft.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch input (default 0)")
-    ft.add_argument("--lora-targets", default="query,value",
-                    help="comma-separated names of the nn.Linear layers LoRA wraps (default query,value)")
+    ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
+                    help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
+    ft.add_argument("--label-all-subtokens", action="store_true",
+                    help="ner: label every sub-token of a word, not only the first")
     _add_common(ft)
     ft.set_defaults(run=cmd_finetune)
 
@@ -129,17 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
 
-    pt = sub.add_parser("pretrain", help="train a tiny GPT-2 or BERT from scratch on a text file")
-    pt.add_argument("--arch", choices=["gpt2", "bert"], default="gpt2")
-    pt.add_argument("--size", default="tiny", help="nano or tiny (default tiny)")
+    pt = sub.add_parser("pretrain", help="train a tiny GPT-2 or BERT from scratch on a text file",
+                        description="Train a fresh model of a named size from random init on a text file, "
+                        "through the same run as finetune (resumable checkpoints, precision, accumulation, "
+                        "early stopping on dev perplexity, LoRA, torchrun); the last --dev-fraction of the "
+                        "text is held out for dev.")
+    pt.add_argument("--arch", choices=list(ARCHITECTURES), default=PRETRAIN["arch"],
+                    help="gpt2 (causal LM) or bert (masked LM); default %(default)s")
+    pt.add_argument("--size", default=PRETRAIN["size"], help=f"{' or '.join(SIZES)} (default %(default)s)")
     pt.add_argument("--text", type=Path, required=True, help="plain-text file, one document per line")
-    pt.add_argument("--out", type=Path, required=True)
-    pt.add_argument("--tokenizer", help="tokenizer folder or name (GPT-2: vocab.json + merges.txt)")
-    pt.add_argument("--block-size", type=int, default=64)
-    pt.add_argument("--batch-size", type=int, default=8)
-    pt.add_argument("--max-steps", type=int, default=300)
-    pt.add_argument("--lr", type=float, default=1e-3)
-    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--out", type=Path, required=True, help="run directory")
+    pt.add_argument("--tokenizer", help="tokenizer folder or name (GPT-2: vocab.json + merges.txt); default: "
+                    "the architecture's")
+    pt.add_argument("--block-size", type=int, default=PRETRAIN["block_size"],
+                    help="packed block length (gpt2) or longest line kept (bert) (default %(default)s)")
+    pt.add_argument("--dev-fraction", type=float, default=PRETRAIN["dev_fraction"],
+                    help="share of the text held out for dev, from its end (default %(default)s)")
+    pt.add_argument("--dropout", type=float,
+                    help="dropout of the fresh model (default: the architecture's, 0.1)")
+    _add_training(pt, PRETRAIN)
     _add_common(pt)
     pt.set_defaults(run=cmd_pretrain)
 
@@ -163,6 +163,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
+    """The flags `finetune` and `pretrain` share: they mean the same in both (defaults ``d``)."""
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the training set (default "
+                   "%(default)s)")
+    p.add_argument("--max-steps", type=int, default=d["max_steps"],
+                   help="stop after this many optimizer steps (overrides --epochs" +
+                   ("" if d["max_steps"] is None else "; default %(default)s") + ")")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="examples per micro-batch and per "
+                   "process: a step takes batch x --grad-accum x processes (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help="AdamW decoupled weight decay (default %(default)s)")
+    p.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"],
+                   help="fraction of steps of linear warmup (default %(default)s)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default=d["schedule"],
+                   help="learning-rate decay after warmup (default %(default)s)")
+    p.add_argument("--max-grad-norm", type=float, default=d["max_grad_norm"],
+                   help="global gradient-norm clip (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="seed for init, dropout and shuffling (default %(default)s)")
+    p.add_argument("--save-every", type=int, metavar="K", help="write a resumable checkpoint every K optimizer steps")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest complete checkpoint")
+    p.add_argument("--keep", type=int, default=d["keep"], metavar="N",
+                   help="resumable checkpoints kept on disk; older ones are deleted (default %(default)s)")
+    p.add_argument("--grad-accum", type=int, default=d["grad_accum"], metavar="K",
+                   help="micro-batches of --batch-size per optimizer step: the update is that of one batch "
+                   "K times larger (default %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
+                   help="fp32; bf16 autocast (CPU, CUDA); fp16 autocast with loss scaling (CUDA). Default "
+                   "%(default)s")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="early stopping: stop after N evaluations without a better --metric (needs dev data)")
+    p.add_argument("--metric", help="dev metric that picks best/ and drives --patience (default: accuracy "
+                   "for classification, f1 for ner, loss for causal-lm and pretrain; e.g. macro_f1, perplexity)")
+    p.add_argument("--freeze", choices=STRATEGIES, default=d["freeze"],
+                   help="which parameters stay fixed: embeddings, the embeddings and the first --freeze-n "
+                   "blocks, all but the last block, or all but the head (default %(default)s)")
+    p.add_argument("--freeze-n", type=int, metavar="N", help="blocks frozen by --freeze first-n")
+    p.add_argument("--lora-r", type=int, metavar="R",
+                   help="LoRA of rank R on --lora-targets (everything else but the head frozen)")
+    p.add_argument("--lora-alpha", type=float, default=d["lora_alpha"],
+                   help="LoRA scale alpha; the update is alpha/r B A (default %(default)s)")
+    p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"],
+                   help="dropout on the LoRA branch input (default %(default)s)")
+    p.add_argument("--lora-targets", default=d["lora_targets"],
+                   help="comma-separated names of the nn.Linear layers LoRA wraps (default %(default)s)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps or auto (CUDA, then MPS, then CPU)")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
@@ -172,21 +221,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-# --- finetune ------------------------------------------------------------------------------------
+# --- finetune / pretrain ---------------------------------------------------------------------------
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """The flags become a FinetuneConfig; minift/train/finetune.py does the rest, for every task."""
-    import dataclasses
+    return _run(_config(args), "fine-tuned model")
 
-    from minift.train.distributed import from_environment
-    from minift.train.finetune import FinetuneConfig, finetune
 
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names}, progress=not args.quiet)
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """The same run as finetune, with task "pretrain" and pretraining's defaults (PRETRAIN)."""
+    return _run(_config(args, task="pretrain"), "model")
+
+
+def _config(args: argparse.Namespace, **fixed) -> FinetuneConfig:
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    return FinetuneConfig(**{**flags, **fixed}, progress=not args.quiet)
+
+
+def _run(config: FinetuneConfig, what: str) -> int:
     result = finetune(config)
     if from_environment().is_main:  # under torchrun: one result line, from rank 0
-        print(f"fine-tuned model saved in {config.out}/ (config.json, model.safetensors, tokenizer files)",
-              file=sys.stderr)
+        print(f"{what} saved in {config.out}/ (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
         print(json.dumps(result))
     return 0
 
@@ -194,11 +249,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # --- evaluate / predict ---------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minift.data import read_classification
-    from minift.train.device import select_device
-    from minift.train.loop import evaluate
-    from minift.train.run import load_classifier, make_loaders
-
     device = select_device(args.device)
     model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
                                                fast_tokenizer=args.fast_tokenizer)
@@ -209,8 +259,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              max_length=args.max_length, seed=0, device=device, shuffle=False)
     t0 = time.perf_counter()
     metrics = evaluate(model, loader, device, labels.id2label)
-    from minift.metrics import format_report
-
     print(format_report(metrics["report"]), file=sys.stderr)
     print(json.dumps({"data": str(args.data), "examples": metrics["examples"], "loss": metrics["loss"],
                       "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
@@ -219,13 +267,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from minift.train.device import select_device
-    from minift.train.run import load_classifier, predict
-
     device = select_device(args.device)
     if args.task == "ner":
-        from minift.train.ner import load_token_classifier, predict_entities
-
         model, tokenizer, labels = load_token_classifier(args.model, attn_impl=args.attn_impl,
                                                          fast_tokenizer=args.fast_tokenizer)
         model.to(device)
@@ -247,19 +290,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- generate / pretrain -------------------------------------------------------------------------
+# --- generate ------------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from minift.hub import resolve
-    from minift.models import GPT2LMHeadModel
-    from minift.tokenizer import load_tokenizer
-    from minift.train.device import select_device
-
     device = select_device(args.device)
-    folder = resolve(args.model)
-    model = GPT2LMHeadModel.from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    folder = hub.resolve(args.model)
+    model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl).to(device)
     tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
     out = model.generate(ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
@@ -271,24 +307,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from minift.train.finetune import check_writable
-    from minift.train.pretrain import pretrain
-
-    check_writable(args.out)
-    result = pretrain(args.text, args.out, arch=args.arch, size=args.size, tokenizer=args.tokenizer,
-                      block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
-                      lr=args.lr, seed=args.seed, device=args.device, attn_impl=args.attn_impl,
-                      fast_tokenizer=args.fast_tokenizer, progress=not args.quiet)
-    print(json.dumps(result))
-    return 0
-
-
 # --- plot -----------------------------------------------------------------------------------------
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from minift.plot import plot_run
-
     png = plot_run(args.run_dir, args.out)
     print(json.dumps({"png": str(png)}))
     return 0
@@ -297,16 +318,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # --- weights --------------------------------------------------------------------------------------
 
 def cmd_weights_pull(args: argparse.Namespace) -> int:
-    from minift import hub
-
     folder = hub.pull(args.name, force=args.force)
     print(json.dumps({"name": args.name, "folder": str(folder)}))
     return 0
 
 
 def cmd_weights_list(args: argparse.Namespace) -> int:
-    from minift import hub
-
     rows = hub.list_local()
     for name, folder in rows:
         print(f"{name}\t{folder}", file=sys.stderr)

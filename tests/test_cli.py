@@ -140,6 +140,12 @@ def test_help_lists_the_contract_flags():
     for flag in ["--task", "--model", "--train", "--dev", "--out", "--epochs", "--max-steps", "--batch-size",
                  "--max-length", "--lr", "--seed", "--save-every", "--resume"]:
         assert flag in out
+    out = subprocess.run([sys.executable, "-m", "minift", "pretrain", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ["--arch", "--size", "--text", "--tokenizer", "--out", "--max-steps", "--batch-size", "--block-size",
+                 "--seed", "--save-every", "--resume", "--quiet", "--precision", "--grad-accum", "--patience",
+                 "--lora-r"]:
+        assert flag in out
 
 
 def test_pretrain_generate_and_causal_lm_finetune_commands(shared_data, tmp_path, capsys):

@@ -15,7 +15,7 @@ from minift.optim import AdamW
 from minift.tokenizer import WordPieceTokenizer
 from minift.train.device import DeviceError, distributed_backend, select_device, to_device
 from minift.train.precision import LossScaler, autocast_context, autocast_dtype
-from minift.train.run import make_loaders
+from minift.train.tasks.classification import make_loaders
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = torch.backends.mps.is_available()
@@ -175,7 +175,7 @@ def test_non_blocking_only_on_cuda(monkeypatch, device, non_blocking):
 
 @pytest.mark.parametrize("device,pinned", [("cpu", False), ("cuda", True), ("mps", False)])
 def test_loaders_pin_memory_on_cuda_only(minilm_dir, device, pinned):
-    """minift/train/run.py: make_loaders pins host memory exactly where to_device copies asynchronously."""
+    """minift/train/tasks/classification.py: make_loaders pins host memory exactly where to_device copies asynchronously."""
     examples = read_classification(demo_path("train"))[:8]
     labels = LabelMap.from_labels([e.label for e in examples])
     train, dev = make_loaders(WordPieceTokenizer.from_pretrained(minilm_dir), labels, examples, examples,

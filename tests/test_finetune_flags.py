@@ -11,9 +11,14 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tests_support import write_tiny_bert, write_tiny_dataset
+from tests_support import write_byte_bpe, write_tiny_bert, write_tiny_dataset
 
 from minift.cli import main
+from minift.io import JSONError
+from minift.models import BertForSequenceClassification
+from minift.train.config import FinetuneConfig, check_run_identity, run_identity
+from minift.train.finetune import pretrain
+from minift.train.state import CHECKPOINTS, STATE
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def test_patience_stops_when_the_metric_stops_improving(capsys, tiny):
     evals = [e["epoch"] for e in events if e["event"] == "eval"]
     assert result["stopped_early"] is True
     assert evals == [0, 1, 2, 3]  # best at epoch 1 (first after training), then 2 without improvement
-    assert [e for e in events if e["event"] == "early_stop"][0]["best_epoch"] == 1
+    assert next(e for e in events if e["event"] == "early_stop")["best_epoch"] == 1
     assert "--patience needs --dev" in (
         main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--out",
               str(root / "x"), "--patience", "1", "--quiet"]) == 1 and capsys.readouterr().err)
@@ -86,6 +91,24 @@ def test_class_weights_and_label_smoothing_change_the_run(capsys, tiny):
     assert plain["steps"] == weighted["steps"] == smooth["steps"] == balanced["steps"] == 3
     assert "no weight for positive" in _error(capsys, root, model, "--class-weights", "negative=2")
     assert "--label-smoothing must be in [0, 1)" in _error(capsys, root, model, "--label-smoothing", "1.5")
+
+
+def test_a_flag_the_task_does_not_read_is_refused_before_any_work(capsys, tiny):
+    """FinetuneConfig's field metadata names the tasks that read each flag: given to another task, the
+    flag would be silently ignored, so it is an error, before any file is read or written."""
+    root, model = tiny
+    out = root / "not-written"
+    ignored = "--label-all-subtokens is not used by --task classification; it applies to --task ner"
+    assert main(["finetune", "--model", str(model), "--train", str(root / "train.tsv"), "--out", str(out),
+                 "--quiet", "--label-all-subtokens"]) == 1
+    assert ignored in capsys.readouterr().err
+    ignored = "--class-weights is not used by --task causal-lm; it applies to --task classification/ner"
+    assert main(["finetune", "--task", "causal-lm", "--model", str(model), "--train", str(root / "train.tsv"),
+                 "--out", str(out), "--quiet", "--class-weights", "balanced"]) == 1
+    assert ignored in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"--block-size is not used by --task ner; it applies to minift pretrain"):
+        FinetuneConfig(task="ner", train=root / "train.tsv", block_size=32).check()
 
 
 def test_freeze_head_only_changes_only_the_head(capsys, tiny):
@@ -115,8 +138,6 @@ def test_lora_run_saves_a_merged_public_checkpoint_and_the_adapter(capsys, tiny)
     assert (weights["bert." + query] - start[query]).abs().max() > 1e-6  # B A was merged into W
     assert torch.equal(weights["bert." + key], start[key])  # not a LoRA target: untouched
     # transformers reads it as a plain classifier with the same logits as minift
-    from minift.models import BertForSequenceClassification
-
     ours = BertForSequenceClassification.from_pretrained(out, attn_impl="eager").eval()
     ref = transformers.BertForSequenceClassification.from_pretrained(out).eval()
     ids = torch.randint(1, 30, (3, 7))
@@ -167,12 +188,8 @@ def test_resume_is_exact_for_ner(tmp_path, capsys):
 
 
 def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
-    from minift.tokenizer.bpe import ByteLevelBPETokenizer, bytes_to_unicode
-    from minift.train.pretrain import pretrain
-
     _, text = _ner_files(tmp_path)
-    byte_bpe = tmp_path / "byte_bpe"  # one token per byte: no GPT-2 vocabulary needed
-    ByteLevelBPETokenizer({ch: i for i, ch in enumerate(bytes_to_unicode().values())}, []).save_pretrained(byte_bpe)
+    byte_bpe = write_byte_bpe(tmp_path / "byte_bpe")  # one token per byte: no GPT-2 vocabulary needed
     gpt2 = tmp_path / "gpt2"
     pretrain(text, gpt2, arch="gpt2", size="nano", tokenizer=byte_bpe, max_steps=2, block_size=16, device="cpu",
              progress=False)
@@ -183,10 +200,6 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
 def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
     run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
-    from minift.io import JSONError
-    from minift.train.finetune import FinetuneConfig, check_run_identity
-    from minift.train.state import CHECKPOINTS, STATE
-
     cfg = FinetuneConfig(out=tmp_path / "run", lr=3e-5)
     check_run_identity(cfg)  # a new run: writes run.json
     run_file = tmp_path / "run" / "run.json"
@@ -201,4 +214,34 @@ def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
         check_run_identity(cfg)
     run_file.write_text('{"task": ', encoding="utf-8")
     with pytest.raises(JSONError, match=r"run\.json:1:10: invalid JSON"):
+        check_run_identity(cfg)
+
+
+def test_the_identity_comes_from_the_config_fields_and_old_run_json_files_resume(tmp_path):
+    """run_identity reads FinetuneConfig's field metadata: the fields the task reads, minus those that say
+    how the run executes. A run.json written before a field existed resumes when the field has its
+    default (the value the run had then), and not otherwise."""
+    how = {"out", "save_every", "resume", "keep", "device", "attn_impl", "fast_tokenizer", "progress"}
+    classification = run_identity(FinetuneConfig(out=tmp_path / "a"))
+    assert not how & classification.keys()
+    assert "label_all_subtokens" not in classification and "arch" not in classification  # ner, pretraining
+    assert {"model", "train", "lr", "class_weights", "lora_r", "processes"} <= classification.keys()
+    assert "label_all_subtokens" in run_identity(FinetuneConfig(task="ner", out=tmp_path / "b"))
+    pretraining = run_identity(FinetuneConfig(task="pretrain", out=tmp_path / "c"))
+    assert {"arch", "size", "text", "tokenizer", "block_size", "dev_fraction", "dropout"} <= pretraining.keys()
+    assert not {"model", "train", "dev", "max_length", "class_weights", "label_all_subtokens"} & pretraining.keys()
+
+    cfg = FinetuneConfig(out=tmp_path / "run")
+    check_run_identity(cfg)
+    run_file = tmp_path / "run" / "run.json"
+    old = json.loads(run_file.read_text())
+    del old["label_smoothing"]  # as a run.json written before --label-smoothing existed
+    run_file.write_text(json.dumps(old), encoding="utf-8")
+    step = tmp_path / "run" / CHECKPOINTS / "step-00000001"
+    step.mkdir(parents=True)
+    (step / STATE).write_text("{}")
+    cfg.resume = True
+    check_run_identity(cfg)  # the field's default: the same run
+    cfg.label_smoothing = 0.1
+    with pytest.raises(ValueError, match=r"holds a different run \(label_smoothing: run has 0.0, now 0.1\)"):
         check_run_identity(cfg)

@@ -19,7 +19,7 @@ from minift.data import LabelMap
 from minift.models import GPT2ForSequenceClassification
 from minift.tokenizer import load_tokenizer
 from minift.tokenizer.bpe import bytes_to_unicode
-from minift.train.run import build_classifier
+from minift.train.tasks.classification import build_classifier
 
 transformers.logging.set_verbosity_error()
 EOS = 256  # the first id after the 256 byte symbols
@@ -144,7 +144,7 @@ def test_pad_id_mismatch_and_missing_eos_are_clear_errors(tmp_path, capsys):
         build_classifier(str(folder), labels)
     # No pad id and no end-of-text id: nothing to pad with.
     folder = write_tiny_gpt2(tmp_path / "noeos", eos_token_id=None)
-    with pytest.raises(ValueError, match=r"noeos/config.json: a GPT-2 classifier pads with the end-of-text "
+    with pytest.raises(ValueError, match=r"noeos/config.json: a gpt2 classifier pads with the end-of-text "
                                          r"token, but the config has pad_token_id None and eos_token_id None"):
         build_classifier(str(folder), labels)
     # Through the CLI: one line on stderr, exit code 1, no traceback.
@@ -154,3 +154,17 @@ def test_pad_id_mismatch_and_missing_eos_are_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "minift finetune: error:" in err and "eos_token_id None" in err
     assert "Traceback" not in err
+
+
+def test_ner_on_gpt2_is_refused_naming_what_fits(tmp_path, capsys):
+    """GPT-2 has a token-classification head, but NER batches are BERT's [CLS] words [SEP] (a WordPiece
+    template): `--task ner` on a GPT-2 checkpoint stops with the model types of the table that fit."""
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    (tmp_path / "train.conll").write_text("the\tO\nfilm\tB-work\n", encoding="utf-8")
+    for command in (["finetune", "--task", "ner", "--train", str(tmp_path / "train.conll"), "--out",
+                     str(tmp_path / "out")], ["predict", "--task", "ner", "the film"]):
+        assert main([*command, "--model", str(folder), "--quiet", "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert (f"{folder / 'config.json'}: model_type 'gpt2'; ner builds [CLS] words [SEP] inputs with a WordPiece "
+                "tokenizer for a token-classification head, which minift has for model type(s) bert") in err
+        assert "Traceback" not in err

@@ -19,9 +19,9 @@ from minift.data.collate import make_token_classification_collate
 from minift.losses import IGNORE_INDEX
 from minift.models import BertForTokenClassification
 from minift.tokenizer import load_tokenizer
-from minift.train.ner import (
+from minift.train.finetune import finetune_ner
+from minift.train.tasks.ner import (
     evaluate_ner,
-    finetune_ner,
     ner_labels,
     predict_entities,
     read_ner,

@@ -69,7 +69,7 @@ def test_the_figure_draws_exactly_the_logged_values(classification_log):
 
 def test_lm_log_gaps_at_non_finite_perplexity(tmp_path):
     pytest.importorskip("matplotlib")
-    # json.dumps writes math.inf as Infinity (minift/train/pretrain.py logs it when the loss overflows)
+    # json.dumps writes math.inf as Infinity (minift/train/tasks/causal_lm.py logs it when the loss overflows)
     ppl = math.exp(6.5)
     records = [train_line(1, 9.5, 1e-3), train_line(2, 7.25, 5e-4),
                {"event": "eval", "epoch": 0, "step": 0, "loss": 800.0, "perplexity": math.inf, "tokens": 9},

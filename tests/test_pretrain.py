@@ -1,5 +1,6 @@
-"""minift/train/pretrain.py: perplexity against transformers, tiny pretraining runs whose checkpoints
-transformers loads with identical logits, causal-LM fine-tuning, and the errors a user can hit.
+"""Pretraining and causal-LM fine-tuning (minift/train/tasks/pretraining.py, causal_lm.py): perplexity
+against transformers, tiny pretraining runs whose checkpoints transformers loads with identical logits,
+causal-LM fine-tuning, and the errors a user can hit.
 
 The runs use a byte-level BPE (the 256 byte symbols + <|endoftext|>, no merges) and a character
 WordPiece vocabulary, so that a few optimizer steps take seconds; the code path is the one the real
@@ -8,27 +9,20 @@ GPT-2 and MiniLM vocabularies take, only the embedding tables are smaller.
 
 import json
 import math
-import string
 
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from tests_support import write_byte_bpe, write_char_wordpiece
 
 from minift.data.lm import causal_lm_collate, mask_tokens, pack_blocks, split_off
 from minift.data.readers import DataError
 from minift.models.bert import BertForMaskedLM
 from minift.models.gpt2 import GPT2LMHeadModel
 from minift.tokenizer import load_tokenizer
-from minift.tokenizer.bpe import ByteLevelBPETokenizer, bytes_to_unicode
-from minift.train.pretrain import (
-    causal_lm_blocks,
-    evaluate_lm,
-    finetune_causal_lm,
-    fixed_batches,
-    load_lm_tokenizer,
-    pretrain,
-)
+from minift.train.finetune import finetune_causal_lm, pretrain
+from minift.train.tasks.causal_lm import causal_lm_blocks, evaluate_lm, fixed_batches, load_lm_tokenizer
 
 transformers.logging.set_verbosity_error()
 CPU = torch.device("cpu")
@@ -39,19 +33,13 @@ RUN = {"size": "nano", "block_size": 32, "batch_size": 8, "max_steps": 12, "lr":
 @pytest.fixture(scope="module")
 def byte_bpe(tmp_path_factory):
     """A GPT-2 tokenizer folder with no merges: one token per byte, plus <|endoftext|> (id 256)."""
-    folder = tmp_path_factory.mktemp("byte_bpe")
-    ByteLevelBPETokenizer({ch: i for i, ch in enumerate(bytes_to_unicode().values())}, []).save_pretrained(folder)
-    return folder
+    return write_byte_bpe(tmp_path_factory.mktemp("byte_bpe"))
 
 
 @pytest.fixture(scope="module")
 def char_wordpiece(tmp_path_factory):
     """A BERT vocab.txt of the five special tokens and single characters (word-initial and ##)."""
-    folder = tmp_path_factory.mktemp("char_wordpiece")
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return folder
+    return write_char_wordpiece(tmp_path_factory.mktemp("char_wordpiece"))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +198,7 @@ def test_errors(tmp_path, byte_bpe, char_wordpiece, corpus, gpt2_run):
         pretrain(corpus, tmp_path / "c", arch="gpt2", tokenizer=byte_bpe, **{**RUN, "size": "huge"})
     with pytest.raises(ValueError, match=r"unknown --arch 't5'; choose one of bert, gpt2"):
         pretrain(corpus, tmp_path / "d", arch="t5", tokenizer=byte_bpe, **RUN)
-    with pytest.raises(ValueError, match=r"a BERT needs \[MASK\] and \[PAD\] tokens"):
+    with pytest.raises(ValueError, match=r"a masked LM \(bert\) needs \[MASK\] and \[PAD\] tokens"):
         load_lm_tokenizer("bert", byte_bpe)
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("hello\n", encoding="utf-8")
@@ -218,7 +206,8 @@ def test_errors(tmp_path, byte_bpe, char_wordpiece, corpus, gpt2_run):
         pretrain(tiny, tmp_path / "e", arch="gpt2", tokenizer=byte_bpe, **{**RUN, "block_size": 64})
     bert_dir = tmp_path / "bert"
     pretrain(corpus, bert_dir, arch="bert", tokenizer=char_wordpiece, **{**RUN, "max_steps": 1})
-    with pytest.raises(ValueError, match=r"bert/config.json: model_type 'bert'; causal-LM fine-tuning needs a GPT-2"):
+    with pytest.raises(ValueError, match=r"bert/config.json: model_type 'bert'; causal-LM fine-tuning needs a checkpoint "
+                                         r"with a causal-lm head, which minift has for model type\(s\) gpt2"):
         finetune_causal_lm(bert_dir, corpus, tmp_path / "f", device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"block_size=500 must be an int in \[2, n_positions=128\]"):
         finetune_causal_lm(gpt2_run[0], corpus, tmp_path / "g", block_size=500, device="cpu", progress=False)

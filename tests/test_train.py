@@ -13,19 +13,21 @@ import pytest
 import torch
 import transformers
 
+from minift.data import make_loader
 from minift.models import BertForSequenceClassification
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
-from minift.train.loop import TrainArgs, TrainingError, evaluate, train
+from minift.train.loop import TrainArgs, TrainingError, train, train_simple
+from minift.train.tasks.classification import evaluate
 
 transformers.logging.set_verbosity_error()
 CPU = torch.device("cpu")
 
 
 def tiny_config(**kw) -> transformers.BertConfig:
-    base = dict(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=37,
-                max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0, num_labels=3)
+    base = {"vocab_size": 97, "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3,
+            "intermediate_size": 37, "max_position_embeddings": 40, "type_vocab_size": 2, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0, "num_labels": 3}
     return transformers.BertConfig(**{**base, **kw})
 
 
@@ -91,6 +93,44 @@ def test_loop_ends_on_the_weights_of_the_reference_loop(tmp_path, seed, max_norm
     # the learning rate followed the schedule: warmup to lr at step 2, then linear decay to 0
     assert records[1]["lr"] == pytest.approx(lr * (1 - 0 / 6), rel=1e-12)
     assert records[-1]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_train_simple_and_train_end_on_the_same_weights(tmp_path):
+    """The loop of lesson 12 (`train_simple`) and `train` without its extras (fp32, one micro-batch per
+    step, one process, no evaluation) take the same steps: same seed, same batches from the same seeded
+    loader, dropout on. Bitwise equal, no tolerance: the same operations run in the same order, and the
+    extras (log, progress bar) only read the numbers. Forgetting zero_grad or the scheduler step in
+    either loop breaks it."""
+    torch.manual_seed(0)
+    config = tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(5, 97, (20, 9), generator=g), torch.randint(0, 3, (20,), generator=g)
+
+    def collate(rows: list[int]) -> dict:
+        index = torch.tensor(rows)
+        return {"input_ids": ids[index], "attention_mask": torch.ones_like(ids[index]), "labels": labels[index]}
+
+    def setup():
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        model = BertForSequenceClassification.from_pretrained(tmp_path)
+        optimizer = AdamW(param_groups(model, 0.01), lr=3e-3)
+        scheduler = make_scheduler(optimizer, "linear", warmup_steps=2, total_steps=10)
+        loader = make_loader(list(range(20)), collate, batch_size=4, shuffle=True, seed=3)  # 5 steps an epoch
+        return model, optimizer, scheduler, loader
+
+    simple, optimizer, scheduler, loader = setup()
+    losses = train_simple(simple, optimizer, scheduler, loader, device=CPU, epochs=2, max_grad_norm=0.5)
+    full, optimizer, scheduler, loader = setup()
+    train(full, optimizer, scheduler, loader, device=CPU, log_path=tmp_path / "metrics.jsonl",
+          args=TrainArgs(epochs=2, max_grad_norm=0.5, log_every=1, progress=False))
+
+    assert len(losses) == 10
+    assert [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == losses
+    start = BertForSequenceClassification.from_pretrained(tmp_path).state_dict()
+    for (name, a), b in zip(simple.state_dict().items(), full.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs between train_simple and train"
+    assert any(not torch.equal(start[name], a) for name, a in simple.state_dict().items())  # it trained
 
 
 def test_max_steps_overrides_epochs(tmp_path):

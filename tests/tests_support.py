@@ -1,11 +1,15 @@
-"""Small fixtures shared by the CLI and resume tests: a tiny random BERT written by transformers, with a
-vocabulary made here, and a keyword sentiment dataset it can learn in a few steps."""
+"""Small fixtures shared by the CLI, resume and pretraining tests: a tiny random BERT written by transformers,
+with a vocabulary made here, a keyword sentiment dataset it can learn in a few steps, and two tokenizers
+small enough that a language model trains in seconds."""
 
 import json
+import string
 from pathlib import Path
 
 import torch
 import transformers
+
+from minift.tokenizer.bpe import ByteLevelBPETokenizer, bytes_to_unicode
 
 GOOD = ["great", "lovely", "superb", "fun", "brilliant", "warm"]
 BAD = ["awful", "boring", "dull", "broken", "rude", "bland"]
@@ -34,3 +38,19 @@ def write_tiny_dataset(path: Path, n: int, seed: int) -> None:
         words.insert(int(torch.randint(0, 4, (1,), generator=g)), (GOOD if positive else BAD)[i % 6])
         rows.append(" ".join(words) + "\t" + ("positive" if positive else "negative"))
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def write_byte_bpe(folder: Path) -> Path:
+    """A GPT-2 tokenizer folder with no merges: one token per byte, plus <|endoftext|> (id 256). Tiny LMs
+    train in seconds with it; the code path is the one GPT-2's real vocabulary takes."""
+    ByteLevelBPETokenizer({ch: i for i, ch in enumerate(bytes_to_unicode().values())}, []).save_pretrained(folder)
+    return folder
+
+
+def write_char_wordpiece(folder: Path) -> Path:
+    """A BERT vocab.txt of the five special tokens and single characters (word-initial and ##)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return folder

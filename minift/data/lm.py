@@ -226,6 +226,14 @@ class MLMCollate:
         self.mlm_probability = mlm_probability
         self.generator = torch.Generator().manual_seed(seed)
 
+    def state_dict(self) -> dict:
+        """Where the generator is: the training loop saves it with each resumable checkpoint
+        (minift/train/loop.py), so a resumed run draws the masks the uninterrupted run would have."""
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
     def __call__(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         if not sequences:
             raise ValueError("cannot collate an empty batch")

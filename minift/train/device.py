@@ -85,7 +85,7 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
     """Every tensor of a batch on ``device``; other values (lists of words, ids) are passed through.
 
     On CUDA the copy is ``non_blocking``: from pinned host memory (the loaders pin it on CUDA,
-    ``minift/train/run.py: make_loaders``) it is queued on the GPU's stream and overlaps with compute,
+    ``minift/train/tasks/classification.py: make_loaders``) it is queued on the GPU's stream and overlaps with compute,
     and CUDA orders it before any kernel that reads it. Elsewhere it stays blocking: on the CPU there is
     nothing to copy, and on MPS a non-blocking copy from pageable memory can read the source after it
     was freed and deliver wrong numbers (pytorch/pytorch#139550 and #189690, open).

@@ -1,4 +1,5 @@
-"""The training loop: one readable function, no Trainer class (lessons 12 and 13).
+"""The training loop, twice: `train_simple`, the loop of lesson 12 and nothing else, and `train`, the
+same loop with what a real run adds (lessons 12 and 13).
 
     for each step:   for each of its grad_accum micro-batches:
                          loss_k = model(**batch).loss             forward (under autocast for bf16/fp16)
@@ -9,8 +10,9 @@
     after each epoch: evaluate on dev, keep the best checkpoint, append to metrics.jsonl, maybe stop early
 
 Everything a step uses is hand-written elsewhere in minift (loss, AdamW, clipping, schedule, loss
-scaling); this file only orders the calls, logs and saves. With one micro-batch per step, fp32 and one
-process it is exactly the loop of lesson 12.
+scaling); this file only orders the calls, logs and saves. With one micro-batch per step, fp32, one
+process and no evaluation, `train` takes exactly the steps of `train_simple`, and ends on the same
+weights bit for bit (tests/test_train.py): the extras only observe, log and save.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from minift.metrics import classification_report
 from minift.optim import clip_grad_norm_
 from minift.train import state
 from minift.train.device import to_device
@@ -82,7 +83,8 @@ class JsonlLog:
     """metrics.jsonl: one JSON object per line, flushed at once so a crash loses nothing logged."""
 
     def __init__(self, path: Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+        # Open for the whole run (closed by `close`), not per line: no context manager fits.
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict) -> None:
         if self.file is not None:
@@ -94,32 +96,25 @@ class JsonlLog:
             self.file.close()
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dict[int, str]) -> dict:
-    """Mean loss, accuracy, macro-F1 and the per-class report of a classifier over ``loader``."""
-    was_training = model.training
-    model.eval()
-    losses, n_examples, y_true, y_pred = 0.0, 0, [], []
-    for batch in loader:
-        batch = to_device(batch, device)
-        out = model(**batch)
-        n = batch["labels"].shape[0]
-        losses += out.loss.item() * n  # out.loss is a mean over the batch: weight it back by size
-        n_examples += n
-        y_true += batch["labels"].tolist()
-        y_pred += out.logits.argmax(dim=-1).tolist()
-    model.train(was_training)
-    names = [id2label[i] for i in range(len(id2label))]
-    report = classification_report(
-        [names[i] for i in y_true], [names[i] for i in y_pred], labels=names
-    )
-    return {
-        "loss": losses / max(n_examples, 1),
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro avg"]["f1-score"],
-        "report": report,
-        "examples": n_examples,
-    }
+def train_simple(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader, *,
+                 device: torch.device, epochs: int, max_grad_norm: float = 1.0) -> list[float]:
+    """The loop of lesson 12: ``epochs`` passes over ``train_loader``, one optimizer step per batch.
+    Returns the loss of every step. No evaluation, logging, checkpoints, accumulation or mixed
+    precision: `train` below adds those around the same six calls."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    model.train()  # dropout on
+    for _ in range(epochs):
+        for batch in train_loader:
+            batch = to_device(batch, device)
+            loss = model(**batch).loss  # L(theta): the mean loss of the batch
+            loss.backward()  # g = dL/dtheta, added into every p.grad
+            clip_grad_norm_(params, max_grad_norm)  # g <- g * min(1, c / ||g||)
+            optimizer.step()  # theta <- AdamW(theta, g, lr_t)
+            scheduler.step()  # t <- t + 1: the learning rate of the next step
+            optimizer.zero_grad(set_to_none=True)  # the next step starts from g = 0
+            losses.append(loss.item())
+    return losses
 
 
 def train(
@@ -149,7 +144,7 @@ def train(
     evaluations without improvement stop the run. With ``run_dir``, ``args.save_every`` steps write a
     resumable checkpoint (minift/train/state.py), Ctrl-C writes one and stops, and ``resume=True``
     first restores the newest one: the run then continues from that step exactly as if it had never
-    stopped (same batches, same dropout masks, same updates).
+    stopped (same batches, same dropout masks, same masked-LM masks, same updates).
     """
     objective = objective or Objective()
     world = world or Distributed()
@@ -162,6 +157,9 @@ def train(
     autocast = autocast_context(device, args.precision)
     scaler = make_loss_scaler(args.precision)
     sampler = getattr(train_loader, "batch_sampler", None)  # EpochBatchSampler: epochs and resume
+    # A collate that draws random numbers of its own (MLMCollate's masks) is training state too.
+    collate = getattr(train_loader, "collate_fn", None)
+    collate = collate if hasattr(collate, "state_dict") else None
     writes = world.is_main  # only rank 0 writes the log and the checkpoints
     # where the run is: step (optimizer steps done), epoch in progress, micro-batches of it done,
     # evaluations in a row without a better best_metric (early stopping)
@@ -171,14 +169,19 @@ def train(
     def checkpoint() -> Path | None:
         if not writes:
             return None
+        extra = {"scaler": scaler.state_dict()}
+        if collate is not None:
+            extra["collate"] = collate.state_dict()
         return state.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     progress=progress, keep=args.keep, extra={"scaler": scaler.state_dict()})
+                                     progress=progress, keep=args.keep, extra=extra)
 
     if resume:
         restored = state.resume(run_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         progress = {"bad_evals": 0, "stopped_early": False, **restored["progress"]}
         if restored["extra"].get("scaler"):
             scaler.load_state_dict(restored["extra"]["scaler"])
+        if collate is not None and restored["extra"].get("collate"):
+            collate.load_state_dict(restored["extra"]["collate"])
         if writes:
             _truncate_log(log_path, progress)
             print(f"resumed from {restored['folder']} (step {progress['step']}, epoch {progress['epoch']})",
@@ -355,9 +358,9 @@ def _truncate_log(log_path: Path | None, progress: dict) -> None:
     kept = []
     for line in Path(log_path).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record["event"] == "train" and record["step"] <= progress["step"]:
-            kept.append(line)
-        elif record["event"] == "eval" and record["epoch"] < progress["epoch"]:
+        step_done = record["event"] == "train" and record["step"] <= progress["step"]
+        epoch_done = record["event"] == "eval" and record["epoch"] < progress["epoch"]
+        if step_done or epoch_done:
             kept.append(line)
     Path(log_path).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 

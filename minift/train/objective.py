@@ -78,9 +78,17 @@ class Objective:
                              weight=weight, label_smoothing=self.label_smoothing)
 
 
+def class_weights(spec: str | None, names: Sequence[str], train_label_ids: Sequence[int]) -> torch.Tensor | None:
+    """--class-weights as a (C,) tensor in label order (None without the flag): "balanced" from the
+    training labels' counts, else the weights the flag lists."""
+    if spec == "balanced":
+        return balanced_weights(train_label_ids, len(names))
+    return parse_class_weights(spec, names)
+
+
 def parse_class_weights(text: str | None, names: Sequence[str]) -> torch.Tensor | None:
     """--class-weights: "balanced" (n / (C * count_c), scikit-learn's formula, needs counts via
-    `balanced_weights`) is handled by the caller; here "label=w,label=w" or "w,w,..." in label order."""
+    `balanced_weights`) is handled by `class_weights`; here "label=w,label=w" or "w,w,..." in label order."""
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -1,5 +1,5 @@
-"""Token classification (named-entity recognition): the recipe, evaluation on whole words, and
-entities with character spans in raw text. Lesson: lessons/30-ner.md.
+"""Token classification (named-entity recognition): `minift finetune --task ner`, evaluation on whole
+words, and entities with character spans in raw text. Lesson: lessons/30-ner.md.
 
 A CoNLL file gives words and one BIO tag per word; `minift/data/collate.py` moves each word's tag
 onto its first sub-word token (``align_labels``) and pads batches; the model (``BertForTokenClassification``,
@@ -9,13 +9,14 @@ Devlin et al. 2019, section 5.3) predicts a tag per token. Everything here is ab
 - `word_predictions` / `evaluate_ner`: each word takes the prediction of its first token, then
   entity-level precision/recall/F1 (CoNLL-2003's score, seqeval's numbers) and token accuracy;
 - `predict_entities`: raw text -> words with character offsets -> tags -> entity spans;
-- `finetune_ner`: ``minift finetune --task ner`` from Python (the run itself is minift/train/finetune.py).
+- `build`: the task for the one run (minift/train/finetune.py; `finetune_ner` there runs it from Python).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,17 +33,66 @@ from minift.data.collate import (
 )
 from minift.hub import resolve
 from minift.losses import IGNORE_INDEX
-from minift.metrics import entity_report, extract_entities, token_report
-from minift.models import BertForTokenClassification
+from minift.metrics import AVERAGE_ROWS, entity_report, extract_entities, format_report, token_report
+from minift.models.architectures import ARCHITECTURES, architecture
 from minift.tokenizer import load_tokenizer
+from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
+from minift.train.distributed import Distributed
+from minift.train.objective import Objective, class_weights
+from minift.train.tasks import Task
 
 Sentence = tuple[list[str], list[str]]  # (words, tags), as read_conll returns them
 TAG = re.compile(r"O|[BIES]-\S+")  # BIO / IOB2 / IOBES: a prefix, a dash, the entity type
 # Raw text -> words: a run of letters/digits (with inner ' - ’ as in "don't", "Jean-Luc"), or any
 # other single visible character, so that punctuation is a word of its own as in CoNLL files.
 WORD = re.compile(r"\w+(?:['’-]\w+)*|\S")
-TOKEN_CLASSIFIERS = {"bert": BertForTokenClassification}  # model_type in config.json -> head class
+
+
+def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task:
+    """A pretrained encoder with a fresh tagging head on --train's CoNLL tags; dev entity F1."""
+    train_sentences = read_ner(cfg.train)
+    labels = ner_labels(train_sentences)
+    dev_sentences = read_ner(cfg.dev) if cfg.dev is not None else None
+    if dev_sentences is not None:
+        check_tags(labels, dev_sentences, cfg.dev)
+    model, tokenizer, folder = build_token_classifier(cfg.model, labels, attn_impl=cfg.attn_impl,
+                                                      fast_tokenizer=cfg.fast_tokenizer)
+    model.to(device)
+    train_loader, dev_loader = make_ner_loaders(
+        tokenizer, labels, train_sentences, dev_sentences, batch_size=cfg.batch_size, max_length=cfg.max_length,
+        seed=cfg.seed, device=device, label_all_subtokens=cfg.label_all_subtokens, rank=world.rank,
+        world_size=world.world_size)
+    weights = class_weights(cfg.class_weights, labels.names,
+                            [labels.label2id[t] for _, tags in train_sentences for t in tags])
+    evaluations: list[dict] = []  # kept so the last per-type report can be printed
+
+    def evaluate_dev() -> dict:
+        evaluations.append(evaluate_ner(model, dev_loader, device, labels.id2label))
+        return evaluations[-1]
+
+    def finish(summary: dict, result: dict) -> None:
+        result["labels"] = labels.names
+        if summary["before"] is None:
+            return
+        before, after, best = summary["before"], summary["history"][-1], summary["best"]
+        print(format_report(evaluations[-1]["report"]), file=sys.stderr)
+        print(f"dev entity F1 before fine-tuning: {before['f1']:.4f}   after: {after['f1']:.4f} "
+              f"(best {best['f1']:.4f} at epoch {best['epoch']}, saved in {cfg.out / 'best'})", file=sys.stderr)
+        result.update({"dev_f1_before": before["f1"], "dev_f1": after["f1"], "dev_precision": after["precision"],
+                       "dev_recall": after["recall"], "dev_macro_f1": after["macro_f1"],
+                       "dev_token_accuracy": after["accuracy"], "best_dev_f1": best["f1"],
+                       "best_epoch": best["epoch"],
+                       "dev_f1_per_type": {name: row["f1"] for name, row in evaluations[-1]["report"].items()
+                                           if name not in AVERAGE_ROWS}})
+
+    return Task(model=model, tokenizer=tokenizer, train_loader=train_loader,
+                evaluate=evaluate_dev if dev_loader else None,
+                objective=Objective("tokens", class_weights=None if weights is None else weights.to(device),
+                                    label_smoothing=cfg.label_smoothing),
+                best_metric="f1", finish=finish, about={"model": str(folder)},
+                describe=f"model {folder} ({type(model).__name__}); {len(train_sentences)} train / "
+                         f"{len(dev_sentences or [])} dev sentences, {len(labels)} labels {labels.names}")
 
 
 # --- data and labels --------------------------------------------------------------------------------
@@ -115,11 +165,18 @@ def make_ner_loaders(tokenizer, labels: LabelMap, train_sentences: Sequence[Sent
 
 
 def token_classifier_class(folder: Path) -> type:
-    model_type = read_config(folder).get("model_type")
-    if model_type not in TOKEN_CLASSIFIERS:
-        raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} has no token-classification "
-                         f"head in minift (supported: {', '.join(sorted(TOKEN_CLASSIFIERS))})")
-    return TOKEN_CLASSIFIERS[model_type]
+    """The class with a token-classification head for the checkpoint's model_type (config.json). The
+    batches are BERT's ``[CLS] words [SEP]`` (``bert_template`` in minift/data/collate.py), so the
+    architecture must also read WordPiece inputs; GPT-2's tagging head exists but gets no batches here."""
+    source = str(folder / "config.json")
+    arch = architecture(read_config(folder).get("model_type"), source)
+    fits = [a.model_type for a in ARCHITECTURES.values() if "token-classification" in a.heads
+            and a.tokenizer == "wordpiece"]
+    if arch.model_type not in fits:
+        raise ValueError(f"{source}: model_type {arch.model_type!r}; ner builds [CLS] words [SEP] inputs with a "
+                         f"WordPiece tokenizer for a token-classification head, which minift has for model "
+                         f"type(s) {', '.join(fits)} (this one's tokenizer is {arch.tokenizer})")
+    return arch.heads["token-classification"]
 
 
 def build_token_classifier(name_or_folder: str | Path, labels: LabelMap, *, attn_impl: str = "sdpa",
@@ -228,21 +285,3 @@ def predict_entities(model: torch.nn.Module, tokenizer, text: str, id2label: Map
         start, end = words[first][1], words[last][2]
         entities.append({"type": type_, "text": text[start:end], "start": start, "end": end})
     return entities
-
-
-# --- the run ----------------------------------------------------------------------------------------------
-
-
-def finetune_ner(model: str | Path, train_path: str | Path, dev_path: str | Path | None, out: str | Path, *,
-                 progress: bool = True, **options) -> dict:
-    """Fine-tune a pretrained encoder for NER on CoNLL files; returns the run's summary (JSON-able).
-
-    ``minift finetune --task ner`` from Python: ``options`` are FinetuneConfig's fields (epochs, lr,
-    batch_size, max_length, label_all_subtokens, ...). Labels come from the training tags; dev entity
-    F1 is measured before training and after each epoch (the best epoch saved in ``out/best``); the
-    final model, its tokenizer and id2label/label2id are saved in ``out`` in the public layout.
-    """
-    from minift.train.finetune import FinetuneConfig, finetune
-
-    return finetune(FinetuneConfig(task="ner", model=str(model), train=train_path, dev=dev_path, out=out,
-                                   progress=progress, **options))
