@@ -14,7 +14,7 @@ transformers' (asserted): greedy decoding is a deterministic function of the log
 
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
 times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
-in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 22).
+in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 16).
 """
 
 from __future__ import annotations

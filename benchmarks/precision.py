@@ -1,4 +1,4 @@
-"""What bf16 autocast does to MiniLM fine-tuning on this machine, measured in one run (lesson 40).
+"""What bf16 autocast does to MiniLM fine-tuning on this machine, measured in one run (lesson 20).
 
     python benchmarks/precision.py [--steps 6] [--batch-size 32] [--seq-len 128] [--epochs 2] [--device cpu]
 
@@ -13,7 +13,7 @@
     evaluated on the dev set with and without bf16 autocast: how far apart its logits are and how many
     predictions change.
 
-Prints Markdown tables (reproduced in lessons/40-mixed-precision.md and README.md).
+Prints Markdown tables (reproduced in lessons/20-mixed-precision.md and README.md).
 """
 
 from __future__ import annotations

@@ -5,10 +5,15 @@
     minift predict  --model runs/x "text" ...                                   label new texts
     minift pretrain --arch gpt2 --size tiny --text F --out runs/lm              a fresh model on a text file
     minift weights pull all-MiniLM-L6-v2 | minift weights list                  checkpoints in weights/
+    minift verify weights/...MiniLM... [--json]                                 every module against transformers
+    minift assignment list | make NAME DIR | check DIR [--json]                 assignments for a course
 
 Every command ends by printing its result as one JSON line on stdout; progress goes to stderr.
 `finetune` and `pretrain` fill one FinetuneConfig (minift/train/config.py: its defaults are the flags'
 defaults, its `check` the flags' checks) and run it with the same `finetune` (minift/train/finetune.py).
+
+Long because every command's flags, help texts and defaults are one argparse parser that `--help` and
+the contract check read; each command's body is a few lines calling into the package.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from pathlib import Path
 import torch
 
 from minift import hub
+from minift.assignments import ASSIGNMENTS
+from minift.assignments import check as check_assignment
+from minift.assignments import make as make_assignment
 from minift.data import read_classification
+from minift.io import read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
@@ -37,6 +46,7 @@ from minift.train.precision import PRECISIONS
 from minift.train.tasks.causal_lm import causal_lm_class
 from minift.train.tasks.classification import evaluate, load_classifier, make_loaders, predict
 from minift.train.tasks.ner import load_token_classifier, predict_entities
+from minift.verify import VerifyError, verify_checkpoint
 
 # `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
 PRETRAIN = {**DEFAULTS, **PRETRAIN_DEFAULTS}
@@ -50,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, RuntimeError) as e:
         # Errors raised by minift are sentences meant for the user: print them, not a traceback.
         print(f"minift {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -151,6 +161,44 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", type=Path, metavar="FILE.png",
                     help="where to write the PNG (default RUN_DIR/curves.png)")
     pl.set_defaults(run=cmd_plot)
+
+    ve = sub.add_parser("verify", help="compare a checkpoint with transformers, module by module",
+                        description="Load MODEL_DIR in minift and in transformers, run a few fixed sentences "
+                        "through both, and compare every module they share by name: outputs on the real "
+                        "tokens and the gradients of a loss. Names the first module beyond the tolerance. "
+                        "Exit status: 0 every module within tolerance, 1 a divergence, 2 could not compare "
+                        "(no such folder, transformers not installed). Lesson 31.")
+    ve.add_argument("model", type=Path, metavar="MODEL_DIR", help="a checkpoint folder (config.json + weights)")
+    ve.add_argument("--impl", choices=["eager", "sdpa"], default="eager",
+                    help="minift's attention path (transformers always runs its eager one); default %(default)s")
+    ve.add_argument("--tolerance", type=float, default=1e-5,
+                    help="largest difference allowed: outputs as max|diff| / max(1, max|ref|), gradients "
+                    "relative to the module's largest; default %(default)g")
+    ve.add_argument("--json", action="store_true", help="one JSON line with every row and first_divergence")
+    ve.set_defaults(run=cmd_verify)
+
+    asg = sub.add_parser("assignment", help="make and grade student assignments from the lessons' code",
+                         description="Teachers: hand out a lesson's functions to write, graded against saved "
+                         "reference outputs (lessons/teaching.md).")
+    asub = asg.add_subparsers(dest="action", metavar="ACTION", required=True)
+    al = asub.add_parser("list", help="one assignment per line, its name first")
+    al.set_defaults(run=cmd_assignment_list)
+    am = asub.add_parser("make", help="write a student starter into OUT_DIR",
+                         description="Write OUT_DIR/minift/...py (the bodies to write replaced by raise "
+                         "NotImplementedError), the grading tests, the reference fixtures and a README.")
+    am.add_argument("name", metavar="NAME", help="an assignment (see `minift assignment list`)")
+    am.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    am.add_argument("--force", action="store_true", help="overwrite a student's files already in OUT_DIR")
+    am.add_argument("--fixtures-only", action="store_true",
+                    help="only (re)write OUT_DIR/fixtures, e.g. after a minift upgrade")
+    am.set_defaults(run=cmd_assignment_make)
+    ac = asub.add_parser("check", help="grade the files under OUT_DIR/minift/",
+                         description="One line per item: PASS/FAIL, the largest difference from the reference, "
+                         "a hint. Exit status: 0 every item passes, 1 an item fails, 2 could not grade.")
+    ac.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    ac.add_argument("--json", action="store_true", help="one JSON object with every item")
+    ac.add_argument("--item", action="append", metavar="ITEM", help="grade only this item (repeatable)")
+    ac.set_defaults(run=cmd_assignment_check)
 
     we = sub.add_parser("weights", help="fetch or list checkpoints under weights/")
     wsub = we.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -313,6 +361,54 @@ def cmd_plot(args: argparse.Namespace) -> int:
     png = plot_run(args.run_dir, args.out)
     print(json.dumps({"png": str(png)}))
     return 0
+
+
+# --- verify / assignment --------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        report = verify_checkpoint(args.model, impl=args.impl, tolerance=args.tolerance)
+    except (VerifyError, ValueError, FileNotFoundError) as e:  # could not compare: not a divergence
+        print(f"minift verify: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict()) if args.json else str(report))
+    return 0 if report.ok else 1
+
+
+def cmd_assignment_list(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in ASSIGNMENTS)
+    for name, a in ASSIGNMENTS.items():
+        print(f"{name:<{width}}  {a.summary} ({a.lesson})")
+    return 0
+
+
+def cmd_assignment_make(args: argparse.Namespace) -> int:
+    written = make_assignment(args.name, args.out_dir, force=args.force, fixtures_only=args.fixtures_only)
+    for path in written:
+        print(f"  wrote {path}", file=sys.stderr)
+    if not args.fixtures_only:
+        print(f"starter for {args.name!r} in {args.out_dir}/: complete the # TODO bodies, then "
+              f"`minift assignment check {args.out_dir}`", file=sys.stderr)
+    print(json.dumps({"assignment": args.name, "out": str(args.out_dir), "files": [str(p) for p in written]}))
+    return 0
+
+
+def cmd_assignment_check(args: argparse.Namespace) -> int:
+    try:
+        results = check_assignment(args.out_dir, only=args.item)
+    except (ValueError, FileNotFoundError) as e:  # not a starter folder, no fixtures: nothing graded
+        print(f"minift assignment check: error: {e}", file=sys.stderr)
+        return 2
+    passed = sum(r.ok for r in results)
+    if args.json:
+        name = read_json(args.out_dir / "assignment.json")["assignment"]
+        print(json.dumps({"assignment": name, "ok": passed == len(results), "passed": passed,
+                          "failed": len(results) - passed, "items": [r.as_dict() for r in results]}))
+    else:
+        for r in results:
+            print(r.line())
+        print(f"{passed} of {len(results)} items pass")
+    return 0 if passed == len(results) else 1
 
 
 # --- weights --------------------------------------------------------------------------------------

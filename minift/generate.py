@@ -1,14 +1,14 @@
 """Text generation with a causal language model: greedy decoding, temperature, top-k and top-p
 (nucleus) sampling, and the KV cache that makes each new token cost one position, not the whole prefix.
 
-Lesson: `lessons/22-generation.md` (the decoding rules, the cache and its memory/time arithmetic).
+Lesson: `lessons/16-generation.md` (the decoding rules, the cache and its memory/time arithmetic).
 
 `generate` works with any model whose forward takes `(input_ids, attention_mask=, position_ids=,
 past_key_values=, use_cache=, logits_to_keep=)` and returns `.logits` (B, T or logits_to_keep, vocab)
 and `.past_key_values`, and whose config has `n_positions`: minift's GPT2LMHeadModel
 (minift/models/gpt2.py), whose `.generate` calls it. For a left-padded batch it passes the positions
 that skip the padding (`position_ids_from_mask`), as transformers' generate does; the model's forward,
-like transformers', numbers positions 0, 1, ... whatever the mask (lesson 21).
+like transformers', numbers positions 0, 1, ... whatever the mask (lesson 15).
 `tests/test_generate.py` checks greedy decoding token for token against `transformers`' `generate`,
 and the three sampling filters against its logits warpers.
 """

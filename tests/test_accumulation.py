@@ -1,4 +1,4 @@
-"""Gradient accumulation: K micro-batches of b give the update of one batch of K*b (lesson 13).
+"""Gradient accumulation: K micro-batches of b give the update of one batch of K*b (lesson 21).
 
 Everything runs in float64 with dropout off, so the only differences between the two runs are the
 order of floating-point sums (padding to another length, adding K gradients instead of one):

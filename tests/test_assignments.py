@@ -114,3 +114,25 @@ def test_make_refuses_to_overwrite_and_regenerates_fixtures(tmp_path):
         check(out)
     make("bpe", out, fixtures_only=True)
     assert len(check(out)) == 3
+
+
+def test_cli_list_make_check(tmp_path, capsys):
+    from minift.cli import main
+
+    assert main(["assignment", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(ASSIGNMENTS)
+    out = tmp_path / "hw"
+    assert main(["assignment", "make", "schedules", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["assignment"] == "schedules"
+    assert main(["assignment", "check", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL  linear" in text and "not implemented yet" in text and "0 of 2 items pass" in text
+    _solution("schedules", out)
+    assert main(["assignment", "check", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {"assignment": "schedules", "ok": True, "passed": 2, "failed": 0, "items": data["items"]}
+    assert [i["item"] for i in data["items"]] == ["linear", "cosine"] and all(i["ok"] for i in data["items"])
+    assert main(["assignment", "check", str(tmp_path / "empty")]) == 2
+    assert main(["assignment", "make", "schedules", str(out)]) == 1  # a student's file is never overwritten
+    assert "already exists" in capsys.readouterr().err

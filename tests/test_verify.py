@@ -162,3 +162,28 @@ def test_report_as_json(minilm_dir):
     data = json.loads(json.dumps(verify_checkpoint(minilm_dir).as_dict()))
     assert data["ok"] is True and data["first_divergence"] is None
     assert {"module", "shape", "max_abs_diff", "grad_rel_error", "ok"} <= set(data["rows"][0])
+
+
+def test_cli_verify_table_json_and_exit_codes(minilm_dir, monkeypatch, capsys, tmp_path):
+    from minift.cli import main
+
+    assert main(["verify", str(minilm_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layer.5.output.LayerNorm" in out and "every module within tolerance 1e-05" in out
+    assert main(["verify", str(minilm_dir), "--impl", "sdpa", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["ok"] and data["first_divergence"] is None and len(data["rows"]) > 50
+    _seed_bug(monkeypatch, 2, "intermediate")
+    assert main(["verify", str(minilm_dir), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["first_divergence"] == "encoder.layer.2.intermediate"
+    assert main(["verify", str(tmp_path / "nowhere")]) == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_cli_verify_without_transformers_exits_2(minilm_dir, monkeypatch, capsys):
+    from minift.cli import main
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["verify", str(minilm_dir)]) == 2
+    assert "pip install" in capsys.readouterr().err

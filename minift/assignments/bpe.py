@@ -1,4 +1,4 @@
-"""Assignment `bpe`: byte-level BPE, the bytes' stand-in characters and the merge loop (lesson 20)."""
+"""Assignment `bpe`: byte-level BPE, the bytes' stand-in characters and the merge loop (lesson 14)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _merge(module, inputs):
 ASSIGNMENT = Assignment(
     name="bpe",
     summary="byte-level BPE: the 256 byte stand-ins and applying the learned merges to a word",
-    lesson="lessons/20-byte-level-bpe.md",
+    lesson="lessons/14-byte-level-bpe.md",
     targets=(
         Target(MODULE, "bytes_to_unicode", "Printable bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; "
                "the other 68 bytes get chr(256), chr(257), ... in byte order. Return {byte: char} for all 256."),

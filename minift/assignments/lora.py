@@ -1,4 +1,4 @@
-"""Assignment `lora`: the low-rank update, its forward and its merge into one matrix (lesson 41)."""
+"""Assignment `lora`: the low-rank update, its forward and its merge into one matrix (lesson 19)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _diagnose(module, inputs, outputs, expected):
 ASSIGNMENT = Assignment(
     name="lora",
     summary="LoRA: y = W0 x + b + (alpha / r) B A x, and merging B A into W0",
-    lesson="lessons/41-lora-and-freezing.md",
+    lesson="lessons/19-lora-and-freezing.md",
     targets=(
         Target(MODULE, "LoRALinear.forward", "y = F.linear(x, weight, bias); unless merged, add scaling * B (A "
                "dropout(x)) computed as two small products (never the d_out x d_in matrix BA). A merged layer "

@@ -1,4 +1,4 @@
-"""Assignment `sampling`: the top-k and top-p (nucleus) filters of text generation (lesson 22)."""
+"""Assignment `sampling`: the top-k and top-p (nucleus) filters of text generation (lesson 16)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _top_p(module, inputs):
 ASSIGNMENT = Assignment(
     name="sampling",
     summary="top-k and top-p (nucleus) filtering of next-token logits",
-    lesson="lessons/22-generation.md",
+    lesson="lessons/16-generation.md",
     targets=(
         Target(MODULE, "top_k_filter", "Keep the k largest logits of each row (ties with the k-th kept; k larger "
                "than the vocabulary keeps all), set the others to -inf."),

@@ -1,4 +1,4 @@
-"""Assignment `wordpiece`: BERT's greedy longest-match-first sub-word split (lesson 02)."""
+"""Assignment `wordpiece`: BERT's greedy longest-match-first sub-word split (lesson 01)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _run(module, inputs):
 ASSIGNMENT = Assignment(
     name="wordpiece",
     summary="WordPiece: greedy longest-match-first, continuation pieces with ##, [UNK] for what cannot be spelled",
-    lesson="lessons/02-wordpiece.md",
+    lesson="lessons/01-wordpiece.md",
     targets=(
         Target(MODULE, "wordpiece", "From the start of the word take the longest prefix in the vocabulary, then "
                "continue from where it ended with `prefix` + the rest; if no piece starts at some position, or "

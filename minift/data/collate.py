@@ -103,7 +103,7 @@ def make_loader(examples: Sequence[Example], collate: Callable, batch_size: int,
                       generator=torch.Generator().manual_seed(seed))
 
 
-# --- token classification (NER, lessons/30-ner.md) ------------------------------------------------
+# --- token classification (NER, lessons/17-ner.md) ------------------------------------------------
 # A CoNLL sentence arrives already split into words, each with one tag. The model sees sub-word
 # tokens, so every word's tag has to be moved onto its tokens ("label alignment"), and the model's
 # per-token predictions moved back onto the words at evaluation.

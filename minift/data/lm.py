@@ -1,6 +1,6 @@
 """Language-modelling data: a plain-text file -> masked-LM batches (BERT) or packed causal-LM blocks (GPT-2).
 
-Lesson: lessons/23-pretraining-objectives.md.
+Lesson: lessons/18-pretraining-objectives.md.
 
 Masked LM (Devlin et al. 2019, sec. 3.1, "Task #1: Masked LM"), `MLMCollate` and `mask_tokens`:
 

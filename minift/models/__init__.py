@@ -1,5 +1,5 @@
 """The models, with the class names `transformers` uses: BERT (bert.py, lesson 05) and GPT-2
-(gpt2.py, lesson 21)."""
+(gpt2.py, lesson 15)."""
 
 from minift.models.bert import (
     BertConfig,

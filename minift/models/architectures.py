@@ -32,7 +32,7 @@ HEADS = ("base", "sequence-classification", "token-classification", "masked-lm",
 @dataclass(frozen=True)
 class Layout:
     """Where the parts of one architecture live, as module paths inside its base model (freezing,
-    lesson 41). Everything else in the base model (BERT's pooler, GPT-2's final ln_f) sits above the
+    lesson 19). Everything else in the base model (BERT's pooler, GPT-2's final ln_f) sits above the
     blocks; the task head (classifier, score, cls, lm_head) is everything outside the base model."""
 
     embeddings: tuple[str, ...]  # the input embedding modules

@@ -1,5 +1,5 @@
 """What every model config shares: reading config.json, checking each field, the label maps, writing
-config.json back (lessons 05 and 21).
+config.json back (lessons 05 and 15).
 
 A model's config is a dataclass listing the fields of its config.json (`BertConfig` in bert.py,
 `GPT2Config` in gpt2.py), deriving from `PretrainedConfig`, which does the rest once for all:

@@ -1,8 +1,8 @@
 """GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"): the config,
 the decoder, its KV cache and its heads, with the parameter names of the public checkpoints.
 
-Lesson: `lessons/21-gpt2.md` (the causal mask, pre-LN vs BERT's post-LN, weight tying, the Conv1D
-transpose, the parameter count); generation with the KV cache is `minift/generate.py`, lesson 22.
+Lesson: `lessons/15-gpt2.md` (the causal mask, pre-LN vs BERT's post-LN, weight tying, the Conv1D
+transpose, the parameter count); generation with the KV cache is `minift/generate.py`, lesson 16.
 
     input_ids (B, T) -> wte + wpe -> N x pre-LN Block -> ln_f -> (B, T, C)
     heads: language model (every position, tied to wte), sequence classification (last real token),
@@ -11,7 +11,7 @@ transpose, the parameter count); generation with the KV cache is `minift/generat
 It follows OpenAI's original TensorFlow code (gpt-2/src/model.py) and the `transformers`
 implementation, which `tests/test_gpt2.py` checks every output, loss and gradient against.
 
-Long because it holds one whole architecture, config to heads, read top to bottom in lesson 21 (as
+Long because it holds one whole architecture, config to heads, read top to bottom in lesson 15 (as
 bert.py does BERT); the CPU decoding path is apart, in gpt2_fast.py.
 """
 
@@ -49,7 +49,7 @@ class GPT2Config(PretrainedConfig):
 
     n_inner None means 4 * n_embd (Radford et al. 2018, sec. 4.1). attn_impl is how to run the
     model, not part of the checkpoint: "eager" is the readable path; "sdpa" is fused kernels and, on a
-    CPU, the faster products of a decoding step (minift/models/gpt2_fast.py; lesson 22).
+    CPU, the faster products of a decoding step (minift/models/gpt2_fast.py; lesson 16).
     """
 
     model_type: ClassVar[str] = "gpt2"
@@ -291,7 +291,7 @@ class GPT2Model(GPT2PretrainedModel):
         position_ids (B, T): default T_past, T_past + 1, ... whatever attention_mask says, as in
         transformers' GPT2Model.forward. Right padding needs nothing more; a left-padded row must be
         given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
-        tokens are read at positions shifted by the padding (lesson 21).
+        tokens are read at positions shifted by the padding (lesson 15).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
         past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
         if position_ids is None:

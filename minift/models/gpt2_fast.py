@@ -1,7 +1,7 @@
 """GPT-2's CPU decoding path: the same weights, multiplied in the order that is fastest for the few
 rows of a decoding step. minift/models/gpt2.py is the model; this file only makes it faster.
 
-Lesson: `lessons/22-generation.md`, "The weight products of a decoding step" (the measurements).
+Lesson: `lessons/16-generation.md`, "The weight products of a decoding step" (the measurements).
 
 What it does. Two subclasses of nn.Linear, drop-in replacements with the same parameters under the
 same names (`weight`, `bias`), and `use_fast_path(model)`, which swaps them into a GPT-2 model in
@@ -23,7 +23,7 @@ nn.Linear hands that product to the BLAS as a matrix product whose second operan
 which MKL runs on one core whatever the thread count (`MKL_VERBOSE=1` shows two threads, the clock
 shows one), and one core cannot draw the machine's memory bandwidth. A batched product over slabs
 gives every thread its own part of W; for the (V, C) LM head, the largest matrix, the order in which
-the BLAS walks W matters as much (lesson 22: 1.6x for GPT-2 small's blocks and 2.4x for its head at
+the BLAS walks W matters as much (lesson 16: 1.6x for GPT-2 small's blocks and 2.4x for its head at
 batch 1, two threads). Every output is still the dot product of one row of W with the input: only
 which thread computes it, and in which order W is read, change, so the numbers agree with nn.Linear's
 to float32 rounding (`tests/test_generate.py`).
@@ -106,7 +106,7 @@ class FewRowsLMHead(nn.Linear):
         streams the (V, C) matrix, the largest in the model, fastest.
 
         - Several rows: (W h^T)^T, one tall (V, C) @ (C, rows) product, instead of the wide
-          (rows, C) @ (C, V) one: 1.4 to 4 times faster from 2 to 64 rows (lesson 22 has the table).
+          (rows, C) @ (C, V) one: 1.4 to 4 times faster from 2 to 64 rows (lesson 16 has the table).
         - One row without autograd (greedy or sampled decoding of one prompt): W stored column by
           column, (C, V), cut into one slab of columns per thread, each slab's product with the row on
           its own thread (`torch.bmm`, as `few_rows_linear`): 2.4 times faster than nn.Linear for

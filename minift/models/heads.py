@@ -1,4 +1,4 @@
-"""What the task heads of BERT and GPT-2 share: the losses on their logits (lessons 05 and 21).
+"""What the task heads of BERT and GPT-2 share: the losses on their logits (lessons 05 and 15).
 
 A head maps hidden states to logits; what differs between the families is which hidden state it
 reads (BERT's pooled [CLS], GPT-2's last real token). The loss on the logits is the same, so it lives

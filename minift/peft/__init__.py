@@ -1,6 +1,6 @@
 """Parameter-efficient fine-tuning, written by hand: train a few parameters instead of all of them.
 
-Lesson: `lessons/41-lora-and-freezing.md` (the strategies, the low-rank arithmetic, the parameter and
+Lesson: `lessons/19-lora-and-freezing.md` (the strategies, the low-rank arithmetic, the parameter and
 optimizer-memory count for all-MiniLM-L6-v2, the merge math).
 
 One concept per file:

@@ -1,7 +1,7 @@
 """The adapter on its own: `adapter_model.safetensors` (the LoRA factors and the task head) and
 `adapter_config.json` (what apply_lora did), a few hundred KB instead of the whole model.
 
-Lesson: `lessons/41-lora-and-freezing.md` (section "Verify": the adapter alone restores the model).
+Lesson: `lessons/19-lora-and-freezing.md` (section "Verify": the adapter alone restores the model).
 
 `save_adapter` writes both files atomically through minift/io.py (temporary file, fsync, rename);
 `load_adapter` puts them back on the base model they were trained from, checking the config and every

@@ -1,6 +1,6 @@
 """Freezing: choose which pretrained parameters receive gradients.
 
-Lesson: `lessons/41-lora-and-freezing.md` (section "Freezing: which parameters learn").
+Lesson: `lessons/19-lora-and-freezing.md` (section "Freezing: which parameters learn").
 
 The strategies are the ones the transfer-learning literature compares: train the head only (feature
 extraction), freeze the embeddings, freeze the lower layers and tune the upper ones (Howard & Ruder
@@ -15,7 +15,7 @@ base model.
 
 Leaves out: gradual unfreezing and discriminative learning rates (Howard & Ruder sec. 3.2-3.3), which
 change the strategy or the optimizer during a run; here a strategy is set once, before the optimizer
-is built (lesson 41, exercise 1).
+is built (lesson 19, exercise 1).
 """
 
 from __future__ import annotations

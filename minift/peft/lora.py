@@ -1,6 +1,6 @@
 """LoRA, written by hand: a frozen weight plus a trainable low-rank update.
 
-Lesson: `lessons/41-lora-and-freezing.md` (sections "LoRA: the low-rank arithmetic" and "Merging").
+Lesson: `lessons/19-lora-and-freezing.md` (sections "LoRA: the low-rank arithmetic" and "Merging").
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", sec. 4.1, eq. 3) keeps a
 pretrained weight W0 (d_out x d_in) frozen and learns a low-rank update:

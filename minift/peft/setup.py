@@ -1,6 +1,6 @@
 """`setup_peft`: the one call `minift finetune` makes with its --freeze / --lora-* flags.
 
-Lesson: `lessons/41-lora-and-freezing.md` (section "Which layers to train: measured").
+Lesson: `lessons/19-lora-and-freezing.md` (section "Which layers to train: measured").
 
 It checks the flags together, before the model changes -- each with the one check its method uses
 (`check_strategy` in freezing.py, `check_lora_args` in lora.py, `check_targets` in trainable.py), told

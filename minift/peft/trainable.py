@@ -1,6 +1,6 @@
 """What a parameter-efficient method trains: the modules it targets, the task head beside them, the count.
 
-Lesson: `lessons/41-lora-and-freezing.md`.
+Lesson: `lessons/19-lora-and-freezing.md`.
 
 Every method in minift/peft/ that adds parameters picks modules of the pretrained model by name and
 puts its new parameters there (LoRA wraps the nn.Linear layers it targets), while the task head -- a

@@ -1,4 +1,4 @@
-"""Tokenizers: text -> token ids -> text (lessons/02-wordpiece.md and lessons/20-byte-level-bpe.md).
+"""Tokenizers: text -> token ids -> text (lessons/01-wordpiece.md and lessons/14-byte-level-bpe.md).
 
 - `WordPieceTokenizer` (minift/tokenizer/wordpiece.py): BERT's tokenizer, written out by hand;
 - `ByteLevelBPETokenizer` (minift/tokenizer/bpe.py): GPT-2's, written out by hand;

@@ -11,7 +11,7 @@ this file, is the same for all of them:
 4. wrap the result in the model's template, e.g. ``[CLS] A [SEP] B [SEP]`` with token type ids;
 5. pad a batch to one length, with an attention mask, and return (B, T) tensors.
 
-Lesson: lessons/02-wordpiece.md (sections "Special tokens and the pair template" and "Padding and
+Lesson: lessons/01-wordpiece.md (sections "Special tokens and the pair template" and "Padding and
 attention masks").
 
 Long because the five steps are one pipeline that every tokenizer runs in order (`_encode_texts`,

@@ -1,6 +1,6 @@
 """GPT-2's byte-level BPE tokenizer, written out by hand.
 
-Lesson: lessons/20-byte-level-bpe.md (the start of the GPT-2 part).
+Lesson: lessons/14-byte-level-bpe.md (the start of the GPT-2 part).
 
 Text becomes UTF-8 bytes, each byte is spelled with one printable stand-in character
 (`bytes_to_unicode`), a regular expression cuts the text into pre-tokens (`GPT2_SPLIT`), and inside

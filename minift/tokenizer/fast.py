@@ -1,6 +1,6 @@
 """The fast path: minift's tokenizer interface over the Rust `tokenizers` package.
 
-Lesson: lessons/02-wordpiece.md (section "The fast path").
+Lesson: lessons/01-wordpiece.md (section "The fast path").
 
 `minift/tokenizer/wordpiece.py` spells BERT's tokenizer out in Python; `FastTokenizer` gets the same
 ids from the compiled `tokenizers.Tokenizer` that a checkpoint's tokenizer.json describes (BERT's

@@ -1,6 +1,6 @@
 """The files of a tokenizer folder: their names, and the settings every tokenizer reads from them.
 
-Lesson: lessons/02-wordpiece.md (the files of a checkpoint's tokenizer) and lessons/20-byte-level-bpe.md.
+Lesson: lessons/01-wordpiece.md (the files of a checkpoint's tokenizer) and lessons/14-byte-level-bpe.md.
 
 A tokenizer folder in the public (Hugging Face) layout holds its model's vocabulary -- WordPiece's
 vocab.txt, byte-level BPE's vocab.json + merges.txt, or the `tokenizers` package's tokenizer.json for

@@ -1,6 +1,6 @@
 """BERT's WordPiece tokenizer, written out by hand.
 
-Lesson: lessons/02-wordpiece.md.
+Lesson: lessons/01-wordpiece.md.
 
 Three steps turn text into BERT's token ids:
 

@@ -1,4 +1,4 @@
-"""Every flag of a run, checked once, and what makes two runs the same run (lessons 12, 13 and 23).
+"""Every flag of a run, checked once, and what makes two runs the same run (lessons 12, 21 and 18).
 
 `FinetuneConfig` is the one description of a run. `minift finetune` and `minift pretrain` fill it from
 their flags (minift/cli.py), Python callers build it directly, and `finetune` (minift/train/finetune.py)
@@ -70,7 +70,7 @@ class FinetuneConfig:
     train: Path | None = field(default=None, metadata=FINETUNING_ONLY)
     dev: Path | None = field(default=None, metadata=FINETUNING_ONLY)
     max_length: int = field(default=128, metadata=FINETUNING_ONLY)  # causal-lm: the packed block length
-    # ... or a fresh model of a named size on a text file (pretraining, lesson 23): a model_type of
+    # ... or a fresh model of a named size on a text file (pretraining, lesson 18): a model_type of
     # minift/models/architectures.py, a key of SIZES, the tokenizer (folder or name; default the
     # architecture's), the packed block (GPT-2) or longest line (BERT), the tail of the text held out
     # for dev, and the fresh model's dropout (None: the architecture's default, 0.1).

@@ -1,5 +1,5 @@
 """Choosing the device once, moving batches to it, and seeding every random number generator
-(lessons 12 and 40).
+(lessons 12 and 20).
 
 One code path serves CPU, CUDA and Apple's MPS: the device is picked here, at the start of a run, and
 every tensor is created on it or moved to it with ``to_device``. Which 16-bit dtype each device can

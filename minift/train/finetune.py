@@ -1,4 +1,4 @@
-"""`minift finetune` and `minift pretrain`: one path for every run (lessons 12, 13 and 23).
+"""`minift finetune` and `minift pretrain`: one path for every run (lessons 12, 21 and 18).
 
     FinetuneConfig (the flags, each checked once: minift/train/config.py)
       -> RUN_DIR/run.json: a new run writes its identity; --resume continues only the same run

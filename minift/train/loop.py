@@ -1,5 +1,5 @@
 """The training loop, twice: `train_simple`, the loop of lesson 12 and nothing else, and `train`, the
-same loop with what a real run adds (lessons 12 and 13).
+same loop with what a real run adds (lessons 12 and 21).
 
     for each step:   for each of its grad_accum micro-batches:
                          loss_k = model(**batch).loss             forward (under autocast for bf16/fp16)
@@ -53,8 +53,8 @@ class TrainArgs:
     progress: bool = True  # the tqdm bar
     save_every: int | None = None  # optimizer steps between two resumable checkpoints (needs run_dir)
     keep: int | None = 2  # resumable checkpoints kept on disk (older ones are pruned)
-    grad_accum: int = 1  # micro-batches per optimizer step (lesson 13)
-    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + loss scaling), lesson 40
+    grad_accum: int = 1  # micro-batches per optimizer step (lesson 21)
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + loss scaling), lesson 20
     patience: int | None = None  # stop after this many evaluations without a better best_metric
 
     def __post_init__(self) -> None:
@@ -293,7 +293,7 @@ def _accumulate(model, micro: list[dict], objective: Objective, world: Distribut
     """Forward and backward over one step's micro-batches; returns the step's mean loss (all processes).
 
     Micro-batch k's mean loss is weighted by n_k / N, N the units of the whole step on all processes,
-    so the summed gradient is the gradient of the mean over all N units (lesson 13). DDP divides the
+    so the summed gradient is the gradient of the mean over all N units (lesson 21). DDP divides the
     all-reduced gradient by the world size P, so each process multiplies its part by P to undo it.
     """
     units = [objective.units(batch) for batch in micro]

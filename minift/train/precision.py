@@ -1,6 +1,6 @@
 """Mixed precision: the autocast context for `--precision`, and dynamic loss scaling written by hand.
 
-Lesson: `lessons/40-mixed-precision.md` (the float formats bit by bit, what autocast casts, why
+Lesson: `lessons/20-mixed-precision.md` (the float formats bit by bit, what autocast casts, why
 float16 needs loss scaling and bfloat16 does not, and the scaler's state machine).
 
 Mixed-precision training (Micikevicius et al. 2018, "Mixed Precision Training", sec. 3) keeps the

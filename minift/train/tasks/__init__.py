@@ -2,9 +2,9 @@
 ``build(cfg, device, world) -> Task`` and the helpers only that task needs.
 
     classification.py  text -> one label          BertForSequenceClassification, GPT2ForSequenceClassification
-    ner.py             words -> one tag per word   BertForTokenClassification (lesson 30)
+    ner.py             words -> one tag per word   BertForTokenClassification (lesson 17)
     causal_lm.py       text -> the next token      GPT2LMHeadModel from a checkpoint; blocks, perplexity
-    pretraining.py     a fresh model on a text file: masked LM (BERT) or causal LM (GPT-2) (lesson 23)
+    pretraining.py     a fresh model on a text file: masked LM (BERT) or causal LM (GPT-2) (lesson 18)
 
 A task decides what is trained on what: the model (which head, from the table of architectures in
 minift/models/architectures.py), the tokenizer, the training loader, the dev evaluation, what the loss

@@ -1,6 +1,6 @@
 """Causal-LM fine-tuning of a checkpoint (`minift finetune --task causal-lm`), and what both language-
 modelling tasks share with pretraining (minift/train/tasks/pretraining.py): the tokenizer's special
-tokens, text -> packed blocks, dev batches built once, perplexity. Lesson: lessons/23-pretraining-objectives.md.
+tokens, text -> packed blocks, dev batches built once, perplexity. Lesson: lessons/18-pretraining-objectives.md.
 
     text file -> documents -> token ids -> packed blocks of --max-length tokens   minift/data/lm.py
               -> the checkpoint's causal-LM class (minift/models/architectures.py)

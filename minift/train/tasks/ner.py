@@ -1,5 +1,5 @@
 """Token classification (named-entity recognition): `minift finetune --task ner`, evaluation on whole
-words, and entities with character spans in raw text. Lesson: lessons/30-ner.md.
+words, and entities with character spans in raw text. Lesson: lessons/17-ner.md.
 
 A CoNLL file gives words and one BIO tag per word; `minift/data/collate.py` moves each word's tag
 onto its first sub-word token (``align_labels``) and pads batches; the model (``BertForTokenClassification``,
