@@ -132,6 +132,8 @@ def test_adapter_saved_by_minift_loads_in_peft(cls, method, options, shape, tmp_
     randomise(model, shape)
     # peft classifies a GPT-2 prompt from the last column (it passes inputs_embeds): no right padding there.
     batch = inputs(shape, right_padding=not (cls is GPT2ForSequenceClassification))
+    if cls.__name__.startswith("Bert"):  # two segments: prompt tuning puts its virtual tokens in segment 0
+        batch["token_type_ids"] = (torch.arange(batch["input_ids"].shape[1]) >= 3).long().expand_as(batch["input_ids"])
     expected = minift_logits(model.eval(), batch)
     save_peft_adapter(model, tmp_path / "adapter", base_model_name=folder)
 

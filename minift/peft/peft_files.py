@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from minift.checkpoint import load_state_dict, write_safetensors
+from minift.models import pretrained
 from minift.io import read_json, write_json
 from minift.models.architectures import architecture_of
 from minift.peft.adapters import apply_adapters
@@ -245,3 +246,7 @@ def adapter_head_rows(folder: str | Path) -> int | None:
             return t.shape[0]
     return None
 
+
+# A run directory of prompt/prefix tuning or adapters names its adapter in config.json: from_pretrained
+# loads it with this (minift/models/pretrained.py cannot import minift.peft, which builds on it).
+pretrained.ADAPTER_LOADER = load_peft_adapter
