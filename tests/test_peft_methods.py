@@ -39,9 +39,9 @@ HF = {BertForSequenceClassification: transformers.BertForSequenceClassification,
       BertForTokenClassification: transformers.BertForTokenClassification,
       GPT2LMHeadModel: transformers.GPT2LMHeadModel,
       GPT2ForSequenceClassification: transformers.GPT2ForSequenceClassification}
-BERT_SHAPES = [dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37),
-               dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3, intermediate_size=50)]
-GPT2_SHAPES = [dict(n_embd=32, n_layer=2, n_head=4), dict(n_embd=24, n_layer=3, n_head=3)]
+BERT_SHAPES = [{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37},
+               {"hidden_size": 24, "num_hidden_layers": 3, "num_attention_heads": 3, "intermediate_size": 50}]
+GPT2_SHAPES = [{"n_embd": 32, "n_layer": 2, "n_head": 4}, {"n_embd": 24, "n_layer": 3, "n_head": 3}]
 
 
 def checkpoint(cls, shape: int, seed: int, folder) -> str:
@@ -336,8 +336,8 @@ def test_switching_adapters_on_one_base_model(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"peft": "lorra"}, r"unknown --peft 'lorra'; choose one of lora, dora, ia3, prompt, prefix, adapter"),
-    ({"peft": "lora", "num_virtual_tokens": 4}, r"--num-virtual-tokens is an option of --peft prompt/prefix, "
-                                                r"not of --peft lora"),
+    ({"peft": "lora", "num_virtual_tokens": 4}, (r"--num-virtual-tokens is an option of --peft prompt/prefix, "
+                                                r"not of --peft lora")),
     ({"peft": "prompt", "lora_r": 4}, r"--lora-r is an option of --peft lora/dora, not of --peft prompt"),
     ({"peft": "ia3", "use_rslora": True}, r"--use-rslora is an option of --peft lora/dora, not of --peft ia3"),
     ({"peft": "prefix", "prompt_init": "vocab"}, r"--prompt-init is an option of --peft prompt, not of --peft prefix"),

@@ -9,11 +9,12 @@ minift/checkpoint/load.py.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from minift.checkpoint.files import (
     CONFIG_NAME,
@@ -78,13 +79,13 @@ class PretrainedModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[ModelT],
+        cls,
         name_or_folder: str | os.PathLike,
         *,
         strict: bool = True,
         allow_pickle: bool = False,
         **overrides: Any,
-    ) -> ModelT:
+    ) -> Self:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
         folder = _resolve(name_or_folder)
         config_path = folder / CONFIG_NAME

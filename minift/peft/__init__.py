@@ -24,12 +24,15 @@ A new method is one more file beside lora.py that takes its targets and head fro
 one branch in setup.py, unload.py and peft_files.py.
 """
 
+from minift.peft.adapters import ADAPTER_KINDS, AdapterLinear, apply_adapters
 from minift.peft.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 from minift.peft.freezing import STRATEGIES, freeze
+from minift.peft.ia3 import IA3Linear, apply_ia3, merge_ia3
 from minift.peft.lora import (
     DEFAULT_LORA_ALPHA,
     DEFAULT_LORA_DROPOUT,
     DEFAULT_LORA_TARGETS,
+    DoRALinear,
     LoRAConfig,
     LoRALinear,
     apply_lora,
@@ -37,58 +40,55 @@ from minift.peft.lora import (
     lora_state_dict,
     merge_lora,
 )
-from minift.peft.adapters import ADAPTER_KINDS, AdapterLinear, apply_adapters
-from minift.peft.ia3 import IA3Linear, apply_ia3, merge_ia3
-from minift.peft.lora import DoRALinear
 from minift.peft.peft_files import adapter_head_rows, load_peft_adapter, save_peft_adapter
 from minift.peft.prefix import PrefixEncoder, apply_prefix_tuning
 from minift.peft.prompt_tuning import PROMPT_INITS, PromptEmbedding, apply_prompt_tuning
 from minift.peft.setup import METHOD_OPTIONS, check_method_options, method_of, setup_peft
-from minift.peft.unload import MERGEABLE, METHODS, active_method, merge_and_unload, method_parameters, unload
 from minift.peft.trainable import HEAD_MODULES, trainable_parameters, trainable_summary
+from minift.peft.unload import MERGEABLE, METHODS, active_method, merge_and_unload, method_parameters, unload
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "ADAPTER_KINDS",
+    "ADAPTER_WEIGHTS",
+    "DEFAULT_LORA_ALPHA",
+    "DEFAULT_LORA_DROPOUT",
+    "DEFAULT_LORA_TARGETS",
+    "HEAD_MODULES",
     "MERGEABLE",
     "METHODS",
     "METHOD_OPTIONS",
     "PROMPT_INITS",
+    "STRATEGIES",
     "AdapterLinear",
     "DoRALinear",
     "IA3Linear",
+    "LoRAConfig",
+    "LoRALinear",
     "PrefixEncoder",
     "PromptEmbedding",
     "active_method",
     "adapter_head_rows",
     "apply_adapters",
     "apply_ia3",
+    "apply_lora",
     "apply_prefix_tuning",
     "apply_prompt_tuning",
     "check_method_options",
-    "load_peft_adapter",
-    "merge_and_unload",
-    "merge_ia3",
-    "method_of",
-    "method_parameters",
-    "save_peft_adapter",
-    "unload",
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "DEFAULT_LORA_ALPHA",
-    "DEFAULT_LORA_DROPOUT",
-    "DEFAULT_LORA_TARGETS",
-    "HEAD_MODULES",
-    "STRATEGIES",
-    "LoRAConfig",
-    "LoRALinear",
-    "apply_lora",
     "freeze",
     "load_adapter",
+    "load_peft_adapter",
     "lora_parameters",
     "lora_state_dict",
+    "merge_and_unload",
+    "merge_ia3",
     "merge_lora",
+    "method_of",
+    "method_parameters",
     "save_adapter",
+    "save_peft_adapter",
     "setup_peft",
     "trainable_parameters",
     "trainable_summary",
+    "unload",
 ]

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from minift.checkpoint import load_state_dict, write_safetensors
-from minift.models import pretrained
 from minift.io import read_json, write_json
+from minift.models import pretrained
 from minift.models.architectures import architecture_of
 from minift.peft.adapters import apply_adapters
 from minift.peft.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -217,7 +217,7 @@ def _apply(model: nn.Module, config: dict, tensors: dict, path: Path) -> tuple[s
                   for key, t in tensors.items()}
         return "ia3", mapped
     if peft_type in ("PROMPT_TUNING", "PREFIX_TUNING"):
-        layers, num_heads, dim = attention_shape(model.config)
+        layers, _num_heads, dim = attention_shape(model.config)
         if config.get("token_dim", dim) != dim or config.get("num_layers", layers) != layers:
             raise ValueError(f"{path}: the adapter is for {config.get('num_layers')} layers of width "
                              f"{config.get('token_dim')}, the model has {layers} of width {dim}")

@@ -23,7 +23,7 @@ from torch import nn
 
 # The module, not the function: setup_peft's keyword `freeze` (the flag's name) hides the name `freeze`.
 from minift.peft import freezing
-from minift.peft.adapters import ADAPTER_KINDS, DEFAULT_REDUCTION, apply_adapters, check_adapter_args
+from minift.peft.adapters import DEFAULT_REDUCTION, apply_adapters, check_adapter_args
 from minift.peft.ia3 import apply_ia3
 from minift.peft.lora import (
     DEFAULT_LORA_ALPHA,
@@ -34,7 +34,7 @@ from minift.peft.lora import (
     refuse_lora_layers,
 )
 from minift.peft.prefix import apply_prefix_tuning
-from minift.peft.prompt_tuning import PROMPT_INITS, apply_prompt_tuning, check_prompt_args
+from minift.peft.prompt_tuning import apply_prompt_tuning, check_prompt_args
 from minift.peft.trainable import check_targets, trainable_summary
 from minift.peft.unload import METHODS, active_method
 

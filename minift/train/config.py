@@ -28,7 +28,14 @@ from pathlib import Path
 from minift.io import read_json, write_json
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
-from minift.peft import ADAPTER_KINDS, METHOD_OPTIONS, PROMPT_INITS, STRATEGIES, check_method_options, method_of
+from minift.peft import (
+    ADAPTER_KINDS,
+    METHOD_OPTIONS,
+    PROMPT_INITS,
+    STRATEGIES,
+    check_method_options,
+    method_of,
+)
 from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs

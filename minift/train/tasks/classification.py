@@ -22,8 +22,8 @@ from minift.checkpoint import read_config
 from minift.data import LabelMap, make_classification_collate, make_loader, read_classification
 from minift.data.collate import MODEL_INPUTS
 from minift.hub import resolve
-from minift.metrics import classification_report
 from minift.io import read_json
+from minift.metrics import classification_report
 from minift.models.architectures import Architecture, architecture
 from minift.peft import adapter_head_rows, load_peft_adapter
 from minift.tokenizer import load_tokenizer
