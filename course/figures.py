@@ -1,0 +1,59 @@
+"""`make figures`: redraws lessons/figures/*.png by running each lesson that has figure blocks, from the
+repository root, up to its last figure block (a figure may draw what the lesson computed before it,
+e.g. lesson 12's loss curves come from the run of the block above them).
+
+    python course/figures.py                 every lesson with a figure
+    python course/figures.py 04-attention    only the lessons whose file name starts so
+
+The figures are deterministic: fixed seeds, the Agg backend, and `save_figure` (minift/plot.py) writes
+no metadata, so a rerun gives the same bytes and git shows only the figures whose drawing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python course/figures.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from course.lessons import REPO, figure_blocks, lesson_files, run_until
+
+MAX_BYTES = 150 * 1024  # a committed figure stays small: the repository carries every version of it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lessons", nargs="*", help="lesson file name prefixes (default: every lesson)")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, the same pixels everywhere
+    os.environ.pop("MINIFT_FIGURES_DIR", None)  # write into lessons/figures/, not a test folder
+    os.chdir(REPO)
+    lessons = [p for p in lesson_files() if not args.lessons or p.name.startswith(tuple(args.lessons))]
+    if args.lessons and not lessons:
+        parser.error(f"no lesson file starts with {' or '.join(args.lessons)}")
+    too_big = []
+    for lesson in lessons:
+        blocks = figure_blocks(lesson)
+        if not blocks:
+            continue
+        start = time.perf_counter()
+        run_until(lesson, blocks[-1].index)
+        for block in blocks:
+            size = (REPO / block.target).stat().st_size
+            print(f"{block.target}  {size / 1024:6.1f} KB  ({block.where()}, "
+                  f"lesson run in {time.perf_counter() - start:.0f} s)")
+            if size > MAX_BYTES:
+                too_big.append(f"{block.target} is {size / 1024:.0f} KB, over {MAX_BYTES // 1024} KB")
+    for message in too_big:
+        print("error:", message, file=sys.stderr)
+    return 1 if too_big else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
