@@ -2,8 +2,8 @@
 repository root, up to its last figure block (a figure may draw what the lesson computed before it,
 e.g. lesson 12's loss curves come from the run of the block above them).
 
-    python course/figures.py                 every lesson with a figure
-    python course/figures.py 04-attention    only the lessons whose file name starts so
+    python -m course.figures                 every lesson with a figure (from the repository root)
+    python -m course.figures 04-attention    only the lessons whose file name starts so
 
 The figures are deterministic: fixed seeds, the Agg backend, and `save_figure` (minift/plot.py) writes
 no metadata, so a rerun gives the same bytes and git shows only the figures whose drawing changed.
@@ -15,10 +15,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: python course/figures.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course.lessons import REPO, figure_blocks, lesson_files, run_until
 

@@ -49,3 +49,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def needed_or_skip(module: str, why: str):
+    """Imports a dev-only module a test needs. Missing: a skip on a developer's machine, a failure
+    under CI (CI is set there, and `make test` installs the dev extra, so a skip would hide a gap)."""
+    try:
+        return __import__(module)
+    except ImportError:
+        message = f"{module} is not installed ({why}); `make test` installs it with the dev extra"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {message}")
+        pytest.skip(message)

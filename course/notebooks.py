@@ -1,0 +1,154 @@
+"""`make notebooks`: every lesson as a Jupyter notebook, in build/notebooks/ (not committed: the
+Markdown lesson is the source, the notebook is made from it).
+
+    python -m course.notebooks                       convert every lessons/NN-*.md
+    python -m course.notebooks --execute 03 09       convert all, then run 03 and 09 top to bottom
+    python -m course.notebooks --execute all         ... and run every one (minutes)
+
+jupytext reads the lesson: each ```python block becomes a code cell, the text around it a Markdown
+cell. Three changes make the notebook work where it is:
+
+- a first code cell moves the kernel from the notebook's folder (where Jupyter starts it) to the
+  repository root, where the lessons' paths start (weights/, lessons/figures/, ../shared/data);
+- images travel inside the notebook (as attachments of their Markdown cell), so a figure shows
+  wherever the notebook is opened; a link to another lesson opens its notebook, and a link to any
+  other file points back at the file in the repository;
+- an ```output block (what the code above it prints) becomes a Markdown cell of its own, headed
+  "Expected output", so that it reads as the lesson's record next to the real output of the cell
+  above, not as something to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from course.lessons import LESSONS_DIR, REPO, lesson_files
+
+OUT = REPO / "build" / "notebooks"
+
+SETUP = """\
+# Set-up (added by `make notebooks`): the lessons run from the repository root.
+import os
+
+if not (os.path.isdir("lessons") and os.path.isdir("minift")):
+    os.chdir({root})  # from the notebook's folder to the repository root
+"""
+
+LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".svg": "image/svg+xml"}
+OUTPUT_FENCE = re.compile(r"^```output[^\n]*\n(.*?)^```[ \t]*$\n?", re.DOTALL | re.MULTILINE)
+
+
+def relink(markdown: str, out_dir: Path, lessons: set[str], attachments: dict | None = None) -> str:
+    """Relative links of a lesson, rewritten to work from out_dir. With `attachments` (a dict), each
+    image file is put in it (name -> {mime type: base64}) and linked as attachment:name."""
+
+    def fix(match: re.Match) -> str:
+        target = match.group(2)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith(("#", "/")):
+            return match.group(0)  # http:, mailto:, an anchor in the same page, an absolute path
+        path, _, anchor = target.partition("#")
+        file = (LESSONS_DIR / path).resolve()
+        mime = IMAGE_TYPES.get(file.suffix.lower())
+        if match.group(1).startswith("!") and mime and file.is_file() and attachments is not None:
+            attachments[file.name] = {mime: base64.b64encode(file.read_bytes()).decode("ascii")}
+            return f"{match.group(1)}attachment:{file.name}{match.group(3)}"
+        if path in lessons:  # another lesson: its notebook, beside this one
+            new = Path(path).with_suffix(".ipynb").name
+        else:
+            new = Path(os.path.relpath(file, out_dir.resolve())).as_posix()
+        return f"{match.group(1)}{new}{'#' + anchor if anchor else ''}{match.group(3)}"
+
+    return LINK.sub(fix, markdown)
+
+
+def split_outputs(cells: list, new_markdown) -> list:
+    """Each ```output block of a Markdown cell becomes a cell of its own, headed "Expected output"."""
+    result = []
+    for cell in cells:
+        if cell.cell_type != "markdown" or not OUTPUT_FENCE.search(cell.source):
+            result.append(cell)
+            continue
+        rest = cell.source
+        while match := OUTPUT_FENCE.search(rest):
+            if rest[: match.start()].strip():
+                result.append(new_markdown(rest[: match.start()].strip("\n")))
+            result.append(new_markdown(f"*Expected output:*\n\n```text\n{match.group(1)}```"))
+            rest = rest[match.end():]
+        if rest.strip():
+            result.append(new_markdown(rest.strip("\n")))
+    return result
+
+
+def convert(lesson: Path, out_dir: Path = OUT) -> Path:
+    """lessons/NN-name.md -> out_dir/NN-name.ipynb; returns the notebook's path."""
+    import jupytext
+    import nbformat
+
+    notebook = jupytext.read(lesson, fmt="md")
+    lessons = {p.name for p in lesson_files()}
+    cells = split_outputs(notebook.cells, nbformat.v4.new_markdown_cell)
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            attachments: dict = {}
+            cell.source = relink(cell.source, out_dir, lessons, attachments)
+            if attachments:
+                cell["attachments"] = attachments
+    setup = SETUP.format(root=json.dumps(os.path.relpath(REPO, out_dir.resolve()))).rstrip("\n")
+    notebook.cells = [nbformat.v4.new_code_cell(setup, metadata={"tags": ["setup"]}), *cells]
+    notebook.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    for i, cell in enumerate(notebook.cells):  # stable ids: the same lesson gives the same file
+        cell["id"] = f"cell-{i}"
+    nbformat.validate(notebook)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / lesson.with_suffix(".ipynb").name
+    nbformat.write(notebook, path)
+    return path
+
+
+def execute(notebook_path: Path, timeout: int = 600) -> None:
+    """Runs the notebook top to bottom in a fresh python3 kernel and saves it with its outputs. A cell
+    that raises stops the run with nbclient's CellExecutionError, which names the cell and shows the
+    traceback."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(notebook_path.parent)}})
+    client.execute()
+    nbformat.write(notebook, notebook_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the notebooks (default {OUT})")
+    parser.add_argument("--execute", nargs="+", metavar="LESSON", default=[],
+                        help="run these notebooks after converting: lesson number prefixes, or 'all'")
+    args = parser.parse_args(argv)
+    notebooks = [convert(lesson, args.out) for lesson in lesson_files()]
+    print(f"{len(notebooks)} notebooks in {args.out}")
+    run = notebooks if "all" in args.execute else [
+        n for n in notebooks if n.name.startswith(tuple(args.execute))] if args.execute else []
+    if args.execute and not run:
+        parser.error(f"no lesson starts with {' or '.join(args.execute)}")
+    for path in run:
+        start = time.perf_counter()
+        execute(path)
+        print(f"ran {path.name} top to bottom in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
