@@ -26,25 +26,37 @@ CONFIG = Path(__file__).resolve().parent / "mkdocs.yml"
 SITE = REPO / "build" / "site"
 
 
+class SiteBuildError(RuntimeError):
+    """MkDocs warned (strict mode): the message lists each warning, e.g. a broken link and its page."""
+
+
 def build(out: Path = SITE) -> Path:
-    """Builds the site into `out` (emptied first) and returns it. Raises mkdocs' Abort if any warning
-    was logged (strict mode), KatexUnavailable if KaTeX cannot be fetched."""
+    """Builds the site into `out` (emptied first) and returns it. Raises SiteBuildError if MkDocs
+    logged any warning, KatexUnavailable if KaTeX cannot be fetched."""
     from mkdocs.commands.build import build as mkdocs_build
     from mkdocs.config import load_config
+    from mkdocs.exceptions import Abort
 
     katex_dir()  # first, so that a missing npm is one clear message, not a failure inside MkDocs
-    config = load_config(str(CONFIG), site_dir=str(Path(out).resolve()), strict=True)
-    config.plugins.on_startup(command="build", dirty=False)
+    warnings: list[str] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("mkdocs").addHandler(collect)
     try:
-        mkdocs_build(config)
+        config = load_config(str(CONFIG), site_dir=str(Path(out).resolve()), strict=True)
+        config.plugins.on_startup(command="build", dirty=False)
+        try:
+            mkdocs_build(config)
+        finally:
+            config.plugins.on_shutdown()
+    except Abort as e:
+        raise SiteBuildError("the site did not build: " + ("; ".join(warnings) or str(e))) from None
     finally:
-        config.plugins.on_shutdown()
+        logging.getLogger("mkdocs").removeHandler(collect)
     return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mkdocs.exceptions import Abort
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=SITE, help=f"where the site goes (default {SITE})")
     args = parser.parse_args(argv)
@@ -56,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         out = build(args.out)
-    except (Abort, KatexUnavailable) as e:
+    except (SiteBuildError, KatexUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     pages = len(list(out.glob("*.html")))
