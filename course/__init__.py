@@ -1,8 +1,13 @@
 """The tools that turn lessons/*.md into what people read: the figures (`make figures`), Jupyter
-notebooks (`make notebooks`) and a static site (`make site`). Not part of minift: minift never imports
-this package, and what it needs (matplotlib, jupytext, mkdocs, ...) is in the `dev` extra.
+notebooks (`make notebooks`) and a static site (`make site`). Not part of minift, and not in minift/
+on purpose: it is tooling for the course, not the library a user installs; minift never imports it
+(tests/test_site.py checks), and what it needs
+(matplotlib, jupytext, mkdocs, ...) is in the `dev` extra. It sits at the top level so that
+`python -m course.NAME` runs from the repository root, where the lessons run.
 
-    lessons.py     what a lesson holds: its python blocks, its figure blocks and their image links
+    lessons.py     the one reader of lessons/NN-*.md: blocks, output blocks and their options, figure
+                   blocks and their image links, a lesson run and the comparison of its outputs
+                   (tests/test_lessons.py uses it; `python -m course.lessons LESSON` runs one)
     figures.py     `make figures`: reruns the lessons up to their last figure block
     notebooks.py   `make notebooks`: one .ipynb per lesson (jupytext), optionally executed
     website.py     `make site`: MkDocs builds lessons/ into build/site/ with KaTeX copied in

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from course.lessons import REPO, figure_blocks, lesson_files, run_until
+from course.lessons import REPO, LessonRun, lesson_files, read_lesson
 
 MAX_BYTES = 150 * 1024  # a committed figure stays small: the repository carries every version of it
 
@@ -34,18 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.lessons and not lessons:
         parser.error(f"no lesson file starts with {' or '.join(args.lessons)}")
     too_big = []
-    for lesson in lessons:
-        blocks = figure_blocks(lesson)
-        if not blocks:
+    for path in lessons:
+        lesson = read_lesson(path)
+        if not lesson.figures:
             continue
         start = time.perf_counter()
-        run_until(lesson, blocks[-1].index)
-        for block in blocks:
-            size = (REPO / block.target).stat().st_size
-            print(f"{block.target}  {size / 1024:6.1f} KB  ({block.where()}, "
+        LessonRun(lesson, echo=False).run(until=lesson.figures[-1])
+        for block in lesson.figures:
+            size = (REPO / block.figure).stat().st_size
+            print(f"{block.figure}  {size / 1024:6.1f} KB  ({lesson.where(block)}, "
                   f"lesson run in {time.perf_counter() - start:.0f} s)")
             if size > MAX_BYTES:
-                too_big.append(f"{block.target} is {size / 1024:.0f} KB, over {MAX_BYTES // 1024} KB")
+                too_big.append(f"{block.figure} is {size / 1024:.0f} KB, over {MAX_BYTES // 1024} KB")
     for message in too_big:
         print("error:", message, file=sys.stderr)
     return 1 if too_big else 0

@@ -8,9 +8,11 @@
   lessons/ (../docs/curves-demo.png), under repo/.
 - on_page_markdown: a link to a page kept out of the site on purpose (solutions/, which a teacher may
   withhold) or not written yet (in the course map, no file) becomes plain text, marked and titled, so
-  the site has no dead link; a link out of lessons/ points at its repo/ copy; and an ```output fence
-  with options (```output abs=1e-6: a tolerance for the test that compares outputs) is shown as a
-  plain ```output block. Code blocks and inline code are left alone.
+  the site has no dead link; a link out of lessons/ points at its repo/ copy; and an ```output block
+  (found by course/lessons.py, which reads lessons for the tests too) is shown as a plain ```output
+  block, styled as what the code above it prints: its fence options (```output abs=1e-6, a tolerance
+  for the test that compares outputs) are dropped, and a volatile block's `{*}` shows as "…". Code
+  blocks and inline code are left alone otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if str(REPO) not in sys.path:  # `mkdocs build -f course/mkdocs.yml` from anywhe
     sys.path.insert(0, str(REPO))
 
 from course.katex import site_files as katex_files
+from course.lessons import WILDCARD, read_lesson
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 COURSE_MAP = "README.md"
@@ -35,7 +38,6 @@ MAP_ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*\[([^\]]+)\]\(([^)#\s]+\.md)\)", re.MU
 # Fenced blocks, then inline code spans: the parts of a page where links are not rewritten.
 CODE = re.compile(r"(?ms:^(`{3,}|~{3,})[^\n]*\n.*?^\1[ \t]*$)|(`+)[^`\n](?:.*?[^`])??\2")
 LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^)\s]+)(\s+\"[^\"]*\")?\)")
-OUTPUT_WITH_OPTIONS = re.compile(r"^([ \t]*)```output[ \t]+\S[^\n]*$", re.MULTILINE)
 
 _state: dict = {"planned": set(), "outside": {}}
 
@@ -105,8 +107,22 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+def _plain_outputs(markdown: str, path: Path) -> str:
+    """Every ```output block as the reader should see it: no fence options, `{*}` as "…"."""
+    lines = markdown.split("\n")
+    for block in read_lesson(path, text=markdown).blocks:
+        if block.lang != "output":
+            continue
+        fence = lines[block.line - 1]
+        lines[block.line - 1] = fence[: fence.index("output") + len("output")]
+        for i in range(block.line, block.end - 1):
+            lines[i] = lines[i].replace(WILDCARD, "…")
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown: str, page, config, files: Files) -> str:
     page_dir = posixpath.dirname(page.file.src_uri)
+    markdown = _plain_outputs(markdown, Path(page.file.abs_src_path))
     docs = Path(config.docs_dir)
 
     def fix_links(text: str) -> str:
@@ -134,5 +150,4 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
 
         return LINK.sub(fix, text)
 
-    markdown = _outside_code(markdown, fix_links)
-    return OUTPUT_WITH_OPTIONS.sub(r"\1```output", markdown)
+    return _outside_code(markdown, fix_links)

@@ -5,6 +5,10 @@ the built pages load it from their own folder, never from a CDN, so they render 
 registry), checks the tarball against npm's published sha512, and unpacks dist/ and the licence into
 build/katex/katex-VERSION/ (gitignored, reused by later builds). MINIFT_KATEX_DIR may name an
 unpacked katex package instead (a folder holding dist/katex.min.js, e.g. node_modules/katex).
+
+`make test` fetches it before the suite runs (`python -m course.katex`, in the Makefile's `browser`
+target), so that the tests themselves never reach the network: tests/test_site.py builds with
+`fetch=False`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -34,8 +39,9 @@ class KatexUnavailable(RuntimeError):
     """KaTeX could not be had: no npm, no registry, or a tarball that does not match its checksum."""
 
 
-def katex_dir() -> Path:
-    """The unpacked katex package (a folder holding dist/ and LICENSE), fetched on first use."""
+def katex_dir(fetch: bool = True) -> Path:
+    """The unpacked katex package (a folder holding dist/ and LICENSE), fetched on first use (with
+    fetch=False, a copy not fetched yet raises KatexUnavailable instead)."""
     if os.environ.get(DIR_ENV):
         folder = Path(os.environ[DIR_ENV])
         if not (folder / "dist" / "katex.min.js").is_file():
@@ -44,6 +50,9 @@ def katex_dir() -> Path:
     folder = CACHE / f"katex-{VERSION}"
     if (folder / "dist" / "katex.min.js").is_file():
         return folder
+    if not fetch:
+        raise KatexUnavailable(f"KaTeX {VERSION} is not in {folder} yet: `python -m course.katex` fetches it "
+                               "(make test does it first)")
     npm = shutil.which("npm")
     if npm is None:
         raise KatexUnavailable(f"the site's math renderer is the npm package katex@{VERSION}, and npm is not "
@@ -86,3 +95,10 @@ def site_files(prefix: str = "assets/katex") -> dict[str, Path]:
         if path.is_file() and relative.startswith(WANTED):
             files[f"{prefix}/{path.relative_to(root / 'dist').as_posix()}"] = path
     return files
+
+
+if __name__ == "__main__":
+    try:
+        print(f"KaTeX {VERSION} in {katex_dir()}")
+    except KatexUnavailable as e:
+        sys.exit(f"error: {e}")

@@ -6,16 +6,16 @@ Markdown lesson is the source, the notebook is made from it).
     python -m course.notebooks --execute all         ... and run every one (minutes)
 
 jupytext reads the lesson: each ```python block becomes a code cell, the text around it a Markdown
-cell. Three changes make the notebook work where it is:
+cell. Three changes make the notebook work where it is and read as the lesson does:
 
 - a first code cell moves the kernel from the notebook's folder (where Jupyter starts it) to the
   repository root, where the lessons' paths start (weights/, lessons/figures/, ../shared/data);
 - images travel inside the notebook (as attachments of their Markdown cell), so a figure shows
   wherever the notebook is opened; a link to another lesson opens its notebook, and a link to any
   other file points back at the file in the repository;
-- an ```output block (what the code above it prints) becomes a Markdown cell of its own, headed
-  "Expected output", so that it reads as the lesson's record next to the real output of the cell
-  above, not as something to run.
+- an ```output block (what the code above it prints; course/lessons.py reads the lesson) becomes
+  that code cell's output, so the notebook opens showing what each cell prints, as the lesson does;
+  running the cell replaces it with what it prints now. A volatile output's `{*}` shows as "…".
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from course.lessons import LESSONS_DIR, REPO, lesson_files
+from course.lessons import LESSONS_DIR, REPO, WILDCARD, lesson_files, read_lesson
 
 OUT = REPO / "build" / "notebooks"
 
@@ -44,7 +44,6 @@ if not (os.path.isdir("lessons") and os.path.isdir("minift")):
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".svg": "image/svg+xml"}
-OUTPUT_FENCE = re.compile(r"^```output[^\n]*\n(.*?)^```[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 
 
 def relink(markdown: str, out_dir: Path, lessons: set[str], attachments: dict | None = None) -> str:
@@ -70,22 +69,14 @@ def relink(markdown: str, out_dir: Path, lessons: set[str], attachments: dict | 
     return LINK.sub(fix, markdown)
 
 
-def split_outputs(cells: list, new_markdown) -> list:
-    """Each ```output block of a Markdown cell becomes a cell of its own, headed "Expected output"."""
-    result = []
-    for cell in cells:
-        if cell.cell_type != "markdown" or not OUTPUT_FENCE.search(cell.source):
-            result.append(cell)
-            continue
-        rest = cell.source
-        while match := OUTPUT_FENCE.search(rest):
-            if rest[: match.start()].strip():
-                result.append(new_markdown(rest[: match.start()].strip("\n")))
-            result.append(new_markdown(f"*Expected output:*\n\n```text\n{match.group(1)}```"))
-            rest = rest[match.end():]
-        if rest.strip():
-            result.append(new_markdown(rest.strip("\n")))
-    return result
+def without_outputs(lesson: Path) -> tuple[str, list[str | None]]:
+    """The lesson's Markdown with its ```output blocks taken out, and for each python block, in order,
+    the output block that showed what it prints (None where it prints nothing)."""
+    parsed = read_lesson(lesson)
+    lines = lesson.read_text(encoding="utf-8").split("\n")
+    for block in reversed([b for b in parsed.blocks if b.lang == "output"]):
+        del lines[block.line - 1:block.end]  # from the end, so earlier line numbers stay valid
+    return "\n".join(lines), [b.output.body.replace(WILDCARD, "…") if b.output else None for b in parsed.python]
 
 
 def convert(lesson: Path, out_dir: Path = OUT) -> Path:
@@ -93,9 +84,17 @@ def convert(lesson: Path, out_dir: Path = OUT) -> Path:
     import jupytext
     import nbformat
 
-    notebook = jupytext.read(lesson, fmt="md")
+    text, outputs = without_outputs(lesson)
+    notebook = jupytext.reads(text, fmt="md")
     lessons = {p.name for p in lesson_files()}
-    cells = split_outputs(notebook.cells, nbformat.v4.new_markdown_cell)
+    cells = notebook.cells
+    code = [cell for cell in cells if cell.cell_type == "code"]
+    if len(code) != len(outputs):
+        raise ValueError(f"{lesson.name}: jupytext found {len(code)} code cells, the lesson has {len(outputs)} "
+                         "python blocks")
+    for cell, output in zip(code, outputs):
+        if output is not None:
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=output)]
     for cell in cells:
         if cell.cell_type == "markdown":
             attachments: dict = {}

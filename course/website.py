@@ -30,14 +30,15 @@ class SiteBuildError(RuntimeError):
     """MkDocs warned (strict mode): the message lists each warning, e.g. a broken link and its page."""
 
 
-def build(out: Path = SITE) -> Path:
+def build(out: Path = SITE, fetch_katex: bool = True) -> Path:
     """Builds the site into `out` (emptied first) and returns it. Raises SiteBuildError if MkDocs
-    logged any warning, KatexUnavailable if KaTeX cannot be fetched."""
+    logged any warning, KatexUnavailable if KaTeX cannot be had (with fetch_katex=False: is not
+    fetched yet; the tests build so, never reaching the network)."""
     from mkdocs.commands.build import build as mkdocs_build
     from mkdocs.config import load_config
     from mkdocs.exceptions import Abort
 
-    katex_dir()  # first, so that a missing npm is one clear message, not a failure inside MkDocs
+    katex_dir(fetch=fetch_katex)  # first, so that a missing npm is one clear message, not a failure inside MkDocs
     warnings: list[str] = []
     collect = logging.Handler(logging.WARNING)
     collect.emit = lambda record: warnings.append(record.getMessage())

@@ -11,8 +11,8 @@ import re
 import pytest
 from conftest import REPO, minilm_or_skip, needed_or_skip
 
-from course.lessons import lesson_files, python_blocks
-from course.notebooks import OUTPUT_FENCE, convert, execute
+from course.lessons import WILDCARD, lesson_files, read_lesson
+from course.notebooks import convert, execute
 
 LESSONS = lesson_files()
 RUN = ["03-functional.md", "04-attention.md"]
@@ -31,14 +31,17 @@ def test_the_code_cells_are_the_lessons_python_blocks(lesson, notebooks):
 
     notebook = nbformat.read(notebooks[lesson.name], as_version=4)
     nbformat.validate(notebook)
-    text = lesson.read_text(encoding="utf-8")
+    parsed = read_lesson(lesson)
     setup, *code = [c for c in notebook.cells if c.cell_type == "code"]
     assert "setup" in setup.metadata.get("tags", []) and "os.chdir(" in setup.source
-    assert [c.source.strip() for c in code] == [b.strip() for b in python_blocks(text)]
+    assert [c.source.strip() for c in code] == [b.body.strip() for b in parsed.python]
     markdown = [c for c in notebook.cells if c.cell_type == "markdown"]
     assert not any("```python" in c.source for c in markdown), "a python block was left as text"
-    expected = [c for c in markdown if c.source.startswith("*Expected output:*")]
-    assert len(expected) == len(OUTPUT_FENCE.findall(text))
+    # An output block is its code cell's output (what the cell prints), not text or code of its own.
+    assert not any("```output" in c.source for c in markdown), "an output block was left as text"
+    for cell, block in zip(code, parsed.python):
+        shown = [o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"]
+        assert shown == ([block.output.body.replace(WILDCARD, "…")] if block.output else []), block.line
     # Every image of the lesson travels with the notebook, and no link still names a lesson's .md.
     images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", "\n".join(c.source for c in markdown))
     attached = {name for c in markdown for name in c.get("attachments", {})}

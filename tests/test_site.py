@@ -20,11 +20,11 @@ under CI (CI set), where `make test` installs chromium first and a skip would hi
 
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
 import os
 import re
-import shutil
 import threading
 import time
 import urllib.error
@@ -32,10 +32,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import needed_or_skip
+from conftest import REPO, needed_or_skip
 from site_browser import Browser, find_chromium, needs_root_to_install
 
-from course.lessons import LESSONS_DIR, figure_blocks, lesson_files
+from course.lessons import LESSONS_DIR, lesson_files, read_lesson
 
 MATH = re.compile(r"\$\$|(?<![\\$])\$[^\s$][^$\n]*?[^\s$\\]\$")
 CODE = re.compile(r"(?ms:^```.*?^```[ \t]*$)|`[^`\n]+`")
@@ -52,14 +52,16 @@ def site(tmp_path_factory) -> Path:
     needed_or_skip("mkdocs", "it builds the site")
     needed_or_skip("material", "mkdocs-material, the site's theme")
     needed_or_skip("websocket", "websocket-client drives the browser")
-    from course.katex import CACHE, DIR_ENV, VERSION
+    from course.katex import KatexUnavailable, katex_dir
 
-    if not shutil.which("npm") and not (CACHE / f"katex-{VERSION}").is_dir() and not os.environ.get(DIR_ENV):
-        needed("npm is not installed", f"the site's math renderer comes from the npm package katex@{VERSION}")
+    try:  # fetched before the suite (make test), never by a test: no network in tests
+        katex_dir(fetch=False)
+    except KatexUnavailable as e:
+        needed("KaTeX is missing", str(e))
     from course.website import build
 
     start = time.perf_counter()
-    out = build(tmp_path_factory.mktemp("site") / "site")
+    out = build(tmp_path_factory.mktemp("site") / "site", fetch_katex=False)
     print(f"site built in {time.perf_counter() - start:.1f} s")
     return out
 
@@ -98,6 +100,17 @@ def visits(site, server) -> dict[str, dict]:
     finally:
         browser.close()
     return pages
+
+
+def test_minift_never_imports_course():
+    """course/ is tooling for the course (course/__init__.py): the library must not depend on it."""
+    importing = []
+    for path in sorted((REPO / "minift").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            importing += [f"{path.relative_to(REPO)}:{node.lineno}" for n in names if n.split(".")[0] == "course"]
+    assert not importing, f"minift imports course/: {importing}"
 
 
 def lesson_page(lesson: Path) -> str:
@@ -158,8 +171,9 @@ def test_no_link_or_image_is_broken(visits, server):
         assert not broken, f"{name}: images that did not load: {broken}"
     for lesson in lesson_files():
         shown = {image["src"].rsplit("/", 1)[-1] for image in visits[lesson_page(lesson)]["report"]["images"]}
-        for figure in figure_blocks(lesson):
-            assert figure.name in shown, f"{lesson_page(lesson)} does not show {figure.name}"
+        for figure in read_lesson(lesson).figures:
+            name = Path(figure.figure).name
+            assert name in shown, f"{lesson_page(lesson)} does not show {name}"
     ids = {name: set(visit["report"]["ids"]) for name, visit in visits.items()}
     checked: dict[str, int] = {}
     for name, visit in visits.items():
@@ -193,6 +207,6 @@ def test_the_site_is_the_course(visits, site, server):
         for why in visit["report"]["notInSite"]:
             assert why.startswith(("kept out of this site", "not written yet")), f"{name}: {why}"
     for lesson in lesson_files():
-        outputs = len(re.findall(r"^```output\b", lesson.read_text(encoding="utf-8"), re.MULTILINE))
+        outputs = len([b for b in read_lesson(lesson).blocks if b.lang == "output"])
         shown = visits[lesson_page(lesson)]["report"]["outputs"]
         assert shown == outputs, f"{lesson_page(lesson)}: {outputs} output blocks in the lesson, {shown} shown as output"
