@@ -47,7 +47,11 @@ PAGE_REPORT = r"""
     rendered: math.filter((e) => e.querySelector(".katex") && !/\\[\(\[]/.test(
         [...e.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.nodeValue).join(""))).length,
     displayed: document.querySelectorAll(".katex-display").length,
-    katexErrors: [...document.querySelectorAll(".katex-error")].map((e) => e.title || e.textContent),
+    // A formula that does not parse is a .katex-error; an unknown command inside one that does is
+    // typeset in KaTeX's errorColor (course/assets/katex-render.js sets it to #cc0000).
+    katexErrors: [...document.querySelectorAll(".katex-error")].map((e) => e.title || e.textContent).concat(
+        [...document.querySelectorAll(".katex [style*='color']")].filter(
+            (e) => getComputedStyle(e).color === "rgb(204, 0, 0)").map((e) => e.textContent)),
     raw: prose.match(/\$\$|\\\(|\\\)|\\\[|\\\]|\$[^\s$][^$\n]*?[^\s$\\]\$/g) || [],
     fontsLoaded: [...document.fonts].filter((f) => f.status === "loaded").map((f) => f.family),
     fontsFailed: [...document.fonts].filter((f) => f.status === "error").map((f) => f.family),

@@ -8,7 +8,10 @@ function renderCourseMath() {
         { left: "\\(", right: "\\)", display: false },
         { left: "\\[", right: "\\]", display: true },
       ],
-      throwOnError: false, // a formula KaTeX cannot parse is shown in red (.katex-error), the page still works
+      // A formula KaTeX cannot parse is shown in red (.katex-error), an unknown command in errorColor,
+      // and the page still works; tests/site_browser.py reports both.
+      throwOnError: false,
+      errorColor: "#cc0000",
     });
   });
 }
