@@ -32,6 +32,7 @@ from pathlib import Path
 from course.lessons import LESSONS_DIR, REPO, WILDCARD, lesson_files, read_lesson
 
 OUT = REPO / "build" / "notebooks"
+SHOWN_AS_TEXT = {"python", "output", "text", ""}  # the blocks jupytext reads right without help
 
 SETUP = """\
 # Set-up (added by `make notebooks`): the lessons run from the repository root.
@@ -69,13 +70,20 @@ def relink(markdown: str, out_dir: Path, lessons: set[str], attachments: dict | 
     return LINK.sub(fix, markdown)
 
 
-def without_outputs(lesson: Path) -> tuple[str, list[str | None]]:
-    """The lesson's Markdown with its ```output blocks taken out, and for each python block, in order,
-    the output block that showed what it prints (None where it prints nothing)."""
+def for_jupytext(lesson: Path) -> tuple[str, list[str | None]]:
+    """The lesson's Markdown as jupytext should read it, and for each python block, in order, the
+    output block that showed what it prints (None where it prints nothing). The ```output blocks are
+    taken out (they become outputs), and every other block in a language jupytext would make a code
+    cell of (```bash: a %%bash cell, which running the notebook would run) is marked as Markdown
+    with jupytext's region comments: only the lesson's python blocks are code to run."""
     parsed = read_lesson(lesson)
     lines = lesson.read_text(encoding="utf-8").split("\n")
-    for block in reversed([b for b in parsed.blocks if b.lang == "output"]):
-        del lines[block.line - 1:block.end]  # from the end, so earlier line numbers stay valid
+    for block in reversed(parsed.blocks):  # from the end, so earlier line numbers stay valid
+        if block.lang == "output":
+            del lines[block.line - 1:block.end]
+        elif block.lang not in SHOWN_AS_TEXT:
+            lines[block.line - 1:block.end] = ["<!-- #region -->", *lines[block.line - 1:block.end],
+                                               "<!-- #endregion -->"]
     return "\n".join(lines), [b.output.body.replace(WILDCARD, "…") if b.output else None for b in parsed.python]
 
 
@@ -84,7 +92,7 @@ def convert(lesson: Path, out_dir: Path = OUT) -> Path:
     import jupytext
     import nbformat
 
-    text, outputs = without_outputs(lesson)
+    text, outputs = for_jupytext(lesson)
     notebook = jupytext.reads(text, fmt="md")
     lessons = {p.name for p in lesson_files()}
     cells = notebook.cells
