@@ -53,6 +53,7 @@ ALIASES: dict[str, str] = {
     "bert-base-uncased": "google-bert/bert-base-uncased",
     "gpt2": "openai-community/gpt2",
     "distilgpt2": "distilbert/distilgpt2",
+    "roberta-base": "FacebookAI/roberta-base",
 }
 
 HUB_TIMEOUT_S = 10.0  # for the listing request; an unreachable hub fails over to the next source

@@ -1,5 +1,5 @@
-"""The models, with the class names `transformers` uses: BERT (bert.py, lesson 05) and GPT-2
-(gpt2.py, lesson 15)."""
+"""The models, with the class names `transformers` uses: BERT (bert.py, lesson 05), GPT-2
+(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34)."""
 
 from minift.models.bert import (
     BertConfig,
@@ -15,6 +15,13 @@ from minift.models.gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
 )
+from minift.models.roberta import (
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
 
 __all__ = [
     "BertConfig",
@@ -27,4 +34,9 @@ __all__ = [
     "GPT2ForTokenClassification",
     "GPT2LMHeadModel",
     "GPT2Model",
+    "RobertaConfig",
+    "RobertaForMaskedLM",
+    "RobertaForSequenceClassification",
+    "RobertaForTokenClassification",
+    "RobertaModel",
 ]
