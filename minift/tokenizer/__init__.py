@@ -2,6 +2,7 @@
 
 - `WordPieceTokenizer` (minift/tokenizer/wordpiece.py): BERT's tokenizer, written out by hand;
 - `ByteLevelBPETokenizer` (minift/tokenizer/bpe.py): GPT-2's, written out by hand;
+- `RobertaTokenizer` (minift/tokenizer/roberta.py): GPT-2's with RoBERTa's `<s> … </s>` (lesson 34);
 - `FastTokenizer` (minift/tokenizer/fast.py): the same interface over the Rust `tokenizers` package;
 - `BatchEncoding` (minift/tokenizer/base.py): what a batch call returns;
 - minift/tokenizer/files.py: the file names of a tokenizer folder and the settings read from them;
@@ -15,10 +16,11 @@ from pathlib import Path
 from minift.io import read_json
 from minift.tokenizer.base import BatchEncoding
 from minift.tokenizer.fast import FastTokenizer
-from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT
+from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT, is_roberta_folder
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
-__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer"]
+__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "RobertaTokenizer", "WordPieceTokenizer",
+           "load_tokenizer"]
 
 
 def __getattr__(name: str):
@@ -27,18 +29,27 @@ def __getattr__(name: str):
         from minift.tokenizer.bpe import ByteLevelBPETokenizer
 
         return ByteLevelBPETokenizer
+    if name == "RobertaTokenizer":
+        from minift.tokenizer.roberta import RobertaTokenizer
+
+        return RobertaTokenizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_tokenizer(folder: str | Path, fast: bool = False):
-    """The tokenizer of a checkpoint folder: GPT-2's byte-level BPE when it holds vocab.json and
-    merges.txt, BERT's WordPiece when it holds vocab.txt or a WordPiece tokenizer.json;
+    """The tokenizer of a checkpoint folder: RoBERTa's when its config.json (or tokenizer_config.json)
+    says RoBERTa, else GPT-2's byte-level BPE when it holds vocab.json and merges.txt, BERT's
+    WordPiece when it holds vocab.txt or a WordPiece tokenizer.json;
     ``fast=True`` gives a `FastTokenizer` over the `tokenizers` package for either."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
     if fast:
         return FastTokenizer.from_pretrained(folder)
+    if is_roberta_folder(folder):
+        from minift.tokenizer.roberta import RobertaTokenizer
+
+        return RobertaTokenizer.from_pretrained(folder)
     if (folder / VOCAB_JSON).is_file() and (folder / MERGES_TXT).is_file():
         from minift.tokenizer.bpe import ByteLevelBPETokenizer
 
