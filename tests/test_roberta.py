@@ -253,3 +253,39 @@ def test_too_long_input_names_the_offset():
         model(torch.full((1, 21), 5))
     with pytest.raises(ValueError, match="exactly one of input_ids"):
         model()
+
+
+# ----------------------------------------------------------------------------------------------------
+# minift verify on a RoBERTa checkpoint
+
+
+@pytest.mark.parametrize("cls", ["RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaModel"])
+def test_minift_verify_a_roberta_checkpoint(tmp_path, cls):
+    from minift.verify import verify_checkpoint
+
+    torch.manual_seed(9)
+    getattr(transformers, cls)(transformers.RobertaConfig(**RANDOM_CONFIGS[0], num_labels=3)).save_pretrained(tmp_path)
+    for impl in IMPLS:
+        report = verify_checkpoint(tmp_path, impl=impl)
+        assert report.ok, str(report)
+        assert any(r.name.endswith("embeddings") and r.output_diff is not None for r in report.rows)
+
+
+def test_minift_verify_with_roberta_tokenizer_names_a_position_bug(tmp_path, monkeypatch):
+    """With the tokenizer's files in the folder the fixed sentences are encoded by RobertaTokenizer;
+    counting positions from padding_idx instead of padding_idx + 1 is named at the position table."""
+    from test_roberta_tokenizer import roberta_files
+
+    from minift.models import roberta
+    from minift.verify import verify_checkpoint
+
+    vocab, _ = roberta_files(tmp_path)
+    torch.manual_seed(10)
+    config = transformers.RobertaConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=40, max_position_embeddings=40)
+    transformers.RobertaForMaskedLM(config).save_pretrained(tmp_path)
+    report = verify_checkpoint(tmp_path)
+    assert report.ok and "RobertaTokenizer" in report.notes[0], str(report)
+    original = roberta.position_ids
+    monkeypatch.setattr(roberta, "position_ids", lambda ids, pad: original(ids, pad) - (ids != pad).long())
+    assert verify_checkpoint(tmp_path).first_divergence == "roberta.embeddings.position_embeddings"
