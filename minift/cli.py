@@ -30,7 +30,8 @@ from minift import hub
 from minift.assignments import ASSIGNMENTS
 from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
-from minift.data import read_classification
+from minift.data import make_loader, read_classification
+from minift.data.prompts import Template
 from minift.io import read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
@@ -38,7 +39,7 @@ from minift.optim.schedules import SCHEDULES
 from minift.peft import STRATEGIES
 from minift.plot import plot_run
 from minift.tokenizer import load_tokenizer
-from minift.train.config import DEFAULTS, FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
+from minift.train.config import DEFAULTS, FINETUNING, LM_BFF_SEEDS, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
 from minift.train.device import select_device
 from minift.train.distributed import from_environment
 from minift.train.finetune import finetune
@@ -46,6 +47,12 @@ from minift.train.precision import PRECISIONS
 from minift.train.tasks.causal_lm import causal_lm_class
 from minift.train.tasks.classification import evaluate, load_classifier, make_loaders, predict
 from minift.train.tasks.ner import load_token_classifier, predict_entities
+from minift.train.tasks.prompt_based import (
+    PromptCollate,
+    is_prompt_run,
+    load_prompt_classifier,
+    predict_prompt,
+)
 from minift.verify import VerifyError, verify_checkpoint
 
 # `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
@@ -78,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "holding the model in the public layout (config.json, model.safetensors, "
                         "tokenizer files) and metrics.jsonl.")
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
-                    help="classification (text -> label), ner (CoNLL token tags) or causal-lm (a text "
-                    "file, GPT-2); default %(default)s")
+                    help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
+                    "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
+                    "masked-LM or LM head; lesson 35); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
                     help="checkpoint folder or name (see `minift weights list`); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
@@ -98,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
+    ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
+                    "\"{text} It was {mask}.\"")
+    ft.add_argument("--verbalizer", help="prompt-based: one single-token word per label, e.g. "
+                    "\"0=terrible,1=great\"")
+    ft.add_argument("--demonstrations", action="store_true",
+                    help="prompt-based: append one training example per label, filled with its label word "
+                    "(LM-BFF's demonstrations)")
+    ft.add_argument("--shots", type=int, metavar="K",
+                    help="few-shot protocol: K examples per label from --train (and from --dev), one run per "
+                    "--seeds seed, mean and std over the seeds (classification, prompt-based)")
+    ft.add_argument("--seeds", metavar="S,S,...", help=f"few-shot seeds (default {LM_BFF_SEEDS}, LM-BFF's)")
+    ft.add_argument("--test", type=Path, help="few-shot: labelled file scored by each seed's selected model")
     _add_common(ft)
     ft.set_defaults(run=cmd_finetune)
 
@@ -289,7 +309,8 @@ def _config(args: argparse.Namespace, **fixed) -> FinetuneConfig:
 def _run(config: FinetuneConfig, what: str) -> int:
     result = finetune(config)
     if from_environment().is_main:  # under torchrun: one result line, from rank 0
-        print(f"{what} saved in {config.out}/ (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
+        where = f"{config.out}/seed-*/" if config.shots else f"{config.out}/"
+        print(f"{what} saved in {where} (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
         print(json.dumps(result))
     return 0
 
@@ -298,13 +319,21 @@ def _run(config: FinetuneConfig, what: str) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
-    model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer)
-    model.to(device)
     examples = read_classification(args.data)
-    labels.check(examples)
-    loader, _ = make_loaders(tokenizer, labels, examples, None, batch_size=args.batch_size,
-                             max_length=args.max_length, seed=0, device=device, shuffle=False)
+    if is_prompt_run(args.model):  # a --task prompt-based run: its LM through its saved template
+        model, tokenizer, labels, saved = load_prompt_classifier(args.model, attn_impl=args.attn_impl,
+                                                                 fast_tokenizer=args.fast_tokenizer)
+        labels.check(examples)
+        collate = PromptCollate(tokenizer, Template(saved["template"]), labels, dict(saved["verbalizer"]),
+                                causal=model.causal, max_length=args.max_length)
+        loader = make_loader(examples, collate, batch_size=args.batch_size)
+    else:
+        model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
+                                                   fast_tokenizer=args.fast_tokenizer)
+        labels.check(examples)
+        loader, _ = make_loaders(tokenizer, labels, examples, None, batch_size=args.batch_size,
+                                 max_length=args.max_length, seed=0, device=device, shuffle=False)
+    model.to(device)
     t0 = time.perf_counter()
     metrics = evaluate(model, loader, device, labels.id2label)
     print(format_report(metrics["report"]), file=sys.stderr)
@@ -327,11 +356,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{text}\n  -> {spans or 'no entities'}", file=sys.stderr)
         print(json.dumps({"entities": found}))
         return 0
-    model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer)
-    model.to(device)
-    predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device,
-                          max_length=args.max_length)
+    if is_prompt_run(args.model):
+        model, tokenizer, labels, saved = load_prompt_classifier(args.model, attn_impl=args.attn_impl,
+                                                                 fast_tokenizer=args.fast_tokenizer)
+        predictions = predict_prompt(model.to(device), tokenizer, args.texts, labels, saved, device=device,
+                                     max_length=args.max_length)
+    else:
+        model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
+                                                   fast_tokenizer=args.fast_tokenizer)
+        model.to(device)
+        predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device,
+                              max_length=args.max_length)
     for text, p in zip(args.texts, predictions):
         print(f"{p['label']}\t{p['score']:.4f}\t{text}", file=sys.stderr)
     print(json.dumps({"predictions": predictions}))

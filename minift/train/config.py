@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minift.data.prompts import Template, parse_verbalizer
 from minift.io import read_json, write_json
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
@@ -33,7 +34,7 @@ from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs
 
-FINETUNING = ("classification", "ner", "causal-lm")  # `minift finetune --task`
+FINETUNING = ("classification", "ner", "causal-lm", "prompt-based")  # `minift finetune --task`
 PRETRAINING = ("pretrain",)  # `minift pretrain`: a fresh model of a named size on a text file
 TASKS = FINETUNING + PRETRAINING
 
@@ -55,6 +56,9 @@ PRETRAIN_DEFAULTS = {"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05, "ba
 # Field metadata, read by `FinetuneConfig.check` and `run_identity` (see the module docstring).
 FINETUNING_ONLY = {"tasks": FINETUNING}
 PRETRAINING_ONLY = {"tasks": PRETRAINING}
+PROMPT_BASED = {"tasks": ("prompt-based",)}
+FEW_SHOT = {"tasks": ("classification", "prompt-based")}
+LM_BFF_SEEDS = "13,21,42,87,100"  # the five seeds of LM-BFF's few-shot protocol (Gao et al. 2021, sec. 3)
 HOW = {"how": True}
 
 
@@ -105,6 +109,15 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     lora_targets: str = "query,value"
     label_all_subtokens: bool = field(default=False, metadata={"tasks": ("ner",)})
+    # Prompt-based fine-tuning (lesson 35): the template, one word per label, demonstrations in context.
+    template: str | None = field(default=None, metadata=PROMPT_BASED)
+    verbalizer: str | None = field(default=None, metadata=PROMPT_BASED)
+    demonstrations: bool = field(default=False, metadata=PROMPT_BASED)
+    # The few-shot protocol (minift/train/few_shot.py): K examples per label, one run per seed, the
+    # mean and std over the seeds; --test is scored by each seed's selected model.
+    shots: int | None = field(default=None, metadata=FEW_SHOT)
+    seeds: str | None = field(default=None, metadata=FEW_SHOT)
+    test: Path | None = field(default=None, metadata=FEW_SHOT)
     # How the run executes: not part of its identity.
     out: Path = field(default=Path("runs/finetune"), metadata=HOW)
     save_every: int | None = field(default=None, metadata=HOW)
@@ -117,7 +130,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for name in ("train", "dev", "text"):
+        for name in ("train", "dev", "text", "test"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
         if self.tokenizer is not None:
@@ -131,6 +144,8 @@ class FinetuneConfig:
         self._check_optimisation()
         self._check_data()
         self._check_peft()
+        self._check_prompt()
+        self._check_few_shot()
         if self.task in PRETRAINING:
             self._check_pretraining()
 
@@ -201,6 +216,30 @@ class FinetuneConfig:
             raise ValueError("lora_targets (--lora-targets) must be module-name suffixes separated by commas, "
                              f"such as query,value; got {self.lora_targets!r}")
 
+    def _check_prompt(self) -> None:
+        if self.task != "prompt-based":
+            return
+        if self.template is None or self.verbalizer is None:
+            raise ValueError("--task prompt-based needs --template (with {text} and {mask}, e.g. \"{text} It was "
+                             "{mask}.\") and --verbalizer (one word per label, e.g. \"0=terrible,1=great\")")
+        Template(self.template)  # a template without {text} or {mask}: an error naming the flag
+        parse_verbalizer(self.verbalizer)
+
+    def _check_few_shot(self) -> None:
+        if self.shots is None:
+            for name in ("seeds", "test"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{flag(name)} is read by the few-shot protocol; give --shots K with it")
+            return
+        _positive_int("shots", self.shots)
+        few_shot_seeds(self.seeds)  # the seeds' own check
+        if self.seed != DEFAULTS_SEED:
+            raise ValueError(f"--seed {self.seed} with --shots: each run's seed is one of --seeds (default "
+                             f"{LM_BFF_SEEDS}); give the seeds there")
+        if self.resume:
+            raise ValueError("--resume is not available with --shots: each seed is a short run of its own; "
+                             "start the protocol again in a new --out")
+
     def _check_pretraining(self) -> None:
         if self.text is None:
             raise ValueError("minift pretrain needs --text, a plain-text file (one document per line)")
@@ -217,6 +256,19 @@ class FinetuneConfig:
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}  # `minift finetune`'s
+DEFAULTS_SEED = DEFAULTS["seed"]
+
+
+def few_shot_seeds(text: str | None) -> list[int]:
+    """--seeds "13,21,42" -> [13, 21, 42]; None -> LM-BFF's five."""
+    text = LM_BFF_SEEDS if text is None else text
+    try:
+        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected integers separated by commas, e.g. {LM_BFF_SEEDS}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give one or more distinct integers, e.g. {LM_BFF_SEEDS}")
+    return seeds
 
 
 def flag(name: str) -> str:

@@ -31,23 +31,28 @@ from minift.train import distributed
 from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig, check_run_identity, check_writable
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
+from minift.train.few_shot import run_few_shot
 from minift.train.loop import TrainArgs, total_steps, train
 from minift.train.precision import autocast_dtype
-from minift.train.tasks import Task, causal_lm, classification, ner, pretraining
+from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based
 
 # FinetuneConfig.task -> the function that builds it. Plain data: every task a run can be.
 BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]] = {
     "classification": classification.build,
     "ner": ner.build,
     "causal-lm": causal_lm.build,
+    "prompt-based": prompt_based.build,
     "pretrain": pretraining.build,
 }
 LOWER_IS_BETTER = ("loss", "perplexity")  # dev metrics whose best value is the smallest
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Runs the training that ``cfg`` describes; returns the JSON-able result (the command's last line)."""
+    """Runs the training that ``cfg`` describes; returns the JSON-able result (the command's last line).
+    With ``cfg.shots`` it is the few-shot protocol: one such run per seed (minift/train/few_shot.py)."""
     cfg.check()
+    if cfg.shots is not None:
+        return run_few_shot(cfg, finetune)
     world, device_name = distributed.setup(cfg.device)
     try:
         device = select_device(device_name)
