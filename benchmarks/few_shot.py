@@ -3,7 +3,8 @@ PEFT methods, K = 16 examples per class, 5 seeds, mean ± std of test accuracy.
 
     python benchmarks/fit_mlm_head.py                 # once: all-MiniLM-L6-v2 + a fitted MLM head
     python benchmarks/few_shot.py [--methods zero-shot,head,prompt,lora,...] [--shots 16]
-                                  [--seeds 13,21,42,87,100] [--epochs 20] [--out runs/few-shot]
+                                  [--seeds 13,21,42,87,100] [--epochs 20] [--test-limit N] [--out runs/few-shot]
+    python benchmarks/few_shot.py --merge runs/few-shot-a runs/few-shot-b ...   # one table from several runs
 
 Data (Gao et al. 2021, "LM-BFF", sec. 3; SST-2 as in Socher et al. 2013): the SST-5 files of
 ../shared/data/minbert with the neutral class dropped, 0-1 negative ("0"), 3-4 positive ("1"): 6920
@@ -199,9 +200,51 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(folders: list[Path]) -> list[dict]:
+    """Rows of several runs of this script (e.g. one per seed, run in parallel) as one table: per method,
+    the per-seed accuracies of all of them, mean ± std recomputed, the largest peak memory, the mean
+    time per step. Each seed's run depends only on its seed, so this is the table of one run with all
+    the seeds."""
+    rows: dict[str, dict] = {}
+    for folder in folders:
+        saved = json.loads((folder / "results.json").read_text())
+        argv = saved["argv"]
+        seeds = argv[argv.index("--seeds") + 1] if "--seeds" in argv else "13,21,42,87,100"
+        for r in saved["results"]:
+            if "missing" in r:
+                rows.setdefault(r["method"], r)
+                continue
+            row = rows.setdefault(r["method"], {**r, "per_seed": [], "seeds": [], "steps": [], "peaks": []})
+            row["per_seed"] += r["per_seed"]
+            row["seeds"] += [int(x) for x in seeds.split(",")][: len(r["per_seed"])] if r["per_seed"] else []
+            row["steps"] += [r["seconds_per_step"]] if r["seconds_per_step"] else []
+            row["peaks"].append(r["peak_rss_mb"])
+    import statistics
+
+    out = []
+    for name in METHODS:
+        if name not in rows:
+            continue
+        row = rows[name]
+        if "missing" not in row:
+            values = row["per_seed"] or [row["test_accuracy"]["mean"]]
+            row["test_accuracy"] = {"mean": statistics.fmean(values),
+                                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+            order = sorted(range(len(row["seeds"])), key=row["seeds"].__getitem__)
+            row["per_seed"] = [row["per_seed"][i] for i in order]
+            row["seeds"] = sorted(row["seeds"])
+            row["seconds_per_step"] = statistics.fmean(row["steps"]) if row["steps"] else None
+            row["peak_rss_mb"] = max(row["peaks"])
+        out.append(row)
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         measure_child(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--merge":
+        print(table(merge([Path(f) for f in sys.argv[2:]])))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")

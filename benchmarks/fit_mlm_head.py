@@ -9,7 +9,7 @@ logits from exactly that head, so a random one would make the method meaningless
 
 - the head is BERT's (minift/models/bert.py, BertLMPredictionHead): dense -> GELU -> LayerNorm, then
   the word-embedding matrix (tied, frozen with the encoder) plus a bias per token; trained: the dense
-  layer, the LayerNorm and the bias (384*384 + 384 + 2*384 + 30522 = 178,490 parameters);
+  layer, the LayerNorm and the bias (384*384 + 384 + 2*384 + 30522 = 179,130 parameters);
 - text: ../shared/data/text/corpus.en (general English) and the *texts* of CFIMDB's training file
   (../shared/data/minbert/cfimdb-train.txt, IMDb reviews; labels dropped) -- not SST, the benchmark's
   data; the first `--lines` lines of each file (a budget for 2 loaded CPU cores), of which the last 10%

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "early stopping on dev perplexity, LoRA, torchrun); the last --dev-fraction of the "
                         "text is held out for dev.")
     pt.add_argument("--arch", choices=list(ARCHITECTURES), default=PRETRAIN["arch"],
-                    help="gpt2 (causal LM) or bert (masked LM); default %(default)s")
+                    help="gpt2 (causal LM), bert or roberta (masked LM); default %(default)s")
     pt.add_argument("--size", default=PRETRAIN["size"], help=f"{' or '.join(SIZES)} (default %(default)s)")
     pt.add_argument("--text", type=Path, required=True, help="plain-text file, one document per line")
     pt.add_argument("--out", type=Path, required=True, help="run directory")

@@ -289,3 +289,20 @@ def test_minift_verify_with_roberta_tokenizer_names_a_position_bug(tmp_path, mon
     original = roberta.position_ids
     monkeypatch.setattr(roberta, "position_ids", lambda ids, pad: original(ids, pad) - (ids != pad).long())
     assert verify_checkpoint(tmp_path).first_divergence == "roberta.embeddings.position_embeddings"
+
+
+def test_pretrain_a_nano_roberta_from_the_table_row(tmp_path):
+    """`minift pretrain --arch roberta`: the row's masked-LM head, RoBERTa's config and tokenizer."""
+    from test_roberta_tokenizer import roberta_files
+
+    from minift.train.finetune import pretrain
+
+    roberta_files(tmp_path / "tok")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"the film number {i} was great and the plot was thin\n" for i in range(40)))
+    result = pretrain(text, tmp_path / "run", arch="roberta", size="nano", tokenizer=str(tmp_path / "tok"),
+                      max_steps=2, block_size=32, progress=False, device="cpu")
+    assert result["steps"] == 2
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model_type"] == "roberta" and saved["architectures"] == ["RobertaForMaskedLM"]
+    transformers.RobertaForMaskedLM.from_pretrained(tmp_path / "run")
