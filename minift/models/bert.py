@@ -335,18 +335,23 @@ class BertModel(BertPretrainedModel):
     ) -> BertModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
         self._check_inputs(input_ids, attention_mask, token_type_ids)
-        batch = input_ids.shape[0]
-        prompt = None if self.prompt_encoder is None else self.prompt_encoder(batch)  # (B, n, C)
-        prefixes = None if self.prefix_encoder is None else self.prefix_encoder(batch)  # per layer (k, v)
+        prompt, prefixes, attention_mask = self._virtual_tokens(input_ids.shape[0], attention_mask)
         x = self.embeddings(input_ids, token_type_ids, prompt)  # (B, T, C), (B, n + T, C) with a prompt
-        virtual = (prompt.shape[1] if prompt is not None else 0) + (prefixes[0][0].shape[2] if prefixes else 0)
-        if attention_mask is not None and virtual:  # the virtual tokens are always attended (peft)
-            attention_mask = F.pad(attention_mask, (virtual, 0), value=1)  # (B, n + T)
         # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
         x = self.encoder(x, mask, prefixes)  # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def _virtual_tokens(self, batch: int, attention_mask: torch.Tensor | None):
+        """Prompt tuning's n embeddings (B, n, C) or None, prefix tuning's per-layer (key, value) or None,
+        and the attention mask with n ones in front: the virtual tokens are always attended (peft)."""
+        prompt = None if self.prompt_encoder is None else self.prompt_encoder(batch)  # (B, n, C)
+        prefixes = None if self.prefix_encoder is None else self.prefix_encoder(batch)  # per layer (k, v)
+        virtual = (prompt.shape[1] if prompt is not None else 0) + (prefixes[0][0].shape[2] if prefixes else 0)
+        if attention_mask is not None and virtual:
+            attention_mask = F.pad(attention_mask, (virtual, 0), value=1)  # (B, n + T)
+        return prompt, prefixes, attention_mask
 
     def _check_inputs(
         self,

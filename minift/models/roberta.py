@@ -34,6 +34,7 @@ from minift.models.bert import (
     BertEmbeddings,
     BertEncoder,
     BertHeadOutput,
+    BertModel,
     BertModelOutput,
     BertPooler,
     BertPretrainedModel,
@@ -102,7 +103,15 @@ class RobertaEmbeddings(BertEmbeddings):
                                                 padding_idx=config.pad_token_id)
 
     def forward(self, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """prompt (B, n, C): prompt tuning's virtual tokens before the text. peft hands them to transformers
+        as inputs_embeds, so the whole n + T then gets sequential positions (padding included) and
+        segment 0, and so here."""
+        if prompt is not None:
+            embeds = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+            inputs_embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)  # (B, n + T, C)
+            if token_type_ids is not None:
+                token_type_ids = F.pad(token_type_ids, (prompt.shape[1], 0))
         if inputs_embeds is None:
             positions = position_ids(input_ids, self.padding_idx)  # (B, T)
             x = self.word_embeddings(input_ids)  # (B, T, C)
@@ -127,6 +136,11 @@ class RobertaPretrainedModel(BertPretrainedModel):
     # Old checkpoints' position_ids buffer; the masked-LM head `lm_head` when loading another class.
     _keys_to_ignore_on_load: tuple[str, ...] = (r"position_ids$", r"^lm_head\.")
 
+    def _text(self, out: BertModelOutput) -> torch.Tensor:
+        """The text's positions of the last hidden state (B, T, C): prompt tuning's virtual tokens skipped.
+        Sequence classification reads position 0 instead: the first virtual token, as under peft."""
+        return out.last_hidden_state[:, self.roberta.num_virtual_tokens:]
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, RobertaLMHead):
@@ -136,13 +150,19 @@ class RobertaPretrainedModel(BertPretrainedModel):
 
 class RobertaModel(RobertaPretrainedModel):
     """The encoder: RoBERTa's embeddings, BERT's N post-LN layers, optionally BERT's pooler (the
-    public checkpoints carry one; the task heads do not use it)."""
+    public checkpoints carry one; the task heads do not use it). Prompt and prefix tuning attach to it
+    as to BertModel (`prompt_encoder`, `prefix_encoder`; minift/peft/)."""
+
+    num_virtual_tokens = BertModel.num_virtual_tokens
+    _virtual_tokens = BertModel._virtual_tokens
 
     def __init__(self, config: RobertaConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         self.embeddings = RobertaEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.prompt_encoder: nn.Module | None = None  # set by prompt tuning
+        self.prefix_encoder: nn.Module | None = None  # set by prefix tuning
         self.post_init()
 
     def forward(
@@ -154,10 +174,11 @@ class RobertaModel(RobertaPretrainedModel):
     ) -> BertModelOutput:
         """input_ids (B, T) or inputs_embeds (B, T, C), one of them; attention_mask (B, T) of 1 =
         token, 0 = padding; token_type_ids (B, T), all 0 in RoBERTa's own data."""
-        self._check_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, C)
+        batch = self._check_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)[0]
+        prompt, prefixes, attention_mask = self._virtual_tokens(batch, attention_mask)
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds, prompt)  # (B, T, C); (B, n + T, C)
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
-        x = self.encoder(x, mask)  # (B, T, C)
+        x = self.encoder(x, mask, prefixes)  # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -176,9 +197,10 @@ class RobertaModel(RobertaPretrainedModel):
                 raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden_size={config.hidden_size}), "
                                  f"got {tuple(inputs_embeds.shape)}")
             shape = tuple(inputs_embeds.shape[:2])
-        if shape[1] > config.max_input_positions:
+        if shape[1] + self.num_virtual_tokens > config.max_input_positions:
+            virtual = f" + {self.num_virtual_tokens} virtual tokens of prompt tuning" if self.num_virtual_tokens else ""
             raise ValueError(
-                f"the input has {shape[1]} tokens per sequence, but the model reads at most "
+                f"the input has {shape[1]} tokens per sequence{virtual}, but the model reads at most "
                 f"{config.max_input_positions} (max_position_embeddings={config.max_position_embeddings} "
                 f"minus the pad_token_id + 1 = {config.pad_token_id + 1} rows before the first position); "
                 "truncate the inputs")
@@ -245,7 +267,7 @@ class RobertaForTokenClassification(RobertaPretrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 inputs_embeds=None) -> BertHeadOutput:
-        hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+        hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
 
@@ -285,7 +307,7 @@ class RobertaForMaskedLM(RobertaPretrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 inputs_embeds=None) -> BertHeadOutput:
-        hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+        hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.lm_head(hidden)  # (B, T, vocab_size)
         return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
 
