@@ -30,6 +30,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+from minift.outputs import ModelOutput
 
 # ----------------------------------------------------------------------------------------------------
 # Config
@@ -93,16 +94,17 @@ class BertConfig(PretrainedConfig):
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BertModelOutput:
-    last_hidden_state: torch.Tensor  # (B, T, C)
+# Indexable as transformers' outputs are (out.logits, out["logits"], out[0]), fields in its order.
+@dataclass(eq=False)
+class BertModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor = None  # (B, T, C)
     pooler_output: torch.Tensor | None = None  # (B, C), None without a pooling layer
 
 
-@dataclass
-class BertHeadOutput:
-    logits: torch.Tensor  # (B, num_labels), (B, T, num_labels) or (B, T, vocab_size)
-    loss: torch.Tensor | None = None  # scalar, when labels were given
+@dataclass(eq=False)
+class BertHeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # scalar, when labels were given (so out[0] is the loss, as in transformers)
+    logits: torch.Tensor = None  # (B, num_labels), (B, T, num_labels) or (B, T, vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from minift.generate import generate as _generate
+from minift.generation.mixin import GenerationMixin
 from minift.losses import cross_entropy
 from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.gpt2_fast import use_fast_path
@@ -31,6 +31,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+from minift.outputs import ModelOutput
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -112,16 +113,17 @@ class GPT2Config(PretrainedConfig):
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GPT2ModelOutput:
-    last_hidden_state: torch.Tensor  # (B, T, C)
+# Indexable as transformers' outputs are (out.logits, out["logits"], out[0]), fields in its order.
+@dataclass(eq=False)
+class GPT2ModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor = None  # (B, T, C)
     past_key_values: KVCache | None = None  # with use_cache=True: per layer (k, v), (B, H, T_past + T, D)
 
 
-@dataclass
-class GPT2HeadOutput:
-    logits: torch.Tensor  # (B, T, vocab_size), (B, num_labels) or (B, T, num_labels)
-    loss: torch.Tensor | None = None  # scalar, when labels were given
+@dataclass(eq=False)
+class GPT2HeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # scalar, when labels were given (so out[0] is the loss, as in transformers)
+    logits: torch.Tensor = None  # (B, T, vocab_size), (B, num_labels) or (B, T, num_labels)
     past_key_values: KVCache | None = None
 
 
@@ -336,9 +338,10 @@ class GPT2Model(GPT2PretrainedModel):
 # ----------------------------------------------------------------------------------------------------
 
 
-class GPT2LMHeadModel(GPT2PretrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
     """Next-token prediction (Radford et al. 2018, eq. 1); the output matrix is the token embedding
-    matrix itself (weight tying, Press & Wolf 2017), one tensor under two names."""
+    matrix itself (weight tying, Press & Wolf 2017), one tensor under two names. `.generate` (greedy,
+    sampling, beam search, with transformers' arguments) is GenerationMixin's, minift/generation/mixin.py."""
 
     _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "transformer.wte.weight"}
 
@@ -347,6 +350,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
+        self._init_generation_config()
 
     def forward(
         self,
@@ -382,31 +386,6 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
             shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
             loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
         return GPT2HeadOutput(logits=logits, loss=loss, past_key_values=out.past_key_values)
-
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        attention_mask: torch.Tensor | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The prompt followed by up to `max_new_tokens` new tokens, (B, T + new); see minift/generate.py.
-        As in transformers, eos_token_id and pad_token_id default to the config's (call
-        `minift.generate.generate` directly to generate with no end-of-sequence token)."""
-        return _generate(
-            self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-            top_p=top_p, use_cache=use_cache, attention_mask=attention_mask,
-            eos_token_id=self.config.eos_token_id if eos_token_id is None else eos_token_id,
-            pad_token_id=self.config.pad_token_id if pad_token_id is None else pad_token_id,
-            generator=generator,
-        )
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:

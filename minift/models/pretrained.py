@@ -95,6 +95,7 @@ class PretrainedModel(torch.nn.Module):
         state_dict = load_state_dict(folder, allow_pickle=allow_pickle)
         report = copy_into(model, state_dict, source=str(folder))
         raise_or_warn(report, strict, stacklevel=3)  # 1: raise_or_warn, 2: here, 3: the caller
+        model._load_extra_files(folder)
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
@@ -109,6 +110,14 @@ class PretrainedModel(torch.nn.Module):
         save_state_dict(state_dict, folder, max_shard_size=max_shard_size)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
         write_json(config, folder / CONFIG_NAME)
+        self._save_extra_files(folder)
+
+    def _load_extra_files(self, folder: Path) -> None:
+        """Files beyond config.json and the weights that a subclass reads (a generative model's
+        generation_config.json, minift/generation/mixin.py)."""
+
+    def _save_extra_files(self, folder: Path) -> None:
+        """Writes what `_load_extra_files` reads."""
 
 
 def _resolve(name_or_folder: str | os.PathLike) -> Path:
