@@ -80,7 +80,7 @@ class PretrainedModel(torch.nn.Module):
         **overrides: Any,
     ) -> ModelT:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
-        folder = _resolve(name_or_folder)
+        folder = resolve_folder(name_or_folder)
         config_path = folder / CONFIG_NAME
         config_dict = read_config(folder)
         expected_type = getattr(cls.config_class, "model_type", None)
@@ -120,7 +120,7 @@ class PretrainedModel(torch.nn.Module):
         """Writes what `_load_extra_files` reads."""
 
 
-def _resolve(name_or_folder: str | os.PathLike) -> Path:
+def resolve_folder(name_or_folder: str | os.PathLike) -> Path:
     """A local folder as is; a path that does not exist is an error; a bare name goes to the hub."""
     path = Path(name_or_folder).expanduser()
     if path.exists():
