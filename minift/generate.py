@@ -137,7 +137,9 @@ class CausalLMStep:
         out = self.model(fed, attention_mask=self.mask, position_ids=positions, past_key_values=self.past,
                          use_cache=self.use_cache, logits_to_keep=1)
         self.past, self.seen = out.past_key_values, sequences.shape[1]
-        return out.logits[:, -1].float()  # (N, V)
+        # Contiguous: the fast path's LM head returns a transposed view, and torch.multinomial's draws
+        # depend on the memory layout of the probabilities, not only on their values.
+        return out.logits[:, -1].float().contiguous()  # (N, V)
 
 
 def logits_processors(s: Settings, prompt_start: torch.Tensor | None,

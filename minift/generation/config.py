@@ -184,7 +184,7 @@ def resolve(given: dict[str, Any], model_config: GenerationConfig | None, prompt
     eos = value["eos_token_id"]
     eos = None if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     # transformers pads finished rows with the first end-of-sequence id when no pad id is set.
-    pad = value["pad_token_id"] if value["pad_token_id"] is not None or eos is None else eos[0]
+    pad = value["pad_token_id"] if value["pad_token_id"] is not None or not eos else eos[0]
     stops = value["stop_strings"]
     settings = Settings(
         max_length=max_length, min_length=min_length, do_sample=value["do_sample"], num_beams=value["num_beams"],
@@ -278,7 +278,8 @@ def check(s: Settings, value: dict, prompt_length: int) -> None:
              f"keeps only num_beams hypotheses; raise num_beams to at least {s.num_return_sequences}")
     for name, ids in (("eos_token_id", s.eos_token_id), ("pad_token_id", None if s.pad_token_id is None else
                                                          [s.pad_token_id])):
-        if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        if ids is not None and not (ids and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                for i in ids)):
             fail(f"{name} must be a token id (an integer >= 0){' or a list of them' if name[0] == 'e' else ''}, "
                  f"got {value[name]!r}")
     if s.bad_words_ids is not None and not (
