@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from tests_support import write_byte_bpe
 
 from minift.models.gpt2 import GPT2LMHeadModel
-from tests_support import write_byte_bpe
 
 transformers.logging.set_verbosity_error()  # tiny vocabularies trigger warnings about GPT-2's 50256 ids
 

@@ -373,10 +373,10 @@ def test_cli_streams_the_text(pairs):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"max_length": 4}, r"max_length=4 counts the prompt too \(as in transformers\), and the prompt already has "
-                        r"5 tokens.*pass max_new_tokens=N"),
-    ({"num_beams": 2, "num_return_sequences": 3}, r"num_return_sequences=3 is more than num_beams=2.*raise "
-                                                  r"num_beams to at least 3"),
+    ({"max_length": 4}, (r"max_length=4 counts the prompt too \(as in transformers\), and the prompt already has "
+                         r"5 tokens.*pass max_new_tokens=N")),
+    ({"num_beams": 2, "num_return_sequences": 3}, (r"num_return_sequences=3 is more than num_beams=2.*raise "
+                                                   r"num_beams to at least 3")),
     ({"num_return_sequences": 2}, r"num_return_sequences=2 with greedy decoding.*do_sample=True.*num_beams >= 2"),
     ({"repetition_penalty": -1.2}, r"repetition_penalty must be > 0 \(1.0 = no penalty"),
     ({"repetition_penalty": 0.0}, r"repetition_penalty must be > 0"),

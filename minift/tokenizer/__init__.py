@@ -22,7 +22,8 @@ from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
 COMPAT = ("AutoTokenizer", "BertTokenizer", "BertTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast")
-__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer", *COMPAT]
+__all__ = ["AutoTokenizer", "BatchEncoding", "BertTokenizer", "BertTokenizerFast", "ByteLevelBPETokenizer",
+           "FastTokenizer", "GPT2Tokenizer", "GPT2TokenizerFast", "WordPieceTokenizer", "load_tokenizer"]
 
 
 def __getattr__(name: str):
