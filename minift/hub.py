@@ -45,6 +45,7 @@ from minift.io import atomic_folder
 
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
 # (tokenizer.json) and the special-token settings: copied when the source has them.
+from minift.generation.config import GENERATION_CONFIG_NAME
 from minift.tokenizer.files import TOKENIZER_FILES
 
 # Short names readers type -> hub ids (the hub moved the old org-less names under their owners).
@@ -259,7 +260,8 @@ def _wanted(listing: Collection[str]) -> list[str]:
         raise _SourceFailed(
             f"it has no {SAFE_WEIGHTS} or {SAFE_INDEX} (minift reads safetensors only, never *.bin pickles)"
         )
-    return [CONFIG_NAME, *weights, *(name for name in TOKENIZER_FILES if name in listing)]
+    optional = (*TOKENIZER_FILES, GENERATION_CONFIG_NAME)  # generation_config.json: generate's defaults
+    return [CONFIG_NAME, *weights, *(name for name in optional if name in listing)]
 
 
 def _assemble(listing: Collection[str], get: Callable[[str], object], into: Path) -> None:

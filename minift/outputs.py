@@ -73,3 +73,29 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
     scores: tuple | None = None
     logits: tuple | None = None
     beam_indices: Any = None
+
+
+# Arguments of transformers' forward methods that minift's do not take, and what to write instead.
+FORWARD_INSTEAD = {
+    "output_hidden_states": "forward hooks on the blocks (lessons/31-verifying.md's Recorder), or the base model's "
+                            "last_hidden_state",
+    "output_attentions": "a forward hook on the attention modules (minift.nn.attention computes the weights)",
+    "inputs_embeds": "input_ids (minift's models embed the ids themselves)",
+    "head_mask": "nothing: minift does not mask heads",
+    "return_dict": "nothing: outputs are always named, and out.to_tuple() or out[0] give the tuple",
+    "position_ids": "nothing: BERT numbers the positions 0, 1, ...",
+    "token_type_ids": "nothing: GPT-2 has no segment embeddings",
+}
+
+
+def refuse_unsupported(model: Any, arguments: dict) -> None:
+    """A forward's keyword arguments beyond its own: transformers' flags with their neutral value
+    (return_dict=True, output_hidden_states=False, ...) are accepted; anything else is refused with
+    what to write instead, rather than ignored."""
+    neutral = {"return_dict": (True, None), "output_hidden_states": (False, None), "output_attentions": (False, None),
+               "head_mask": (None,), "inputs_embeds": (None,), "token_type_ids": (None,)}
+    refused = {k: v for k, v in arguments.items() if k not in neutral or not any(v is n for n in neutral[k])}
+    if refused:
+        name = next(iter(refused))
+        raise TypeError(f"{type(model).__name__}.forward got {sorted(refused)}, which minift's models do not take; "
+                        f"instead of {name}: {FORWARD_INSTEAD.get(name, 'see lessons/33-from-transformers.md')}")

@@ -19,7 +19,7 @@ heads in heads.py, loading and saving in pretrained.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
-from minift.outputs import ModelOutput
+from minift.outputs import ModelOutput, refuse_unsupported
 
 # ----------------------------------------------------------------------------------------------------
 # Config
@@ -304,8 +304,10 @@ class BertModel(BertPretrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
+        refuse_unsupported(self, unsupported)
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
         # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
@@ -368,7 +370,9 @@ class BertForSequenceClassification(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
@@ -396,7 +400,9 @@ class BertForTokenClassification(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
@@ -471,7 +477,9 @@ class BertForMaskedLM(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
         logits = self.cls(hidden)  # (B, T, vocab_size)
         # A classification over the vocabulary at every position, scored where labels != IGNORE_INDEX.

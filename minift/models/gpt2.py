@@ -31,7 +31,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
-from minift.outputs import ModelOutput
+from minift.outputs import ModelOutput, refuse_unsupported
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -287,6 +287,7 @@ class GPT2Model(GPT2PretrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        **unsupported: Any,
     ) -> GPT2ModelOutput:
         """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
         attention_mask (B, T_past + T): 1 = token, 0 = padding, over the past and the new tokens.
@@ -295,6 +296,7 @@ class GPT2Model(GPT2PretrainedModel):
         given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
         tokens are read at positions shifted by the padding (lesson 15).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
+        refuse_unsupported(self, unsupported)
         past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
         if position_ids is None:
             length = input_ids.shape[1]
@@ -361,6 +363,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
         """labels (B, T) may simply be input_ids: the shift happens here, so position t is scored on
         token t + 1; -100 marks positions that are not scored (e.g. padding).
@@ -369,6 +372,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
         as transformers' argument of that name. Generation needs only the last position's: on the
         prompt step that skips T - 1 of the T products with the (vocab_size, C) matrix, the largest in
         the model."""
+        refuse_unsupported(self, unsupported)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if logits_to_keep and labels is not None:
@@ -419,7 +423,9 @@ class GPT2ForSequenceClassification(GPT2PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         last = last_token_index(input_ids, self.config.pad_token_id)  # (B,)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
@@ -448,7 +454,9 @@ class GPT2ForTokenClassification(GPT2PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         loss = None if labels is None else token_classification_loss(logits, labels, input_ids)

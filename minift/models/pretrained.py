@@ -8,6 +8,7 @@ minift/checkpoint/load.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +81,7 @@ class PretrainedModel(torch.nn.Module):
         **overrides: Any,
     ) -> ModelT:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
+        _check_overrides(cls, overrides)
         folder = resolve_folder(name_or_folder)
         config_path = folder / CONFIG_NAME
         config_dict = read_config(folder)
@@ -118,6 +120,26 @@ class PretrainedModel(torch.nn.Module):
 
     def _save_extra_files(self, folder: Path) -> None:
         """Writes what `_load_extra_files` reads."""
+
+
+# from_pretrained arguments of transformers that are not config fields, and what to write in minift.
+LOADING_INSTEAD = {
+    "torch_dtype": "model.to(torch.bfloat16) after loading", "dtype": "model.to(torch.bfloat16) after loading",
+    "device_map": "model.to(device) after loading", "trust_remote_code": "nothing: minift runs no code from a checkpoint",
+    "low_cpu_mem_usage": "nothing", "revision": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+    "cache_dir": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+}
+
+
+def _check_overrides(cls: type, overrides: dict) -> None:
+    """Keyword arguments of from_pretrained are config fields (num_labels=3, hidden_dropout_prob=0.0,
+    attn_impl=...); anything else would be silently dropped by the config, so it is refused."""
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        instead = LOADING_INSTEAD.get(unknown[0], f"one of the fields of {cls.config_class.__name__}")
+        raise TypeError(f"{cls.__name__}.from_pretrained got {unknown}, which are not fields of "
+                        f"{cls.config_class.__name__}; instead of {unknown[0]}: {instead}")
 
 
 def resolve_folder(name_or_folder: str | os.PathLike) -> Path:
