@@ -41,11 +41,11 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, hf_hub_download
 
 from minift.checkpoint.files import CONFIG_NAME, SAFE_INDEX, SAFE_WEIGHTS, CheckpointError, read_index
+from minift.generation.config import GENERATION_CONFIG_NAME  # generate's defaults: copied when present
 from minift.io import atomic_folder
 
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
 # (tokenizer.json) and the special-token settings: copied when the source has them.
-from minift.generation.config import GENERATION_CONFIG_NAME
 from minift.tokenizer.files import TOKENIZER_FILES
 
 # Short names readers type -> hub ids (the hub moved the old org-less names under their owners).
