@@ -36,7 +36,9 @@ from minift.io import read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
-from minift.peft import STRATEGIES
+from minift.peft import ADAPTER_KINDS, METHODS, PROMPT_INITS, STRATEGIES, load_peft_adapter
+from minift.peft.adapters import DEFAULT_REDUCTION
+from minift.peft.setup import DEFAULT_VIRTUAL_TOKENS
 from minift.plot import plot_run
 from minift.tokenizer import load_tokenizer
 from minift.train.config import DEFAULTS, FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, required=True, help="labelled file (formats as for finetune --train)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-length", type=int, default=128)
+    ev.add_argument("--adapter", type=Path, metavar="DIR",
+                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
+                    "minift's) applied to --model, its base model")
     _add_common(ev)
     ev.set_defaults(run=cmd_evaluate)
 
@@ -116,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ner prints the entities with their character spans")
     pr.add_argument("texts", nargs="+", metavar="TEXT")
     pr.add_argument("--max-length", type=int, default=128)
+    pr.add_argument("--adapter", type=Path, metavar="DIR",
+                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
+                    "minift's) applied to --model, its base model")
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
@@ -148,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
     ge.add_argument("--stream", action="store_true", help="print the text to stderr as it is generated (an "
                     "incomplete UTF-8 character is held back until whole)")
+    ge.add_argument("--adapter", type=Path, metavar="DIR",
+                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
+                    "minift's) applied to --model, its base model")
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
 
@@ -278,6 +289,23 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="dropout on the LoRA branch input (default %(default)s)")
     p.add_argument("--lora-targets", default=d["lora_targets"],
                    help="comma-separated names of the nn.Linear layers LoRA wraps (default %(default)s)")
+    p.add_argument("--peft", choices=METHODS, help="parameter-efficient method (lesson 36): lora, dora, ia3 "
+                   "(peft's default targets), prompt (virtual tokens), prefix (keys/values in every layer), adapter "
+                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora")
+    p.add_argument("--use-rslora", action="store_true", help="lora/dora: scale by alpha/sqrt(r) instead of alpha/r")
+    p.add_argument("--num-virtual-tokens", type=int, metavar="N",
+                   help=f"prompt/prefix: number of virtual tokens (default {DEFAULT_VIRTUAL_TOKENS})")
+    p.add_argument("--prompt-init", choices=PROMPT_INITS,
+                   help="prompt: start the virtual tokens random, from random vocabulary tokens, or from "
+                   "--prompt-init-text (default random)")
+    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text")
+    p.add_argument("--prefix-projection", action="store_true",
+                   help="prefix: train the prefix through a two-layer MLP (reparameterisation), dropped when saved")
+    p.add_argument("--adapter-reduction", type=int, metavar="R",
+                   help=f"adapter: bottleneck width = hidden / R (default {DEFAULT_REDUCTION})")
+    p.add_argument("--adapter-kind", choices=ADAPTER_KINDS,
+                   help="adapter: houlsby (after attention and feed-forward) or pfeiffer (after the feed-forward "
+                   "only); default houlsby")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -319,7 +347,7 @@ def _run(config: FinetuneConfig, what: str) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer)
+                                               fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
     model.to(device)
     examples = read_classification(args.data)
     labels.check(examples)
@@ -338,7 +366,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     if args.task == "ner":
         model, tokenizer, labels = load_token_classifier(args.model, attn_impl=args.attn_impl,
-                                                         fast_tokenizer=args.fast_tokenizer)
+                                                         fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
         model.to(device)
         found = [predict_entities(model, tokenizer, t, labels.id2label, max_length=args.max_length)
                  for t in args.texts]
@@ -348,7 +376,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps({"entities": found}))
         return 0
     model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer)
+                                               fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
     model.to(device)
     predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device,
                           max_length=args.max_length)
@@ -366,7 +394,10 @@ CLI_NEW_TOKENS = 40  # `minift generate`'s length when neither --max-new-tokens 
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     folder = hub.resolve(args.model)
-    model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl)
+    if args.adapter is not None:
+        load_peft_adapter(model, args.adapter)
+    model.to(device)
     tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
     new_tokens = args.max_new_tokens

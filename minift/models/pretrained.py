@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from minift.checkpoint.files import (
     CONFIG_NAME,
@@ -27,6 +29,11 @@ from minift.checkpoint.load import copy_into, raise_or_warn, tie_weights, tied_p
 from minift.io import write_json
 
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
+
+# (model, adapter folder) -> None: minift/peft/peft_files.py's `load_peft_adapter`, which sets it when
+# imported. `from_pretrained` calls it for a run directory whose config.json names an adapter
+# (`peft_adapter`: prompt, prefix or bottleneck adapters, which do not merge into the weights).
+ADAPTER_LOADER: Callable[[Any, Path], Any] | None = None
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -73,13 +80,13 @@ class PretrainedModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[ModelT],
+        cls,
         name_or_folder: str | os.PathLike,
         *,
         strict: bool = True,
         allow_pickle: bool = False,
         **overrides: Any,
-    ) -> ModelT:
+    ) -> Self:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
         _check_overrides(cls, overrides)
         folder = resolve_folder(name_or_folder)
@@ -97,6 +104,14 @@ class PretrainedModel(torch.nn.Module):
         state_dict = load_state_dict(folder, allow_pickle=allow_pickle)
         report = copy_into(model, state_dict, source=str(folder))
         raise_or_warn(report, strict, stacklevel=3)  # 1: raise_or_warn, 2: here, 3: the caller
+        adapter = config_dict.get("peft_adapter")
+        if adapter:  # a run of prompt/prefix tuning or adapters: the base model plus its adapter, never the base alone
+            if ADAPTER_LOADER is None:
+                raise CheckpointError(
+                    f"{config_path}: the folder holds a base model plus a {adapter.get('method')} adapter in "
+                    f"{folder / adapter['folder']}; `import minift.peft` first, which registers the loader "
+                    "(minift.peft builds on this module, so it cannot be imported from here)")
+            ADAPTER_LOADER(model, folder / adapter["folder"])
         model._load_extra_files(folder)
         return model.eval()
 

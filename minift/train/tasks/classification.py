@@ -22,8 +22,10 @@ from minift.checkpoint import read_config
 from minift.data import LabelMap, make_classification_collate, make_loader, read_classification
 from minift.data.collate import MODEL_INPUTS
 from minift.hub import resolve
+from minift.io import read_json
 from minift.metrics import classification_report
 from minift.models.architectures import Architecture, architecture
+from minift.peft import adapter_head_rows, load_peft_adapter
 from minift.tokenizer import load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
@@ -90,16 +92,38 @@ def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = 
     return model, tokenizer, folder
 
 
-def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False):
-    """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config."""
+def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False,
+                    adapter: str | Path | None = None):
+    """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config; with
+    `adapter`, the base model `name_or_folder` plus that PEFT adapter folder (peft's layout or minift's),
+    whose saved head sets the number of labels (`adapter_labels`)."""
     folder = resolve(name_or_folder)
     config = read_config(folder)
+    overrides = {} if adapter is None else adapter_labels(adapter, config)
     model = classifier_class(folder, config).from_pretrained(folder, attn_impl=attn_impl,
-                                                             **_pad_override(config, folder))
+                                                             **_pad_override(config, folder), **overrides)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
     labels = LabelMap.from_config(model.config.id2label)
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
     align_padding(model, tokenizer, folder)
     return model, tokenizer, labels
+
+
+def adapter_labels(adapter: str | Path, base_config: dict) -> dict:
+    """num_labels (and label names) for a head that an adapter brings: the rows of its saved head; the
+    names from the run directory the adapter sits in (RUN_DIR/adapter), else the base's when it has as
+    many, else LABEL_0, LABEL_1, ..."""
+    rows = adapter_head_rows(adapter)
+    if rows is None:
+        return {}
+    for config in (read_json(Path(adapter).parent / "config.json") if (Path(adapter).parent / "config.json").is_file()
+                   else {}, base_config):
+        names = config.get("id2label") or {}
+        if len(names) == rows:
+            return {"num_labels": rows, "id2label": {int(k): v for k, v in names.items()},
+                    "label2id": {v: int(k) for k, v in names.items()}}
+    return {"num_labels": rows}
 
 
 # A decoder's classification head (GPT-2's) reads the state of the last token that is not padding:

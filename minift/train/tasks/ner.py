@@ -35,12 +35,14 @@ from minift.hub import resolve
 from minift.losses import IGNORE_INDEX
 from minift.metrics import AVERAGE_ROWS, entity_report, extract_entities, format_report, token_report
 from minift.models.architectures import ARCHITECTURES, architecture
+from minift.peft import load_peft_adapter
 from minift.tokenizer import load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
 from minift.train.distributed import Distributed
 from minift.train.objective import Objective, class_weights
 from minift.train.tasks import Task
+from minift.train.tasks.classification import adapter_labels
 
 Sentence = tuple[list[str], list[str]]  # (words, tags), as read_conll returns them
 TAG = re.compile(r"O|[BIES]-\S+")  # BIO / IOB2 / IOBES: a prefix, a dash, the entity type
@@ -190,10 +192,14 @@ def build_token_classifier(name_or_folder: str | Path, labels: LabelMap, *, attn
 
 
 def load_token_classifier(name_or_folder: str | Path, *, attn_impl: str = "sdpa",
-                          fast_tokenizer: bool = False):
-    """A fine-tuned tagger (e.g. a run directory), with the label names saved in its config."""
+                          fast_tokenizer: bool = False, adapter: str | Path | None = None):
+    """A fine-tuned tagger (e.g. a run directory), with the label names saved in its config; with
+    `adapter`, the base model plus that PEFT adapter folder (see classification.load_classifier)."""
     folder = resolve(str(name_or_folder))
-    model = token_classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl)
+    overrides = {} if adapter is None else adapter_labels(adapter, read_config(folder))
+    model = token_classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, **overrides)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
     return model, load_tokenizer(folder, fast=fast_tokenizer), LabelMap.from_config(model.config.id2label)
 
 
