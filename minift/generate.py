@@ -263,7 +263,8 @@ def generate(
     defaults (20 new tokens, greedy, top_k=50 when sampling). This function reads no model config: no
     end-of-sequence id unless given (`model.generate` reads the model's generation config).
 
-    A row ends at an eos_token_id (one id or several), a stop string (needs `tokenizer`), or
+    A row ends at an eos_token_id (one id or several; [] for none, which overrides a default), a stop
+    string (needs `tokenizer`), or
     max_length; afterwards it holds pad_token_id (the first eos id when None), and generation ends
     once every row has. N is B x num_return_sequences. `generator` seeds sampling; `streamer` gets
     each new token (minift/generation/streamer.py). use_cache=False recomputes the whole prefix at

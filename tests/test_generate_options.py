@@ -5,6 +5,7 @@ path); sampling with transformers' own draws under the same seed; the scores of
 return_dict_in_generate; stop strings; defaults from generation_config.json; streaming; and the
 errors and warnings for bad settings."""
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -237,6 +238,35 @@ def test_stop_strings_match_transformers(pairs):
             assert torch.equal(got, want), (kwargs, use_cache)
     want, got, tokenizer = stop_string_runs(pair, ids, seed, stop)
     assert tokenizer.decode(got[0, ids.shape[1]:]).endswith(stop) and got.shape[1] < ids.shape[1] + 16
+    # The prompt ending in the stop string: the first new token stops generation only if the match
+    # overlaps it (transformers' rule; test_stop_rule_matches_stop_string_criteria checks the rule itself).
+    ending_in_stop = torch.cat([ids, ids[:, -1:].new_tensor([tokenizer.encode(stop)])], dim=1)
+    want, got, _ = stop_string_runs(pair, ending_in_stop, seed, stop)
+    assert torch.equal(got, want)
+
+
+def test_stop_rule_matches_stop_string_criteria(tmp_path):
+    """The stop test against transformers' StopStringCriteria, on texts tokenized by a BPE with merges
+    (the lesson fixture: tokens of several characters), ids decided one sequence at a time: a stop
+    string ends the text overlapping its last token, inside one token, across tokens, or only earlier
+    (no stop: the match must overlap the last token)."""
+    from conftest import REPO
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    from minift.generation.stopping import StopStrings
+
+    ours = GPT2Tokenizer.from_pretrained(REPO / "lessons" / "fixtures" / "gpt2")
+    ours.save_pretrained(tmp_path)  # with the tokenizer files transformers' AutoTokenizer reads
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    stops = ["stop", " the end", "é", "\n\n"]
+    texts = ["please stop", "unstoppable", "stop it", "sto", "nonstop", "this is the end", "the end of it",
+             "café", "cafés", "a\n\n", "a\n\nb", " the en", "stopstop", "the end the end"]
+    mine, reference = StopStrings(stops, ours), StopStringCriteria(theirs, stops)
+    for text in texts:
+        ids = torch.tensor([ours.encode(text)])
+        assert bool(mine(ids)[0]) == bool(reference(ids, None)[0]), text
+    batch = torch.tensor([ours.encode(t) for t in ("stop", "pots")])
+    assert mine(batch).tolist() == reference(batch, None).tolist()
 
 
 def test_stop_strings_match_a_character_split_across_tokens(pairs):
@@ -385,7 +415,7 @@ def test_cli_streams_the_text(pairs):
     ({"early_stopping": "sometimes"}, r"early_stopping must be True, False or 'never', got 'sometimes'"),
     ({"bad_words_ids": [3, 4]}, r"bad_words_ids must be a non-empty list of non-empty lists of token ids"),
     ({"bad_words_ids": [[99]]}, r"bad_words_ids holds 99, outside the model's vocabulary of 41"),
-    ({"eos_token_id": []}, r"eos_token_id must be a token id \(an integer >= 0\) or a list of them, got \[\]"),
+    ({"eos_token_id": [3, -1]}, r"eos_token_id must be a token id \(an integer >= 0\) or a list of them, got \[3, -1\]"),
     ({"stop_strings": [""]}, r"stop_strings must be a non-empty string or a list of them"),
     ({"max_new_tokens": 3, "typo_option": 1}, r"typo_option"),
 ])
@@ -394,6 +424,21 @@ def test_bad_settings_raise_clear_errors(pairs, kwargs, message):
     kwargs = {"max_new_tokens": 3, **kwargs} if "max_length" not in kwargs else kwargs
     with pytest.raises((ValueError, TypeError), match=message):
         model.generate(torch.tensor([[1, 2, 3, 4, 5]]), **kwargs)
+
+
+def test_an_empty_eos_list_turns_the_default_off(pairs):
+    """eos_token_id=[]: no end-of-sequence id at all, where None means the model's default (its
+    generation config's): every row runs to max_new_tokens, as the function without an eos id."""
+    model = pairs["a"].ours["eager"]
+    prompt = single_prompt(pairs["a"].vocab)
+    eos = int(generate(model, prompt, 6)[0, prompt.shape[1] + 2])  # a token greedy decoding writes
+    original = model.generation_config
+    model.generation_config = dataclasses.replace(original, eos_token_id=eos)
+    try:
+        assert model.generate(prompt, 6).shape[1] < prompt.shape[1] + 6  # the default stops at it
+        assert torch.equal(model.generate(prompt, 6, eos_token_id=[]), generate(model, prompt, 6))
+    finally:
+        model.generation_config = original
 
 
 def test_what_minift_does_not_take_says_what_to_write(pairs):

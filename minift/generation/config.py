@@ -183,6 +183,8 @@ def resolve(given: dict[str, Any], model_config: GenerationConfig | None, prompt
     min_length = value["min_length"] if value["min_new_tokens"] is None else prompt_length + value["min_new_tokens"]
     eos = value["eos_token_id"]
     eos = None if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    # An empty list is "no end-of-sequence id" (None means "the default", the model's own id).
+    eos = eos or None
     # transformers pads finished rows with the first end-of-sequence id when no pad id is set.
     pad = value["pad_token_id"] if value["pad_token_id"] is not None or not eos else eos[0]
     stops = value["stop_strings"]
