@@ -32,6 +32,7 @@ from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
 from minift.data import make_loader, read_classification
 from minift.data.prompts import Template
+from minift.generation.streamer import TextStreamer
 from minift.io import read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
@@ -146,16 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
-    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint")
+    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint",
+                        description="Greedy decoding, sampling or beam search, with transformers' settings; "
+                        "defaults come from the checkpoint's generation_config.json, then transformers' own "
+                        "(lessons 16 and 32).")
     ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run)")
     ge.add_argument("prompt")
-    ge.add_argument("--max-new-tokens", type=int, default=40)
+    ge.add_argument("--max-new-tokens", type=int,
+                    help=f"tokens to generate (default {CLI_NEW_TOKENS} unless --max-length is given)")
+    ge.add_argument("--max-length", type=int, help="longest output in tokens, the prompt included (transformers' "
+                    "meaning)")
+    ge.add_argument("--min-new-tokens", type=int, help="no end-of-sequence token before this many new tokens")
     ge.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    ge.add_argument("--temperature", type=float, default=1.0)
-    ge.add_argument("--top-k", type=int)
-    ge.add_argument("--top-p", type=float)
-    ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    ge.add_argument("--temperature", type=float)
+    ge.add_argument("--top-k", type=int, help="sampling: keep the k most probable tokens (0 = off; default 50)")
+    ge.add_argument("--top-p", type=float, help="sampling: keep the smallest set of tokens holding this probability")
+    ge.add_argument("--num-beams", type=int, help="beam search with this many beams (default 1: no beam search)")
+    ge.add_argument("--length-penalty", type=float, help="beam search: scores divided by length ** this "
+                    "(default 1.0; > 0 favours longer outputs)")
+    ge.add_argument("--early-stopping", choices=["true", "false", "never"],
+                    help="beam search: stop when num_beams hypotheses are finished (true), when none can improve "
+                    "by a heuristic (false, the default) or by the exact bound (never)")
+    ge.add_argument("--num-return-sequences", type=int, help="outputs per prompt (samples, or the best beams)")
+    ge.add_argument("--repetition-penalty", type=float, help="> 1 makes tokens already present less likely")
+    ge.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size")
+    ge.add_argument("--stop", action="append", metavar="TEXT", help="stop when the text ends in TEXT (repeatable)")
+    ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default %(default)s)")
     ge.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
+    ge.add_argument("--stream", action="store_true", help="print the text to stderr as it is generated (an "
+                    "incomplete UTF-8 character is held back until whole)")
     ge.add_argument("--adapter", type=Path, metavar="DIR",
                     help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
                     "minift's) applied to --model, its base model")
@@ -411,6 +431,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # --- generate ------------------------------------------------------------------------------------
 
+CLI_NEW_TOKENS = 40  # `minift generate`'s length when neither --max-new-tokens nor --max-length is given
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     folder = hub.resolve(args.model)
@@ -420,13 +443,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model.to(device)
     tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
-    out = model.generate(ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
-                         generator=torch.Generator(device=device).manual_seed(args.seed))
-    text = tokenizer.decode(out[0].tolist())
-    print(text, file=sys.stderr)
-    print(json.dumps({"prompt": args.prompt, "text": text, "new_tokens": out.shape[1] - ids.shape[1]}))
+    new_tokens = args.max_new_tokens
+    if new_tokens is None and args.max_length is None:
+        new_tokens = CLI_NEW_TOKENS
+    early = None if args.early_stopping is None else {"true": True, "false": False}.get(args.early_stopping, "never")
+    streamer = TextStreamer(tokenizer, on_text=_write_stderr) if args.stream else None
+    out = model.generate(
+        ids, new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        use_cache=not args.no_cache, generator=torch.Generator(device=device).manual_seed(args.seed),
+        max_length=args.max_length, min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, early_stopping=early, num_return_sequences=args.num_return_sequences,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop_strings=args.stop, tokenizer=tokenizer, streamer=streamer)
+    texts = [tokenizer.decode(row.tolist()) for row in out]
+    if streamer is not None:
+        print(file=sys.stderr)
+    else:
+        print("\n---\n".join(texts), file=sys.stderr)
+    print(json.dumps({"prompt": args.prompt, "text": texts[0], "texts": texts,
+                      "new_tokens": out.shape[1] - ids.shape[1]}))
     return 0
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 # --- plot -----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, hf_hub_download
 
 from minift.checkpoint.files import CONFIG_NAME, SAFE_INDEX, SAFE_WEIGHTS, CheckpointError, read_index
+from minift.generation.config import GENERATION_CONFIG_NAME  # generate's defaults: copied when present
 from minift.io import atomic_folder
 
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
@@ -260,7 +261,8 @@ def _wanted(listing: Collection[str]) -> list[str]:
         raise _SourceFailed(
             f"it has no {SAFE_WEIGHTS} or {SAFE_INDEX} (minift reads safetensors only, never *.bin pickles)"
         )
-    return [CONFIG_NAME, *weights, *(name for name in TOKENIZER_FILES if name in listing)]
+    optional = (*TOKENIZER_FILES, GENERATION_CONFIG_NAME)  # generation_config.json: generate's defaults
+    return [CONFIG_NAME, *weights, *(name for name in optional if name in listing)]
 
 
 def _assemble(listing: Collection[str], get: Callable[[str], object], into: Path) -> None:

@@ -1,6 +1,15 @@
 """The models, with the class names `transformers` uses: BERT (bert.py, lesson 05), GPT-2
-(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34)."""
+(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34), and transformers' Auto classes, which pick
+one by config.json's model_type through the table of architectures (auto.py, lesson 33)."""
 
+from minift.models.auto import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from minift.models.bert import (
     BertConfig,
     BertForMaskedLM,
@@ -24,6 +33,12 @@ from minift.models.roberta import (
 )
 
 __all__ = [
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
     "BertConfig",
     "BertForMaskedLM",
     "BertForSequenceClassification",

@@ -8,6 +8,7 @@ minift/checkpoint/load.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,8 @@ class PretrainedModel(torch.nn.Module):
         **overrides: Any,
     ) -> Self:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
-        folder = _resolve(name_or_folder)
+        _check_overrides(cls, overrides)
+        folder = resolve_folder(name_or_folder)
         config_path = folder / CONFIG_NAME
         config_dict = read_config(folder)
         expected_type = getattr(cls.config_class, "model_type", None)
@@ -110,6 +112,7 @@ class PretrainedModel(torch.nn.Module):
                     f"{folder / adapter['folder']}; `import minift.peft` first, which registers the loader "
                     "(minift.peft builds on this module, so it cannot be imported from here)")
             ADAPTER_LOADER(model, folder / adapter["folder"])
+        model._load_extra_files(folder)
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
@@ -124,9 +127,37 @@ class PretrainedModel(torch.nn.Module):
         save_state_dict(state_dict, folder, max_shard_size=max_shard_size)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
         write_json(config, folder / CONFIG_NAME)
+        self._save_extra_files(folder)
+
+    def _load_extra_files(self, folder: Path) -> None:
+        """Files beyond config.json and the weights that a subclass reads (a generative model's
+        generation_config.json, minift/generation/mixin.py)."""
+
+    def _save_extra_files(self, folder: Path) -> None:
+        """Writes what `_load_extra_files` reads."""
 
 
-def _resolve(name_or_folder: str | os.PathLike) -> Path:
+# from_pretrained arguments of transformers that are not config fields, and what to write in minift.
+LOADING_INSTEAD = {
+    "torch_dtype": "model.to(torch.bfloat16) after loading", "dtype": "model.to(torch.bfloat16) after loading",
+    "device_map": "model.to(device) after loading", "trust_remote_code": "nothing: minift runs no code from a checkpoint",
+    "low_cpu_mem_usage": "nothing", "revision": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+    "cache_dir": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+}
+
+
+def _check_overrides(cls: type, overrides: dict) -> None:
+    """Keyword arguments of from_pretrained are config fields (num_labels=3, hidden_dropout_prob=0.0,
+    attn_impl=...); anything else would be silently dropped by the config, so it is refused."""
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        instead = LOADING_INSTEAD.get(unknown[0], f"one of the fields of {cls.config_class.__name__}")
+        raise TypeError(f"{cls.__name__}.from_pretrained got {unknown}, which are not fields of "
+                        f"{cls.config_class.__name__}; instead of {unknown[0]}: {instead}")
+
+
+def resolve_folder(name_or_folder: str | os.PathLike) -> Path:
     """A local folder as is; a path that does not exist is an error; a bare name goes to the hub."""
     path = Path(name_or_folder).expanduser()
     if path.exists():

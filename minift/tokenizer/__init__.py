@@ -6,7 +6,10 @@
 - `FastTokenizer` (minift/tokenizer/fast.py): the same interface over the Rust `tokenizers` package;
 - `BatchEncoding` (minift/tokenizer/base.py): what a batch call returns;
 - minift/tokenizer/files.py: the file names of a tokenizer folder and the settings read from them;
-- `load_tokenizer(folder, fast=False)`: the right one of them for a checkpoint folder.
+- `load_tokenizer(folder, fast=False)`: the right one of them for a checkpoint folder;
+- transformers' names, `BertTokenizer`, `BertTokenizerFast`, `GPT2Tokenizer`, `GPT2TokenizerFast` and
+  `AutoTokenizer` (minift/tokenizer/compat.py): the same tokenizers with transformers' call forms and
+  defaults, for programs written for transformers (lesson 33).
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from minift.tokenizer.fast import FastTokenizer
 from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT, is_roberta_folder
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
-__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "RobertaTokenizer", "WordPieceTokenizer",
+COMPAT = ("AutoTokenizer", "BertTokenizer", "BertTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast")
+__all__ = ["AutoTokenizer", "BatchEncoding", "BertTokenizer", "BertTokenizerFast", "ByteLevelBPETokenizer",
+           "FastTokenizer", "GPT2Tokenizer", "GPT2TokenizerFast", "RobertaTokenizer", "WordPieceTokenizer",
            "load_tokenizer"]
 
 
 def __getattr__(name: str):
-    # bpe.py is imported on first use only, so the BERT tokenizers do not depend on it.
+    # bpe.py (and compat.py, which uses it) are imported on first use only, so the BERT tokenizers do
+    # not depend on them.
     if name == "ByteLevelBPETokenizer":
         from minift.tokenizer.bpe import ByteLevelBPETokenizer
 
@@ -33,6 +39,10 @@ def __getattr__(name: str):
         from minift.tokenizer.roberta import RobertaTokenizer
 
         return RobertaTokenizer
+    if name in COMPAT:
+        from minift.tokenizer import compat
+
+        return getattr(compat, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -232,14 +232,14 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         return data.decode("utf-8", errors="replace")
 
     def _pad(self, encodings: list[Encoding], target: int | None,
-             return_tensors: str | None) -> BatchEncoding:
+             return_tensors: str | None, offsets: bool = False) -> BatchEncoding:
         """Without a pad token, pad with `<|endoftext|>`: the attention mask hides those positions.
 
         transformers users write ``tokenizer.pad_token = tokenizer.eos_token`` for the same effect;
         here ``pad_token_id`` stays None (as in the reference) and the batch call says what it did.
         """
         if self.pad_token_id is not None:
-            return super()._pad(encodings, target, return_tensors)
+            return super()._pad(encodings, target, return_tensors, offsets)
         if not self._noted_eos_padding and target is not None and any(len(e.ids) < target for e in encodings):
             self._noted_eos_padding = True
             warnings.warn(f"GPT-2 has no pad token: padding with {EOS_TOKEN} (id {self.eos_token_id}); the "
@@ -247,7 +247,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                           f"(shown once per tokenizer)", stacklevel=3)
         self.special_tokens_map["pad_token"] = EOS_TOKEN  # for this call only
         try:
-            return super()._pad(encodings, target, return_tensors)
+            return super()._pad(encodings, target, return_tensors, offsets)
         finally:
             del self.special_tokens_map["pad_token"]
 
