@@ -20,12 +20,15 @@ that produced the ids of every released checkpoint's tokenizer.json, and say so 
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from minift.io import dumps_json, read_json, write_texts
+from minift.tokenizer import unicode_tables
 from minift.tokenizer.base import BaseTokenizer, Template
 from minift.tokenizer.files import (
     SPECIAL_TOKENS_MAP,
@@ -48,21 +51,38 @@ class VocabError(ValueError):
 
 
 # ---- character classes -------------------------------------------------------------------------------
-# Python's unicodedata tables (Unicode 14.0 in Python 3.11) are newer than the category tables compiled
-# into `tokenizers` and older than Rust's case tables, so a few hundred characters added or
-# re-categorised after Unicode 3.2 (2002) are classified differently; test_unicode_tables in
-# tests/test_wordpiece.py finds every one of them.
+# The reference is the `tokenizers` package, whose Rust code does not read Python's `unicodedata`: its
+# categories (control, nonspacing mark, punctuation) come from the `unicode_categories` crate (Unicode
+# 8.0), NFD from `unicode-normalization-alignments` (Unicode 9.0), whitespace and lower-case from Rust's
+# standard library (Unicode 17.0), while Python 3.11 has Unicode 14.0. So the classes are not asked of
+# `unicodedata`: minift/tokenizer/unicode_tables.py holds the reference's own answer for every code
+# point, generated from the package by tools/make_unicode_tables.py, and test_unicode_tables in
+# tests/test_wordpiece.py runs all 1,114,112 code points through both.
 
 # Rust's char::is_whitespace (the Unicode White_Space property). Python's str.isspace differs: it also
 # counts U+001C..U+001F, which BERT removes as control characters.
-WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
-                       + "".join(chr(c) for c in range(0x2000, 0x200B)))
+WHITESPACE = frozenset(chr(c) for c in unicode_tables.WHITESPACE)
 ASCII_PUNCTUATION = frozenset(chr(c) for c in (*range(33, 48), *range(58, 65), *range(91, 97),
                                                 *range(123, 127)))
 # CJK Unified Ideographs and their extensions, plus the compatibility blocks (BERT's _is_chinese_char).
 # `tokenizers` starts the fifth range at U+2B920 where Google's code has U+2B820; we follow `tokenizers`.
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
               (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def in_ranges(ch: str, ranges: Sequence[tuple[int, int]], firsts: Sequence[int]) -> bool:
+    """Is ``ch`` in one of the sorted, inclusive (first, last) ``ranges``? ``firsts`` are their firsts:
+    a binary search finds the last range starting at or before ``ch``."""
+    i = bisect_right(firsts, ord(ch)) - 1
+    return i >= 0 and ord(ch) <= ranges[i][1]
+
+
+def _firsts(ranges: Sequence[tuple[int, int]]) -> list[int]:
+    return [first for first, _ in ranges]
+
+
+_CONTROL, _MARK, _PUNCTUATION = (_firsts(r) for r in (unicode_tables.CONTROL, unicode_tables.NONSPACING_MARK,
+                                                     unicode_tables.PUNCTUATION))
 
 
 def is_whitespace(ch: str) -> bool:
@@ -75,12 +95,17 @@ def is_control(ch: str) -> bool:
     Unassigned code points (Cn) are kept, as `tokenizers` does, so they reach WordPiece and become
     [UNK]; Google's original code removed them with the other C* categories.
     """
-    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Co")
+    return in_ranges(ch, unicode_tables.CONTROL, _CONTROL)
 
 
 def is_punctuation(ch: str) -> bool:
     """BERT's punctuation: all non-alphanumeric ASCII symbols ("$", "+", "^" too) and Unicode P*."""
-    return ch in ASCII_PUNCTUATION or unicodedata.category(ch).startswith("P")
+    return ch in ASCII_PUNCTUATION or in_ranges(ch, unicode_tables.PUNCTUATION, _PUNCTUATION)
+
+
+def is_nonspacing_mark(ch: str) -> bool:
+    """Category Mn: the accents NFD splits off a letter ("e" + U+0301), which strip_accents drops."""
+    return in_ranges(ch, unicode_tables.NONSPACING_MARK, _MARK)
 
 
 def is_cjk(ch: str) -> bool:
@@ -121,7 +146,7 @@ def space_cjk_character(ch: str) -> str:
 
 
 def drop_nonspacing_mark(ch: str) -> str:
-    return "" if unicodedata.category(ch) == "Mn" else ch
+    return "" if is_nonspacing_mark(ch) else ch
 
 
 def split_character(ch: str) -> str:
@@ -133,9 +158,23 @@ def split_character(ch: str) -> str:
 
 CLEAN, SPACE_CJK, DROP_MN, SPLIT = (CharacterRule(rule) for rule in (
     clean_character, space_cjk_character, drop_nonspacing_mark, split_character))
+
+
+def _lowercase_table() -> dict[int, str]:
+    """Rust's char::to_lowercase as a `str.translate` table, from the generated runs."""
+    table = {code: chr(code + delta) for first, last, step, delta in unicode_tables.LOWERCASE_RUNS
+             for code in range(first, last + 1, step)}
+    return table | unicode_tables.LOWERCASE_SPECIAL
+
+
 # Lower-case character by character, as `tokenizers` does: str.lower() on the whole string would
 # turn a word-final "Σ" into "ς".
-LOWER = CharacterRule(str.lower)
+LOWER = _lowercase_table()
+# NFD is Python's, except around the code points whose decomposition or combining class Rust's older
+# normalization tables do not have (unicode_tables.NFD_OPAQUE): Rust keeps those as they are, and as
+# it never moves a mark across them, the text between two of them is normalized on its own.
+NFD_OPAQUE = re.compile("([" + "".join(f"{re.escape(chr(first))}-{re.escape(chr(last))}"
+                                       for first, last in unicode_tables.NFD_OPAQUE) + "])")
 
 
 def clean_text(text: str) -> str:
@@ -146,9 +185,18 @@ def space_cjk(text: str) -> str:
     return text.translate(SPACE_CJK)
 
 
+def nfd(text: str) -> str:
+    """Unicode normalization form D as `tokenizers` computes it (see NFD_OPAQUE)."""
+    if NFD_OPAQUE.search(text) is None:
+        return unicodedata.normalize("NFD", text)
+    # re.split with a group keeps the separators: the odd items are the opaque characters themselves.
+    parts = NFD_OPAQUE.split(text)
+    return "".join(part if i % 2 else unicodedata.normalize("NFD", part) for i, part in enumerate(parts))
+
+
 def strip_accents(text: str) -> str:
     """Decompose (NFD: "é" -> "e" + U+0301) and drop the nonspacing marks (category Mn)."""
-    return unicodedata.normalize("NFD", text).translate(DROP_MN)
+    return nfd(text).translate(DROP_MN)
 
 
 def lowercase(text: str) -> str:
