@@ -18,7 +18,8 @@ from minift.tokenizer.fast import FastTokenizer
 from minift.tokenizer.files import MERGES_TXT, TOKENIZER_JSON, VOCAB_JSON, VOCAB_TXT
 from minift.tokenizer.wordpiece import WordPieceTokenizer
 
-__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "load_tokenizer"]
+__all__ = ["BatchEncoding", "ByteLevelBPETokenizer", "FastTokenizer", "WordPieceTokenizer", "check_vocab_size",
+           "load_tokenizer"]
 
 
 def __getattr__(name: str):
@@ -54,3 +55,13 @@ def load_tokenizer(folder: str | Path, fast: bool = False):
                          f"tokenizer in minift; load it with load_tokenizer(folder, fast=True)")
     raise FileNotFoundError(f"{folder} holds no tokenizer files (vocab.txt, vocab.json + merges.txt or "
                             f"tokenizer.json)")
+
+
+def check_vocab_size(tokenizer, vocab_size: int, folder: str | Path) -> None:
+    """A token id is a row of the model's embedding matrix, so the tokenizer and the model must count
+    the same tokens: a 500-line vocab.txt beside a model of 30,522 embeddings would give ids that mean
+    other words to the model (and a longer one, ids past the last row)."""
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has "
+                         f"{vocab_size} rows (vocab_size in config.json): the tokenizer files and the weights "
+                         "are not of the same checkpoint")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minift.io import dumps_json, read_json, write_texts
+from minift.io import dumps_json, read_json, read_text, write_texts
 from minift.tokenizer import unicode_tables
 from minift.tokenizer.base import BaseTokenizer, Template
 from minift.tokenizer.files import (
@@ -356,7 +356,10 @@ class WordPieceTokenizer(BaseTokenizer):
 
 def read_vocab_txt(path: Path) -> dict[str, int]:
     """One token per line; a token's id is its line number minus one."""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    try:
+        lines = read_text(path).split("\n")
+    except ValueError as err:  # not UTF-8: name the file, and what it should hold
+        raise VocabError(f"{err}; a vocab.txt holds one token per line") from None
     if lines[-1] == "":  # the newline that ends the last line
         lines.pop()
     vocab: dict[str, int] = {}
