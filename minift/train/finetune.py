@@ -23,16 +23,19 @@ from pathlib import Path
 import torch
 
 from minift.data import demo_path
+from minift.io import DiskFullError, human_bytes
 from minift.models.pretrained import count_parameters
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
 from minift.peft import merge_lora, save_adapter, setup_peft
 from minift.train import distributed
-from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig, check_run_identity, check_writable
+from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
 from minift.train.loop import TrainArgs, total_steps, train
 from minift.train.precision import autocast_dtype
+from minift.train.rundir import RunDirectory, checkpoint_bytes
+from minift.train.state import checkpoint_dirs
 from minift.train.tasks import Task, causal_lm, classification, ner, pretraining
 
 # FinetuneConfig.task -> the function that builds it. Plain data: every task a run can be.
@@ -62,9 +65,19 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
         if world.is_main:
             print("no --train given: using the built-in demo sentiment set (minift/data/demo)", file=sys.stderr)
         cfg.train, cfg.dev = demo_path("train"), cfg.dev or demo_path("dev")
-    if world.is_main:
-        check_writable(cfg.out)
-        check_run_identity(cfg)
+    # Only the process that writes files (rank 0) looks at --out: refusals, the lock, stale debris.
+    run_dir = RunDirectory(cfg).open() if world.is_main else None
+    failed = True
+    try:
+        result = _run(cfg, world, device, run_dir)
+        failed = False
+        return result
+    finally:
+        if run_dir is not None:
+            run_dir.close(failed)
+
+
+def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir: RunDirectory | None) -> dict:
     set_seed(cfg.seed)
     task = BUILDERS[cfg.task](cfg, device, world)
     summary_line = setup_peft(task.model, freeze=cfg.freeze, freeze_n=cfg.freeze_n, lora_r=cfg.lora_r,
@@ -77,6 +90,8 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
     say = _sayer(world.is_main)
     say(f"{task.describe}; on {device}" + (f", {world.world_size} processes" if world.enabled else ""))
     say(summary_line)
+    if run_dir is not None:
+        run_dir.begin(model)  # --overwrite clears the old run only now, once the new one has started
 
     best_metric = cfg.metric or task.best_metric
     args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, max_grad_norm=cfg.max_grad_norm,
@@ -91,14 +106,18 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
         log_path.unlink(missing_ok=True)
     lora = getattr(model, "lora_config", None) is not None
 
-    summary = train(model, optimizer, scheduler, task.train_loader, device=device, args=args,
-                    evaluate_fn=task.evaluate, log_path=log_path, objective=task.objective, world=world,
-                    save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", lora),
-                    run_dir=cfg.out, resume=cfg.resume)
-    if world.is_main:
-        if lora:
-            save_adapter(model, cfg.out / "adapter", base_model=task.about.get("model"))
-        _save_final(model, task.tokenizer, cfg.out, lora)
+    try:
+        summary = train(model, optimizer, scheduler, task.train_loader, device=device, args=args,
+                        evaluate_fn=task.evaluate, log_path=log_path, objective=task.objective, world=world,
+                        save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", lora),
+                        run_dir=cfg.out, resume=cfg.resume, tokenizer=task.tokenizer)
+        if world.is_main:
+            if lora:
+                save_adapter(model, cfg.out / "adapter", base_model=task.about.get("model"))
+            _save_final(model, task.tokenizer, cfg.out, lora)
+    except DiskFullError as err:
+        raise DiskFullError(f"{err}. One checkpoint of this run needs about {human_bytes(checkpoint_bytes(model))}; "
+                            f"{_what_is_left(cfg.out)}") from None
     result = {"task": cfg.task, **task.about, "out": str(cfg.out), "steps": summary["steps"],
               "train_seconds": round(summary["seconds"], 1),
               "trainable_parameters": count_parameters(model, trainable_only=True),
@@ -133,6 +152,15 @@ def _save_final(model: torch.nn.Module, tokenizer, folder: Path, lora: bool) -> 
         model = copy.deepcopy(model)
         merge_lora(model)
     save_run(model, tokenizer, folder)
+
+
+def _what_is_left(out: Path) -> str:
+    """After a failed save: where the work is, and how to go on."""
+    complete = checkpoint_dirs(out)
+    if complete:
+        return (f"the newest complete checkpoint, {complete[-1]}, is intact: free some space and continue the run "
+                "with --resume")
+    return "the run saved no resumable checkpoint (--save-every K writes them): free some space and run it again"
 
 
 def _sayer(enabled: bool) -> Callable[[str], None]:
