@@ -24,7 +24,7 @@ weights: $(VENV)/.base
 	$(PY) -m minift weights pull $(MODEL)
 
 demo: weights
-	$(PY) -m minift finetune --model $(MODEL) --out runs/demo
+	$(PY) -m minift finetune --model $(MODEL) --out runs/demo --overwrite
 
 test: $(VENV)/.dev weights
 	MINIFT_REQUIRE_WEIGHTS=1 $(PY) -m pytest -q

@@ -305,7 +305,10 @@ def check_run_identity(cfg: FinetuneConfig) -> None:
     """--resume continues only the same run: RUN_DIR/run.json and a checkpoint must be there, and the
     flags must be the ones run.json holds (minift/train/rundir.py decides everything else about --out)."""
     run_file = cfg.out / "run.json"
-    if not run_file.is_file() or not checkpoint_dirs(cfg.out):
+    if run_file.is_file() and not checkpoint_dirs(cfg.out):
+        raise FileNotFoundError(f"--resume: the run in {cfg.out} saved no resumable checkpoint (checkpoints/step-*; "
+                                "--save-every K writes them); start it again with --overwrite")
+    if not run_file.is_file():
         raise FileNotFoundError(f"--resume: {cfg.out} holds no resumable run (no run.json and "
                                 "checkpoints/step-*); start it without --resume")
     saved = read_json(run_file)  # a damaged file is an error naming it, line and column

@@ -1,7 +1,9 @@
 """`minift finetune` and `minift pretrain`: one path for every run (lessons 12, 21 and 18).
 
     FinetuneConfig (the flags, each checked once: minift/train/config.py)
-      -> RUN_DIR/run.json: a new run writes its identity; --resume continues only the same run
+      -> the run directory (minift/train/rundir.py): refused if it holds another run, locked, cleaned
+         of debris; once the task is built, the free space checked and RUN_DIR/run.json written (a
+         new run's identity; --resume continues only the same run)
       -> a Task: model + tokenizer + train loader + dev evaluation, built by the task's module
          (minift/train/tasks/: classification, ner, causal_lm, pretraining)
       -> freezing / LoRA (minift/peft.py), the trainable-parameter count printed
