@@ -17,8 +17,8 @@ from minift.cli import main
 from minift.io import JSONError
 from minift.models import BertForSequenceClassification
 from minift.train.config import FinetuneConfig, check_run_identity, run_identity
-from minift.train.rundir import RunDirectory
 from minift.train.finetune import pretrain
+from minift.train.rundir import RunDirectory
 from minift.train.state import CHECKPOINTS, STATE
 
 
