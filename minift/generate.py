@@ -166,6 +166,10 @@ def generate(
             out = model(fed, attention_mask=attention_mask, position_ids=positions, past_key_values=past,
                         use_cache=use_cache, logits_to_keep=1)
             past = out.past_key_values  # None without the cache
+            if not torch.isfinite(out.logits[:, -1]).all():  # greedy would pick an arbitrary token silently
+                step = tokens.shape[1] - input_ids.shape[1] + 1
+                raise ValueError(f"generate: the model's logits hold NaN or infinity at new token {step}: its "
+                                 "weights are not finite (a diverged run?)")
             chosen = next_token(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)  # (B,)
             if eos is not None:
                 chosen = chosen.masked_fill(finished, pad)  # finished rows only pad from here on

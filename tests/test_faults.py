@@ -403,6 +403,19 @@ def test_a_nan_gradient_stops_the_run_before_the_update():
     assert torch.equal(model.w.detach(), torch.ones(1))  # not updated
 
 
+def test_generation_refuses_logits_that_are_not_finite():
+    """Greedy decoding of NaN logits would pick token 0 every time, silently."""
+    from minift.generate import generate
+    from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=16, n_embd=8, n_layer=1, n_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match="logits hold NaN or infinity at new token 1"):
+        generate(model, torch.tensor([[1, 2, 3]]), 4)
+
+
 # ---- 9. useless models ------------------------------------------------------------------------------------
 
 
