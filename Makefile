@@ -37,7 +37,7 @@ bench: $(VENV)/.dev weights
 	$(PY) benchmarks/bert_vs_transformers.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check minift tests benchmarks
+	$(VENV)/bin/ruff check minift tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) runs

@@ -420,7 +420,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--unknown-tags is for --task ner, not --task {args.task}")
     t0 = time.perf_counter()
     metrics = EVALUATORS[args.task](args.model, args.data, **options)
-    check_finite(metrics, f"on {args.data}")
+    check_finite(metrics, f"on {args.data}", "nothing to report (was the run that saved it stopped for a NaN?)")
     if "report" in metrics:
         print(format_report(metrics["report"]), file=sys.stderr)
     print(json_line({"data": str(args.data), **{k: metrics[k] for k in REPORTED[args.task]},

@@ -20,8 +20,8 @@ from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 from minift.io import JSONError
 from minift.tokenizer import BatchEncoding, FastTokenizer, WordPieceTokenizer, load_tokenizer
 from minift.tokenizer.base import truncation_lengths
+from minift.tokenizer.characters import CJK_RANGES
 from minift.tokenizer.wordpiece import (
-    CJK_RANGES,
     BasicTokenizer,
     VocabError,
     clean_text,

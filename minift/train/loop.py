@@ -152,11 +152,9 @@ def train(
     resumable checkpoint (minift/train/state.py), Ctrl-C writes one and stops, and ``resume=True``
     first restores the newest one: the run then continues from that step exactly as if it had never
     stopped (same batches, same dropout masks, same masked-LM masks, same updates). A checkpoint holds
-    ``tokenizer``'s files too, so that it is a model folder `minift predict` can read.
-
-    Nothing non-finite goes on silently: a NaN or infinite loss or gradient norm stops the run before the
-    update writes it into the weights, and so does a NaN or infinite dev metric (a diverged model)
-    before it is saved as the best.
+    ``tokenizer``'s files too, so that it is a model folder `minift predict` can read. A NaN or infinite
+    loss or gradient norm stops the run before the update, a NaN or infinite dev metric (a diverged
+    model) before the model is saved as the best.
     """
     objective = objective or Objective()
     world = world or Distributed()
@@ -202,7 +200,7 @@ def train(
 
     if evaluate_fn is not None and progress["before"] is None:
         progress["before"] = metrics = evaluate_fn()
-        check_finite(metrics, "before training")
+        check_finite(metrics, "on dev before training")
         log.write({"event": "eval", "epoch": 0, "step": 0, **_scalars(metrics)})
 
     stop = _StopOnSigint(enabled=run_dir is not None)  # Ctrl-C saves only where there is a run_dir
@@ -222,18 +220,14 @@ def train(
                 micro = [to_device(batch, device) for batch in micro]
                 loss = _accumulate(forward_model, micro, objective, world, autocast, scaler, device)
                 if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss is {loss} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
-                        "Try a lower --lr; the checkpoints saved before this step are intact."
-                    )
+                    raise TrainingError(f"the loss is {loss} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
+                                        "Try a lower --lr; the checkpoints saved before this step are intact.")
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (fp16)
                 grad_norm = clip_grad_norm_(params, args.max_grad_norm)
                 if not scaler.enabled and not math.isfinite(float(grad_norm)):  # fp16's scaler skips such steps
-                    raise TrainingError(
-                        f"the gradient norm is {float(grad_norm)} at step {progress['step'] + 1} (epoch {epoch}); "
-                        "stopping before the update. Try a lower --lr; the checkpoints saved before this step "
-                        "are intact."
-                    )
+                    raise TrainingError(f"the gradient norm is {float(grad_norm)} at step {progress['step'] + 1} "
+                                        f"(epoch {epoch}); stopping before the update. Try a lower --lr; the "
+                                        "checkpoints saved before this step are intact.")
                 if scaler.step(optimizer):  # False only in fp16, on an inf/NaN gradient: step skipped
                     scheduler.step()
                 scaler.update()
@@ -265,7 +259,7 @@ def train(
                 # Every process evaluates (same model, same dev set, same numbers), so that every
                 # process takes the same early-stopping decision without communicating; rank 0 writes.
                 metrics = evaluate_fn()
-                check_finite(metrics, f"after epoch {epoch} (step {progress['step']})")
+                check_finite(metrics, f"on dev after epoch {epoch} (step {progress['step']})")
                 record = {"event": "eval", "epoch": epoch, "step": progress["step"], **_scalars(metrics)}
                 log.write(record)
                 progress["history"].append(record)
@@ -296,15 +290,13 @@ def train(
     return summary
 
 
-def check_finite(metrics: dict, when: str) -> None:
+def check_finite(metrics: dict, when: str, then: str = "stopping before it is saved. Try a lower --lr; the "
+                 "checkpoints and best/ saved before are intact.") -> None:
     """A NaN or infinite evaluation number (the loss, or a perplexity past exp(700)) means a model that
     diverged or whose weights are broken: an error naming the metric, not a number logged and saved."""
-    bad = {k: v for k, v in _scalars(metrics).items() if not math.isfinite(v)}
+    bad = ", ".join(f"{k} {v}" for k, v in _scalars(metrics).items() if not math.isfinite(v))
     if bad:
-        values = ", ".join(f"{k} {v}" for k, v in bad.items())
-        raise TrainingError(f"dev {values} {when}: the model diverged (or its weights are not finite); "
-                            "stopping before it is saved. Try a lower --lr; the checkpoints and best/ saved "
-                            "before are intact.")
+        raise TrainingError(f"{bad} {when}: the model diverged or its weights are not finite; {then}")
 
 
 def _windows(loader, size: int):
