@@ -7,7 +7,7 @@ categories (control, nonspacing mark, punctuation) come from the `unicode_catego
 standard library (Unicode 17.0), while Python 3.11 has Unicode 14.0. So the classes are not asked of
 `unicodedata`: minift/tokenizer/unicode_tables.py holds the reference's own answer for every code
 point, generated from the package by tools/make_unicode_tables.py, and test_unicode_tables in
-tests/test_wordpiece.py runs all 1,114,112 code points through both. The rules that use the classes
+tests/test_wordpiece.py runs every code point that UTF-8 can carry through both. The rules that use the classes
 are in minift/tokenizer/wordpiece.py.
 """
 
