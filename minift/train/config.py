@@ -297,8 +297,8 @@ _DEFAULTS = DEFAULTS | {"processes": 1}
 
 def identity_differences(cfg: FinetuneConfig, saved: dict) -> dict[str, tuple]:
     """{field: (value in run.json, value now)} for each part of the identity that differs."""
-    identity = run_identity(cfg)
-    return {k: (saved.get(k, _DEFAULTS.get(k)), v) for k, v in identity.items() if saved.get(k, _DEFAULTS.get(k)) != v}
+    then = {k: saved.get(k, _DEFAULTS.get(k)) for k in run_identity(cfg)}
+    return {k: (then[k], now) for k, now in run_identity(cfg).items() if then[k] != now}
 
 
 def check_run_identity(cfg: FinetuneConfig) -> None:
