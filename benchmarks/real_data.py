@@ -6,7 +6,7 @@ Both sides use the same recipe — AdamW lr 5e-5, weight decay 0.01, batch 32, l
 10% warmup, gradient clipping at 1.0, 3 epochs, max length 64 (SST-5) / 256 (CFIMDB) — and report dev
 accuracy before training and after each epoch, and the wall time. minift runs through its own CLI
 (`minift finetune`, exactly what a user types); transformers runs as a plain PyTorch loop over
-`transformers.BertForSequenceClassification` (no Trainer), as in the issue's reference figures.
+`transformers.BertForSequenceClassification` (no Trainer): the README's reference figures.
 Data: ../shared/data/minbert (dev sets for evaluation: CFIMDB's test file carries no labels).
 """
 

@@ -42,7 +42,9 @@ from minift.io import json_line, read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
-from minift.peft import STRATEGIES
+from minift.peft import ADAPTER_KINDS, METHODS, PROMPT_INITS, STRATEGIES, load_peft_adapter
+from minift.peft.adapters import DEFAULT_REDUCTION
+from minift.peft.setup import DEFAULT_VIRTUAL_TOKENS
 from minift.plot import plot_run
 from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import (
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_length(ev, "causal-lm: the packed block length")
     _add_unknown_tags(ev, "ner: a tag of --data the model has no label for")
     _add_untrained_head(ev)
+    _add_adapter(ev)
     _add_common(ev)
     ev.set_defaults(run=cmd_evaluate)
 
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="+", metavar="TEXT", help="the texts to label, one argument each")
     _add_max_length(pr, "longer texts are cut")
     _add_untrained_head(pr)
+    _add_adapter(pr)
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
@@ -201,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "to P (nucleus sampling; default: all)")
     ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default %(default)s)")
     ge.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
+    _add_adapter(ge)
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
 
@@ -342,6 +347,23 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="dropout on the LoRA branch input (default %(default)s)")
     p.add_argument("--lora-targets", default=d["lora_targets"],
                    help="comma-separated names of the nn.Linear layers LoRA wraps (default %(default)s)")
+    p.add_argument("--peft", choices=METHODS, help="parameter-efficient method (lesson 36): lora, dora, ia3 "
+                   "(peft's default targets), prompt (virtual tokens), prefix (keys/values in every layer), adapter "
+                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora")
+    p.add_argument("--use-rslora", action="store_true", help="lora/dora: scale by alpha/sqrt(r) instead of alpha/r")
+    p.add_argument("--num-virtual-tokens", type=int, metavar="N",
+                   help=f"prompt/prefix: number of virtual tokens (default {DEFAULT_VIRTUAL_TOKENS})")
+    p.add_argument("--prompt-init", choices=PROMPT_INITS,
+                   help="prompt: start the virtual tokens random, from random vocabulary tokens, or from "
+                   "--prompt-init-text (default random)")
+    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text")
+    p.add_argument("--prefix-projection", action="store_true",
+                   help="prefix: train the prefix through a two-layer MLP (reparameterisation), dropped when saved")
+    p.add_argument("--adapter-reduction", type=int, metavar="R",
+                   help=f"adapter: bottleneck width = hidden / R (default {DEFAULT_REDUCTION})")
+    p.add_argument("--adapter-kind", choices=ADAPTER_KINDS,
+                   help="adapter: houlsby (after attention and feed-forward) or pfeiffer (after the feed-forward "
+                   "only); default houlsby")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -364,6 +386,12 @@ def _add_unknown_tags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--unknown-tags", choices=UNKNOWN_TAGS, default=DEFAULTS["unknown_tags"],
                    help=f"{what}: an error naming its file and line, or read as O (o: its entities are not "
                    "scored); default %(default)s")
+
+
+def _add_adapter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", type=Path, metavar="DIR",
+                   help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
+                   "minift's) applied to --model, its base model (default: none)")
 
 
 def _add_untrained_head(p: argparse.ArgumentParser) -> None:
@@ -408,7 +436,8 @@ REPORTED = {"classification": ("loss", "accuracy", "macro_f1", "examples"),
 def cmd_evaluate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     options = {"device": device, "batch_size": args.batch_size, "max_length": _max_length(args),
-               "attn_impl": args.attn_impl, "fast_tokenizer": args.fast_tokenizer, "progress": not args.quiet}
+               "attn_impl": args.attn_impl, "fast_tokenizer": args.fast_tokenizer, "progress": not args.quiet,
+               "adapter": args.adapter}
     if args.task != "causal-lm":
         options["allow_untrained_head"] = args.allow_untrained_head
     elif args.allow_untrained_head:
@@ -445,7 +474,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     max_length = _max_length(args)
     if args.task == "ner":
         model, tokenizer, labels = load_token_classifier(args.model, attn_impl=args.attn_impl,
-                                                         fast_tokenizer=args.fast_tokenizer,
+                                                         fast_tokenizer=args.fast_tokenizer, adapter=args.adapter,
                                                          allow_untrained_head=args.allow_untrained_head)
         model.to(device)
         texts = tqdm(args.texts, desc="predicting", unit="text", disable=args.quiet, leave=False)
@@ -456,7 +485,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json_line({"entities": found}))
         return 0
     model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer,
+                                               fast_tokenizer=args.fast_tokenizer, adapter=args.adapter,
                                                allow_untrained_head=args.allow_untrained_head)
     model.to(device)
     predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device, max_length=max_length,
@@ -472,7 +501,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     folder = hub.resolve(args.model)
-    model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl)
+    if args.adapter is not None:
+        load_peft_adapter(model, args.adapter)
+    model.to(device)
     tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
     check_vocab_size(tokenizer, model.config.vocab_size, folder)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)

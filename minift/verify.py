@@ -1,6 +1,6 @@
 """Checking a model layer by layer against the reference: `minift verify` and `compare`.
 
-Lesson: `lessons/verifying.md` (tolerances and why float32 needs them, relative and absolute error,
+Lesson: `lessons/31-verifying.md` (tolerances and why float32 needs them, relative and absolute error,
 where differences come from).
 
     checkpoint folder -> the same model in minift and in transformers (same weights)

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The public data beside the repository; MINIFT_SHARED_DATA names another folder (a path that does not
+# exist runs everything as on a fresh clone, where the lessons fall back on lessons/fixtures/).
+SHARED_DATA = REPO / os.environ.get("MINIFT_SHARED_DATA", "../shared/data")
 MINILM = Path(
     os.environ.get("MINIFT_MINILM", REPO / "weights" / "sentence-transformers--all-MiniLM-L6-v2")
 )

@@ -54,3 +54,52 @@ def write_char_wordpiece(folder: Path) -> Path:
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
     (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return folder
+
+
+def run_test_module(module, tmp_dir: Path) -> dict[str, str]:
+    """Call every test function of an imported test module, as pytest would, and say how each ended:
+    ``{"test_name[params]": "passed" | "failed: <error>" | "skipped"}``.
+
+    For the course's answers (lessons/solutions/): an exercise that says "change X and run
+    tests/test_Y.py" patches X in the imported module and runs its tests in the same process, without
+    starting a second pytest. It expands ``@pytest.mark.parametrize`` (ids as pytest writes them for
+    plain values), honours ``skipif``, and provides the fixtures ``tmp_path`` and ``monkeypatch``; a
+    test that needs any other fixture is reported as "skipped".
+    """
+    import inspect
+    import itertools
+
+    import pytest
+
+    results = {}
+    for name, function in vars(module).items():
+        if not (name.startswith("test_") and inspect.isfunction(function)):
+            continue
+        marks = getattr(function, "pytestmark", [])
+        if any(m.name == "skipif" and m.args and m.args[0] for m in marks):
+            results[name] = "skipped"
+            continue
+        grids = []
+        for mark in reversed([m for m in marks if m.name == "parametrize"]):  # innermost decorator first
+            names, values = mark.args[0], mark.args[1]
+            names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+            rows = [v.values if hasattr(v, "values") and hasattr(v, "marks") else v for v in values]
+            grids.append([dict(zip(names, row if len(names) > 1 else (row,))) for row in rows])
+        for combination in itertools.product(*grids) if grids else [()]:
+            kwargs = {k: v for part in combination for k, v in part.items()}
+            test_id = name + (f"[{'-'.join(str(v) for v in kwargs.values())}]" if kwargs else "")
+            wanted = [p for p in inspect.signature(function).parameters if p not in kwargs]
+            if set(wanted) - {"tmp_path", "monkeypatch"}:
+                results[test_id] = "skipped"
+                continue
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                fixtures = {"tmp_path": Path(tmp_dir) / f"{len(results)}", "monkeypatch": monkeypatch}
+                fixtures["tmp_path"].mkdir(parents=True, exist_ok=True)
+                try:
+                    function(**kwargs, **{k: fixtures[k] for k in wanted})
+                    results[test_id] = "passed"
+                except pytest.skip.Exception:
+                    results[test_id] = "skipped"
+                except Exception as err:  # an assertion, or any error the change provokes
+                    results[test_id] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return results

@@ -145,9 +145,10 @@ def mask_tokens(
     tensor is not modified.
 
     Each sequence gets exactly ``max(1, round(mlm_probability * n))`` prediction targets, n being its
-    maskable tokens (not special, not padding), chosen uniformly without replacement -- the count
-    rule of BERT's create_pretraining_data.py, which never leaves a sequence without a target (a
-    Bernoulli draw per token, as transformers' collator does, can, and then the loss is 0/0).
+    maskable tokens (not special, not padding), chosen uniformly without replacement -- a fixed count
+    as in BERT's create_pretraining_data.py (whose n also counts [CLS] and [SEP], capped at
+    max_predictions_per_seq; lessons/18-pretraining-objectives.md), which never leaves a sequence
+    without a target (a Bernoulli draw per token, as transformers' collator does, can: loss 0/0).
     The random replacement is drawn from the non-special ids: a random [PAD] or [MASK] would not be
     the "random word" of sec. 3.1. The chosen token is the label whatever its input became.
     """

@@ -138,15 +138,27 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = LayerNorm(hidden, eps=config.layer_norm_eps, fast=config.attn_impl == "sdpa")
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        length = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """prompt (B, n, C): prompt tuning's n virtual token embeddings, put before the text's (minift/peft/
+        prompt_tuning.py); they then take positions 0..n-1 and segment 0, as in peft, which feeds them to
+        transformers as `inputs_embeds`."""
         x = self.word_embeddings(input_ids)  # (B, T, C)
+        if prompt is not None:
+            x = torch.cat([prompt.to(x.dtype), x], dim=1)  # (B, n + T, C)
+            if token_type_ids is not None:
+                token_type_ids = F.pad(token_type_ids, (prompt.shape[1], 0))  # segment 0 for the virtual tokens
+        length = x.shape[1]
         if token_type_ids is None:  # every token in segment A (row 0)
             x = x + self.token_type_embeddings.weight[0]  # (C,) broadcast
         else:
             x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
         x = x + self.position_embeddings.weight[:length]  # (T, C): positions 0..T-1, broadcast over B
         return self.dropout(self.LayerNorm(x))
+
+
+# Prefix tuning's learned (key, value) for one layer, each (B, H, n, D).
+Prefix = tuple[torch.Tensor, torch.Tensor]
 
 
 # One BERT layer (Devlin et al. 2019, sec. 3, which uses the encoder of Vaswani et al. 2017 unchanged):
@@ -173,10 +185,14 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.impl = config.attn_impl
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
+        """prefix: prefix tuning's learned (key, value), each (B, H, n, D), put before the tokens' own: every
+        query may attend to them (the mask then covers n + T keys; minift/peft/prefix.py)."""
         q = split_heads(self.query(x), self.num_heads)  # (B, H, T, D)
         k = split_heads(self.key(x), self.num_heads)  # (B, H, T, D)
         v = split_heads(self.value(x), self.num_heads)  # (B, H, T, D)
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)  # (B, H, n + T, D)
         out = attention(q, k, v, mask, dropout_p=self.dropout_p, training=self.training, impl=self.impl)
         return merge_heads(out)  # (B, T, C)
 
@@ -204,8 +220,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertResidualOutput(config, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, mask), residual=x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
+        return self.output(self.self(x, mask, prefix), residual=x)
 
 
 class BertIntermediate(nn.Module):
@@ -229,9 +245,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
         """x (B, T, C), mask additive (B, 1, 1, T) or None -> (B, T, C)."""
-        a = self.attention(x, mask)
+        a = self.attention(x, mask, prefix)
         return self.output(self.intermediate(a), residual=a)
 
 
@@ -251,9 +267,10 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, mask)  # (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                prefixes: list[Prefix] | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask, None if prefixes is None else prefixes[i])  # (B, T, C)
         return x
 
 
@@ -288,13 +305,26 @@ class BertPretrainedModel(PretrainedModel):
 
 
 class BertModel(BertPretrainedModel):
-    """The encoder: embeddings, N post-LN layers, and (optionally) the pooler."""
+    """The encoder: embeddings, N post-LN layers, and (optionally) the pooler.
+
+    Prompt and prefix tuning (minift/peft/prompt_tuning.py, prefix.py) set `prompt_encoder` or
+    `prefix_encoder`: n virtual tokens before the text, or n learned keys/values in every layer. The
+    output then covers the n virtual tokens too (B, n + T, C), as transformers' does when peft feeds it
+    the prompt; `num_virtual_tokens` says how many positions the heads skip.
+    """
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        """Positions of last_hidden_state before the text: prompt tuning's virtual tokens, else 0."""
+        return 0 if self.prompt_encoder is None else self.prompt_encoder.num_virtual_tokens
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.prompt_encoder: nn.Module | None = None  # set by prompt tuning
+        self.prefix_encoder: nn.Module | None = None  # set by prefix tuning
         self.post_init()
 
     def forward(
@@ -305,10 +335,16 @@ class BertModel(BertPretrainedModel):
     ) -> BertModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
         self._check_inputs(input_ids, attention_mask, token_type_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        batch = input_ids.shape[0]
+        prompt = None if self.prompt_encoder is None else self.prompt_encoder(batch)  # (B, n, C)
+        prefixes = None if self.prefix_encoder is None else self.prefix_encoder(batch)  # per layer (k, v)
+        x = self.embeddings(input_ids, token_type_ids, prompt)  # (B, T, C), (B, n + T, C) with a prompt
+        virtual = (prompt.shape[1] if prompt is not None else 0) + (prefixes[0][0].shape[2] if prefixes else 0)
+        if attention_mask is not None and virtual:  # the virtual tokens are always attended (peft)
+            attention_mask = F.pad(attention_mask, (virtual, 0), value=1)  # (B, n + T)
         # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
-        x = self.encoder(x, mask)  # (B, T, C)
+        x = self.encoder(x, mask, prefixes)  # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -324,9 +360,11 @@ class BertModel(BertPretrainedModel):
                 tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             )
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
-        if input_ids.shape[1] > config.max_position_embeddings:
+        virtual = self.num_virtual_tokens
+        if input_ids.shape[1] + virtual > config.max_position_embeddings:
+            prompt = f" + {virtual} virtual tokens of prompt tuning" if virtual else ""
             raise ValueError(
-                f"input_ids has {input_ids.shape[1]} tokens per sequence, but the model has only "
+                f"input_ids has {input_ids.shape[1]} tokens per sequence{prompt}, but the model has only "
                 f"max_position_embeddings={config.max_position_embeddings} positions; "
                 "truncate the inputs"
             )
@@ -395,7 +433,8 @@ class BertForTokenClassification(BertPretrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> BertHeadOutput:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
         return BertHeadOutput(logits=logits, loss=loss)
@@ -470,7 +509,8 @@ class BertForMaskedLM(BertPretrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> BertHeadOutput:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.cls(hidden)  # (B, T, vocab_size)
         # A classification over the vocabulary at every position, scored where labels != IGNORE_INDEX.
         loss = None if labels is None else token_classification_loss(logits, labels, input_ids)

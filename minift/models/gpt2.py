@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minift.generate import generate as _generate
-from minift.losses import cross_entropy
+from minift.losses import IGNORE_INDEX, cross_entropy
 from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.gpt2_fast import use_fast_path
 from minift.models.heads import sequence_classification_loss, token_classification_loss
@@ -276,7 +277,14 @@ class GPT2Model(GPT2PretrainedModel):
         self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=config.attn_impl == "sdpa")
+        self.prompt_encoder: nn.Module | None = None  # set by prompt tuning (minift/peft/prompt_tuning.py)
+        self.prefix_encoder: nn.Module | None = None  # set by prefix tuning (minift/peft/prefix.py)
         self.post_init()
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        """Positions of last_hidden_state before the text: prompt tuning's virtual tokens, else 0."""
+        return 0 if self.prompt_encoder is None else self.prompt_encoder.num_virtual_tokens
 
     def forward(
         self,
@@ -293,11 +301,17 @@ class GPT2Model(GPT2PretrainedModel):
         given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
         tokens are read at positions shifted by the padding (lesson 15).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
-        past_len = self._check_inputs(input_ids, attention_mask, position_ids, past_key_values)
+        _check_ids(input_ids, self.config.vocab_size)
+        prompt, past_key_values, attention_mask, position_ids = self._virtual_tokens(
+            input_ids.shape[0], past_key_values, attention_mask, position_ids)
+        length = input_ids.shape[1] + (0 if prompt is None else prompt.shape[1])
+        past_len = self._check_inputs(input_ids, length, attention_mask, position_ids, past_key_values)
         if position_ids is None:
-            length = input_ids.shape[1]
             position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)[None]  # (1, T)
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        x = self.wte(input_ids)  # (B, T, C)
+        if prompt is not None:
+            x = torch.cat([prompt.to(x.dtype), x], dim=1)  # (B, n + T, C)
+        x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
         # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
         # `attention` (is_causal=True), which lets sdpa use its fused causal kernel when there is no padding.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
@@ -307,16 +321,42 @@ class GPT2Model(GPT2PretrainedModel):
             presents.append(present)
         return GPT2ModelOutput(last_hidden_state=self.ln_f(x), past_key_values=presents if use_cache else None)
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+    def _virtual_tokens(self, batch: int, past: KVCache | None, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None):
+        """Prompt tuning's n embeddings before the text, or prefix tuning's n keys/values as a cache the
+        model did not compute (Li & Liang 2021, sec. 4.2), with the mask and positions extended as peft
+        extends them: the virtual tokens are always attended and take positions 0..n-1, the text's move
+        up by n. After the first step of generation the cache holds them: nothing is prepended again,
+        but the mask (which the caller keeps over the text only) still gets its n ones."""
+        n = (self.prompt_encoder.num_virtual_tokens if self.prompt_encoder is not None
+             else self.prefix_encoder.num_virtual_tokens if self.prefix_encoder is not None else 0)
+        if n == 0:
+            return None, past, attention_mask, position_ids
+        prompt = None
+        if past is None and self.prompt_encoder is not None:
+            prompt = self.prompt_encoder(batch)  # (B, n, C)
+        if past is None and self.prefix_encoder is not None:
+            past = self.prefix_encoder(batch)  # per layer (k, v), each (B, H, n, D)
+        if attention_mask is not None:
+            attention_mask = F.pad(attention_mask, (n, 0), value=1)  # (B, n + T_past + T)
+        if position_ids is not None:
+            position_ids = position_ids + n
+            if prompt is not None:  # the virtual tokens' own positions, 0..n-1
+                position_ids = torch.cat([torch.arange(n, device=position_ids.device).expand(
+                    position_ids.shape[0], n), position_ids], dim=1)
+        return prompt, past, attention_mask, position_ids
+
+    def _check_inputs(self, input_ids: torch.Tensor, length: int, attention_mask: torch.Tensor | None,
                       position_ids: torch.Tensor | None, past: KVCache | None) -> int:
-        """Every input's shape against the others; returns the cached length T_past."""
+        """Every input's shape against the others (`length`: the new positions, input_ids' plus prompt
+        tuning's virtual tokens); returns the cached length T_past."""
         config = self.config
-        _check_ids(input_ids, config.vocab_size)
-        batch, length = input_ids.shape
+        batch = input_ids.shape[0]
+        virtual = "" if length == input_ids.shape[1] else f" and {length - input_ids.shape[1]} virtual tokens"
         past_len = 0 if past is None else _check_past(past, config, batch)
         if past_len + length > config.n_positions:
             raise ValueError(f"the sequence is {past_len + length} tokens long ({past_len} cached + {length} in "
-                             f"input_ids), but GPT-2 has only n_positions={config.n_positions} positions; "
+                             f"input_ids{virtual}), but GPT-2 has only n_positions={config.n_positions} positions; "
                              "truncate the prompt")
         if attention_mask is not None and tuple(attention_mask.shape) != (batch, past_len + length):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (B, T_past + T) = "
@@ -370,18 +410,22 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep and labels together: the loss needs the logits at every position")
         out = self.transformer(input_ids, attention_mask, position_ids, past_key_values, use_cache)
-        hidden = out.last_hidden_state  # (B, T, C)
+        hidden = out.last_hidden_state  # (B, T, C); (B, n + T, C) with prompt tuning's n virtual tokens
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, n, C)
         logits = self.lm_head(hidden)  # (B, T or n, vocab_size)
         loss = None
+        virtual = 0 if past_key_values is not None or logits_to_keep else self.transformer.num_virtual_tokens
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
                                  "one token id (or -100) per position")
+            # Virtual tokens are labelled -100, as peft labels them: none is scored, but the last one
+            # predicts the text's first token.
+            labels = F.pad(labels, (virtual, 0), value=IGNORE_INDEX)  # (B, n + T)
             shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
             loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
-        return GPT2HeadOutput(logits=logits, loss=loss, past_key_values=out.past_key_values)
+        return GPT2HeadOutput(logits=logits[:, virtual:], loss=loss, past_key_values=out.past_key_values)
 
     def generate(
         self,
@@ -442,7 +486,8 @@ class GPT2ForSequenceClassification(GPT2PretrainedModel):
         position_ids: torch.Tensor | None = None,
     ) -> GPT2HeadOutput:
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
-        last = last_token_index(input_ids, self.config.pad_token_id)  # (B,)
+        # + the virtual tokens of prompt tuning before the text (B, n + T, C)
+        last = last_token_index(input_ids, self.config.pad_token_id) + self.transformer.num_virtual_tokens  # (B,)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
         logits = self.score(pooled)  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
@@ -471,6 +516,7 @@ class GPT2ForTokenClassification(GPT2PretrainedModel):
         position_ids: torch.Tensor | None = None,
     ) -> GPT2HeadOutput:
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
+        hidden = hidden[:, self.transformer.num_virtual_tokens:]  # the text's positions (prompt tuning)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
         return GPT2HeadOutput(logits=logits, loss=loss)

@@ -9,10 +9,12 @@ minift/checkpoint/load.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from minift.checkpoint.files import (
     CONFIG_NAME,
@@ -26,6 +28,11 @@ from minift.checkpoint.load import copy_into, raise_or_warn, tie_weights, tied_p
 from minift.io import write_json
 
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
+
+# (model, adapter folder) -> None: minift/peft/peft_files.py's `load_peft_adapter`, which sets it when
+# imported. `from_pretrained` calls it for a run directory whose config.json names an adapter
+# (`peft_adapter`: prompt, prefix or bottleneck adapters, which do not merge into the weights).
+ADAPTER_LOADER: Callable[[Any, Path], Any] | None = None
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -72,14 +79,14 @@ class PretrainedModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[ModelT],
+        cls,
         name_or_folder: str | os.PathLike,
         *,
         strict: bool = True,
         allow_pickle: bool = False,
         new_head: str = "warn",
         **overrides: Any,
-    ) -> ModelT:
+    ) -> Self:
         """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode.
 
         A head the checkpoint has no tensors for starts from random weights: ``new_head="warn"`` (to be
@@ -104,6 +111,14 @@ class PretrainedModel(torch.nn.Module):
                                   "are not in its weights): its predictions would be random. Fine-tune it first "
                                   "(minift finetune), or load it anyway to experiment (--allow-untrained-head)")
         raise_or_warn(report, strict, stacklevel=3)  # 1: raise_or_warn, 2: here, 3: the caller
+        adapter = config_dict.get("peft_adapter")
+        if adapter:  # a run of prompt/prefix tuning or adapters: the base model plus its adapter, never the base alone
+            if ADAPTER_LOADER is None:
+                raise CheckpointError(
+                    f"{config_path}: the folder holds a base model plus a {adapter.get('method')} adapter in "
+                    f"{folder / adapter['folder']}; `import minift.peft` first, which registers the loader "
+                    "(minift.peft builds on this module, so it cannot be imported from here)")
+            ADAPTER_LOADER(model, folder / adapter["folder"])
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:

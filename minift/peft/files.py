@@ -59,11 +59,12 @@ def read_adapter_config(path: Path) -> tuple[LoRAConfig, str | None]:
     """The LoRAConfig and the model_type saved in adapter_config.json; errors name the file."""
     raw = read_json(path)  # a syntax error names the file, line and column
     fields = [f.name for f in dataclasses.fields(LoRAConfig)]
-    missing = fields if not isinstance(raw, dict) else [k for k in fields if k not in raw]
+    required = [f.name for f in dataclasses.fields(LoRAConfig) if f.default is dataclasses.MISSING]
+    missing = required if not isinstance(raw, dict) else [k for k in required if k not in raw]
     if missing:
         raise ValueError(f"{path}: not a minift adapter config; missing key(s) {', '.join(missing)}")
     try:
-        config = LoRAConfig(**{k: raw[k] for k in fields})
+        config = LoRAConfig(**{k: raw[k] for k in fields if k in raw})
         check_lora_args(config.r, config.alpha, config.dropout)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
@@ -90,7 +91,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> list[str]:
                          f"({model.lora_config}) than the file ({config})")
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     if applied_here:
-        apply_lora(model, config.r, config.alpha, config.dropout, config.target_modules, config.head)
+        apply_lora(model, config.r, config.alpha, config.dropout, config.target_modules, config.head,
+                   use_rslora=config.use_rslora, use_dora=config.use_dora)
     params = lora_parameters(model)
     problems = _adapter_problems(tensors, params)
     if problems:

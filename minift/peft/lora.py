@@ -13,9 +13,13 @@ W0 + (alpha / r) B A is one matrix again (`merge_lora`, sec. 4.2), and the model
 checkpoint. Which modules are wrapped and which head trains beside them: minift/peft/trainable.py;
 saving the adapter on its own: minift/peft/files.py.
 
-Leaves out: LoRA on embeddings and convolutions (nn.Linear only), several adapters on one model,
-and the variants (DoRA's magnitude vector, rsLoRA's alpha / sqrt(r) scaling) -- each of those is a
-file of its own beside this one.
+rsLoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", eq. 4 and
+theorem 3.2) scales by alpha / sqrt(r) instead: with alpha / r the update's size shrinks as r grows, so a
+larger rank learns more slowly and stops paying off. `use_rslora=True` changes only `scaling`. DoRA (Liu et
+al. 2024), which also learns a magnitude per output, is `DoRALinear` below.
+
+Leaves out: LoRA on embeddings and convolutions (nn.Linear only), and several adapters active at once
+(one base model can switch between saved adapters: minift/peft/setup.py's `unload`).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class LoRALinear(nn.Module):
     keeps the checkpoint's names and adds only `lora_A` and `lora_B`.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False) -> None:
         check_lora_args(r, alpha, dropout)
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -66,7 +70,9 @@ class LoRALinear(nn.Module):
         self.r, self.alpha = r, alpha
         # alpha / r: the paper's scaling (sec. 4.1). With it, changing r does not change the size of the
         # initial updates much, so the learning rate tuned for one r carries over to another.
-        self.scaling = alpha / r
+        # rsLoRA (Kalajdzievski 2023, eq. 4): alpha / sqrt(r) keeps the update's size independent of r.
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.use_rslora = use_rslora
         self.register_parameter("weight", base.weight)  # the same tensors, not copies
         self.register_parameter("bias", base.bias)  # None when the Linear has no bias
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
@@ -127,6 +133,57 @@ class LoRALinear(nn.Module):
                 f"alpha={self.alpha}, merged={self.merged}")
 
 
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", sec. 4.1, eq. 5): the
+    weight split into a magnitude per output row and a direction; LoRA adapts the direction, the
+    magnitude m (d_out,) is learned on its own:
+
+        W' = m * (W0 + s B A) / ||W0 + s B A||_row        (s = alpha / r, or alpha / sqrt(r) with rsLoRA)
+
+    m starts as ||W0||_row, so at B = 0 the layer is W0 again. The norm is treated as a constant in the
+    backward (sec. 4.3: "we propose to treat ||V + dV||_c as a constant", which saves the memory of its
+    graph); peft does the same. With x' = dropout(x), as peft computes it:
+
+        y = W0 x + b + (m / norm - 1) W0 x' + (m / norm) s B A x'
+
+    which is W' x + b when there is no dropout. Merged, W' is one matrix again (`merge`).
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False) -> None:
+        super().__init__(base, r, alpha, dropout, use_rslora)
+        self.magnitude = nn.Parameter(self.weight_norm())  # (d_out,) = ||W0||_row, since B = 0
+
+    @torch.no_grad()
+    def weight_norm(self) -> torch.Tensor:
+        """||W0 + s B A|| per output row (d_out,), without a gradient (sec. 4.3)."""
+        return torch.linalg.norm(self.weight + self.delta_weight(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return super().forward(x)
+        y = F.linear(x, self.weight, self.bias)  # (..., d_out): W0 x + b
+        dropped = self.dropout(x)
+        scale = self.magnitude / self.weight_norm()  # (d_out,): m / ||W0 + s B A||
+        lora = F.linear(F.linear(dropped, self.lora_A), self.lora_B)  # B A x'
+        return y + (scale - 1) * F.linear(dropped, self.weight) + scale * self.scaling * lora
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- m (W0 + s B A) / ||W0 + s B A||_row in place; unmerge divides the same row scale out."""
+        if self.merged:
+            raise RuntimeError("DoRALinear.merge(): already merged")
+        self._row_scale = (self.magnitude / self.weight_norm())[:, None]  # (d_out, 1)
+        self.weight.add_(self.delta_weight().to(self.weight.dtype)).mul_(self._row_scale)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            raise RuntimeError("DoRALinear.unmerge(): not merged")
+        self.weight.div_(self._row_scale).sub_(self.delta_weight().to(self.weight.dtype))
+        self.merged = False
+
+
 @dataclass
 class LoRAConfig:
     """What apply_lora did; saved as adapter_config.json next to the adapter tensors."""
@@ -136,9 +193,16 @@ class LoRAConfig:
     dropout: float
     target_modules: list[str]
     head: list[str]  # modules trained in full and saved with the adapter
+    use_rslora: bool = False  # scaling alpha / sqrt(r) (Kalajdzievski 2023)
+    use_dora: bool = False  # DoRALinear: a learned magnitude per output (Liu et al. 2024)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields; the variants only when on, so a plain LoRA adapter's file is what it always was."""
+        config = dataclasses.asdict(self)
+        for variant in ("use_rslora", "use_dora"):
+            if not config[variant]:
+                del config[variant]
+        return config
 
 
 def apply_lora(
@@ -148,9 +212,11 @@ def apply_lora(
     dropout: float = DEFAULT_LORA_DROPOUT,
     target_modules: str | Sequence[str] = DEFAULT_LORA_TARGETS,
     head: str | Sequence[str] | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
 ) -> list[str]:
-    """Wrap every nn.Linear whose name ends with one of `target_modules` in a LoRALinear, freeze all
-    other parameters except the task head, and return the wrapped module names.
+    """Wrap every nn.Linear whose name ends with one of `target_modules` in a LoRALinear (a DoRALinear
+    with `use_dora`), freeze all other parameters except the task head, and return the wrapped names.
 
     A target matches whole name components: "query" matches "bert.encoder.layer.0.attention.self.query",
     "output.dense" matches both "attention.output.dense" and "output.dense"; one string may hold several,
@@ -163,16 +229,18 @@ def apply_lora(
     refuse_lora_layers(model, "apply_lora")
     heads = head_modules(model, head, "apply_lora")
     names = target_linears(model, targets, heads, "apply_lora")
+    layer = DoRALinear if use_dora else LoRALinear
     model.requires_grad_(False)
     for name in names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
-        lora = LoRALinear(getattr(owner, child), r, alpha, dropout)  # new A and B: trainable
+        lora = layer(getattr(owner, child), r, alpha, dropout, use_rslora)  # new A and B: trainable
         lora.train(owner.training)  # new modules start in training mode; follow the model (dropout)
         setattr(owner, child, lora)
     for p in head_parameters(model, heads).values():
         p.requires_grad_(True)
-    model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=targets, head=heads)
+    model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=targets, head=heads,
+                                   use_rslora=use_rslora, use_dora=use_dora)
     return names
 
 
@@ -200,12 +268,15 @@ def lora_config(model: nn.Module) -> LoRAConfig:
 
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter: every lora_A / lora_B, then the head parameters, by their state-dict names."""
+    """The adapter: every lora_A / lora_B (and DoRA's magnitude), then the head parameters, by their
+    state-dict names."""
     config = lora_config(model)
     params = {}
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             params[f"{name}.lora_A"], params[f"{name}.lora_B"] = module.lora_A, module.lora_B
+            if hasattr(module, "magnitude"):
+                params[f"{name}.magnitude"] = module.magnitude
     params.update(head_parameters(model, config.head))
     return params
 

@@ -105,3 +105,19 @@ def trainable_summary(model: nn.Module) -> str:
     """One line for the start of a run: "trainable params: 1,234 / 22,713,216 (0.01%)"."""
     trainable, total = trainable_parameters(model)
     return f"trainable params: {trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The base model inside a head model (`model.bert`, `model.transformer`), or the model itself."""
+    children = dict(model.named_children())
+    return children.get(getattr(model, "base_model_prefix", ""), model)
+
+
+def input_embeddings(model: nn.Module) -> nn.Embedding:
+    """The word-embedding table: the base model's first nn.Embedding with vocab_size rows (BERT's
+    embeddings.word_embeddings, GPT-2's wte; RoBERTa's too)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    for module in base_model(model).modules():
+        if isinstance(module, nn.Embedding) and module.num_embeddings == vocab:
+            return module
+    raise ValueError(f"{type(model).__name__} has no nn.Embedding with vocab_size={vocab} rows")

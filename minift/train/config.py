@@ -27,7 +27,14 @@ from pathlib import Path
 from minift.io import read_json
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
-from minift.peft import STRATEGIES
+from minift.peft import (
+    ADAPTER_KINDS,
+    METHOD_OPTIONS,
+    PROMPT_INITS,
+    STRATEGIES,
+    check_method_options,
+    method_of,
+)
 from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs
@@ -115,6 +122,16 @@ class FinetuneConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "query,value"
+    # The PEFT method (minift/peft/setup.py; lesson 36): --peft, or LoRA when only --lora-r is given. The
+    # options below belong to one method each (METHOD_OPTIONS); None means that method's default.
+    peft: str | None = None
+    use_rslora: bool = False
+    num_virtual_tokens: int | None = None
+    prompt_init: str | None = None
+    prompt_init_text: str | None = None
+    prefix_projection: bool = False
+    adapter_reduction: int | None = None
+    adapter_kind: str | None = None
     label_all_subtokens: bool = field(default=False, metadata={"tasks": ("ner",)})
     unknown_tags: str = field(default="error", metadata={"tasks": ("ner",)})  # UNKNOWN_TAGS
     # How the run executes: not part of its identity.
@@ -202,18 +219,17 @@ class FinetuneConfig:
                              f"--freeze {self.freeze}")
         if self.freeze_n is not None and (not _int(self.freeze_n) or self.freeze_n < 0):
             raise ValueError(f"--freeze-n must be a number of blocks (an integer >= 0), got {self.freeze_n!r}")
-        lora_options = ("lora_alpha", "lora_dropout", "lora_targets")
-        if self.lora_r is None:
-            given = [flag(name) for name in lora_options if getattr(self, name) != DEFAULTS[name]]
-            if given:  # ignoring them would train the whole model while the user thinks LoRA is on
-                raise ValueError(f"{', '.join(given)} given without --lora-r R (lora_r): the LoRA options take "
-                                 "effect only when --lora-r turns LoRA on")
+        method = method_of(self.peft, self.lora_r)  # an unknown --peft is an error here
+        given = [name for name in METHOD_OPTIONS if getattr(self, name) != DEFAULTS[name]]
+        check_method_options(method, given)
+        if method is None:
             return
         if self.freeze != "none":
-            raise ValueError(f"--lora-r {self.lora_r} cannot be combined with --freeze {self.freeze}: LoRA "
-                             "already freezes every pretrained weight and trains only the adapters and the task "
-                             "head; drop one")
-        if not _int(self.lora_r) or self.lora_r < 1:
+            which = f"--peft {method}" if self.peft is not None else f"--lora-r {self.lora_r}"
+            raise ValueError(f"{which} cannot be combined with --freeze {self.freeze}: "
+                             f"{'LoRA' if method == 'lora' else 'the method'} already freezes every pretrained weight "
+                             "and trains only its own parameters and the task head; drop one")
+        if self.lora_r is not None and (not _int(self.lora_r) or self.lora_r < 1):
             raise ValueError(f"lora_r (--lora-r), the rank, must be a positive integer, got {self.lora_r!r}")
         if not _number(self.lora_alpha) or not 0 < self.lora_alpha < math.inf:
             raise ValueError(f"lora_alpha (--lora-alpha) must be a positive number, got {self.lora_alpha!r}")
@@ -222,6 +238,17 @@ class FinetuneConfig:
         if not isinstance(self.lora_targets, str) or not any(t.strip() for t in self.lora_targets.split(",")):
             raise ValueError("lora_targets (--lora-targets) must be module-name suffixes separated by commas, "
                              f"such as query,value; got {self.lora_targets!r}")
+        for name in ("num_virtual_tokens", "adapter_reduction"):
+            value = getattr(self, name)
+            if value is not None and (not _int(value) or value < 1):
+                raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if self.prompt_init is not None:
+            _one_of("prompt_init", self.prompt_init, PROMPT_INITS)
+        if (self.prompt_init == "text") != (self.prompt_init_text is not None):
+            raise ValueError("--prompt-init-text goes with --prompt-init text (the text whose token embeddings "
+                             "start the prompt), and only with it")
+        if self.adapter_kind is not None:
+            _one_of("adapter_kind", self.adapter_kind, ADAPTER_KINDS)
 
     def _check_pretraining(self) -> None:
         if self.text is None:

@@ -1,5 +1,5 @@
 """Several processes, one model: PyTorch's own DistributedDataParallel under `torchrun`
-(lesson 15-accumulation-and-ddp.md).
+(lessons/21-accumulation-and-ddp.md).
 
     torchrun --nproc_per_node P -m minift finetune ...        P processes on one machine
     torchrun --nnodes M --node_rank i --rdzv_endpoint HOST:PORT --nproc_per_node P -m minift finetune ...

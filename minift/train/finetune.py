@@ -6,9 +6,10 @@
          new run's identity; --resume continues only the same run)
       -> a Task: model + tokenizer + train loader + dev evaluation, built by the task's module
          (minift/train/tasks/: classification, ner, causal_lm, pretraining)
-      -> freezing / LoRA (minift/peft.py), the trainable-parameter count printed
+      -> freezing or one PEFT method (minift/peft/), the trainable-parameter count printed
       -> AdamW + schedule (`make_optimizer`) -> the loop (minift/train/loop.py), on 1 or P processes
-      -> the final model in the public layout in --out (LoRA merged in), the best dev epoch in --out/best
+      -> the final model in the public layout in --out (LoRA, DoRA, IA3 merged in; prompt, prefix and
+         bottleneck adapters beside the base model, in --out/adapter), the best dev epoch in --out/best
 
 Whatever the task, the same flags mean the same thing: precision, accumulation, early stopping,
 resumable checkpoints, PEFT and torchrun all act here or in the loop, never in a task's module.
@@ -24,12 +25,13 @@ from pathlib import Path
 
 import torch
 
+from minift.checkpoint.files import CONFIG_NAME
 from minift.data import demo_path
-from minift.io import DiskFullError, human_bytes
+from minift.io import DiskFullError, human_bytes, read_json, write_json
 from minift.models.pretrained import count_parameters
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
-from minift.peft import merge_lora, save_adapter, setup_peft
+from minift.peft import MERGEABLE, active_method, merge_and_unload, save_peft_adapter, setup_peft, unload
 from minift.train import distributed
 from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig
 from minift.train.device import select_device, set_seed
@@ -47,7 +49,8 @@ BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]]
     "causal-lm": causal_lm.build,
     "pretrain": pretraining.build,
 }
-LOWER_IS_BETTER = ("loss", "perplexity")  # dev metrics whose best value is the smallest
+LOWER_IS_BETTER = ("loss", "perplexity")
+ADAPTER_FOLDER = "adapter"  # RUN_DIR/adapter: the PEFT adapter in peft's layout  # dev metrics whose best value is the smallest
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -82,9 +85,13 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
 def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir: RunDirectory | None) -> dict:
     set_seed(cfg.seed)
     task = BUILDERS[cfg.task](cfg, device, world)
-    summary_line = setup_peft(task.model, freeze=cfg.freeze, freeze_n=cfg.freeze_n, lora_r=cfg.lora_r,
+    summary_line = setup_peft(task.model, freeze=cfg.freeze, freeze_n=cfg.freeze_n, peft=cfg.peft, lora_r=cfg.lora_r,
                               lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              lora_targets=[t.strip() for t in cfg.lora_targets.split(",") if t.strip()])
+                              lora_targets=[t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
+                              use_rslora=cfg.use_rslora, num_virtual_tokens=cfg.num_virtual_tokens,
+                              prompt_init=cfg.prompt_init, prompt_init_text=cfg.prompt_init_text,
+                              prefix_projection=cfg.prefix_projection, adapter_reduction=cfg.adapter_reduction,
+                              adapter_kind=cfg.adapter_kind, tokenizer=task.tokenizer)
     model = task.model.to(device)  # LoRA's new parameters too
     if world.enabled:
         # Same weights everywhere (DDP broadcasts them); different dropout masks per process.
@@ -106,22 +113,20 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
     log_path = cfg.out / "metrics.jsonl"
     if world.is_main and not cfg.resume:
         log_path.unlink(missing_ok=True)
-    lora = getattr(model, "lora_config", None) is not None
+    base_name = task.about.get("model")
 
     try:
         summary = train(model, optimizer, scheduler, task.train_loader, device=device, args=args,
                         evaluate_fn=task.evaluate, log_path=log_path, objective=task.objective, world=world,
-                        save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", lora),
+                        save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", base_name),
                         run_dir=cfg.out, resume=cfg.resume, tokenizer=task.tokenizer)
         if world.is_main:
-            if lora:
-                save_adapter(model, cfg.out / "adapter", base_model=task.about.get("model"))
-            _save_final(model, task.tokenizer, cfg.out, lora)
+            _save_final(model, task.tokenizer, cfg.out, base_name)
     except DiskFullError as err:
         raise DiskFullError(f"{err}. One checkpoint of this run needs about {human_bytes(checkpoint_bytes(model))}; "
                             f"{_what_is_left(cfg.out)}") from None
     result = {"task": cfg.task, **task.about, "out": str(cfg.out), "steps": summary["steps"],
-              "train_seconds": round(summary["seconds"], 1),
+              "train_seconds": round(summary["seconds"], 1), "peft": active_method(model),
               "trainable_parameters": count_parameters(model, trainable_only=True),
               "processes": world.world_size, "stopped_early": summary["stopped_early"]}
     if world.is_main:
@@ -147,13 +152,26 @@ def save_run(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _save_final(model: torch.nn.Module, tokenizer, folder: Path, lora: bool) -> None:
-    """The public layout; a LoRA model is saved with B A merged into W (a plain checkpoint that any
-    BERT/GPT-2 loader reads), from a copy, so the training model keeps its adapters."""
-    if lora:
-        model = copy.deepcopy(model)
-        merge_lora(model)
+def _save_final(model: torch.nn.Module, tokenizer, folder: Path, base_name: str | None = None) -> None:
+    """The public layout. With a PEFT method, its adapter also goes to folder/adapter in peft's layout
+    (minift/peft/peft_files.py), and the model beside it is: merged, for LoRA, DoRA and IA3 (a plain
+    checkpoint that any BERT/GPT-2 loader reads); the base model, for prompt, prefix and bottleneck
+    adapters, whose config.json then names the adapter (`peft_adapter`), so that `from_pretrained`
+    loads both, never the bare base silently. Done on a copy: the training model keeps its adapter."""
+    method = active_method(model)
+    if method is None:
+        save_run(model, tokenizer, folder)
+        return
+    save_peft_adapter(model, Path(folder) / ADAPTER_FOLDER, base_model_name=base_name)
+    model = copy.deepcopy(model)
+    if method in MERGEABLE:
+        merge_and_unload(model)
+        save_run(model, tokenizer, folder)
+        return
+    unload(model)  # the base weights and the task head (the head is in the adapter too)
     save_run(model, tokenizer, folder)
+    config = read_json(Path(folder) / CONFIG_NAME)
+    write_json({**config, "peft_adapter": {"method": method, "folder": ADAPTER_FOLDER}}, Path(folder) / CONFIG_NAME)
 
 
 def _what_is_left(out: Path) -> str:

@@ -1,4 +1,4 @@
-"""What a training step minimises, and what that loss is a mean *over* (lesson 15-accumulation-and-ddp.md).
+"""What a training step minimises, and what that loss is a mean *over* (lessons/21-accumulation-and-ddp.md).
 
 A model's loss is a mean: over the examples of the batch (sequence classification), over its labelled
 tokens (token classification, masked LM), or over its predicted next tokens (causal LM). Gradient

@@ -26,6 +26,7 @@ from minift.data.lm import causal_lm_collate, encode_documents, pack_blocks, rea
 from minift.hub import WeightsNotFoundError, resolve, weights_root
 from minift.losses import IGNORE_INDEX, cross_entropy
 from minift.models.architectures import ARCHITECTURES, architecture, architecture_of
+from minift.peft import load_peft_adapter
 from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig, check_block_size
 from minift.train.device import to_device
@@ -151,11 +152,16 @@ def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal
 
 
 def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
-                  attn_impl: str = "sdpa", fast_tokenizer: bool = False, progress: bool = False) -> dict:
+                  attn_impl: str = "sdpa", fast_tokenizer: bool = False, adapter: str | Path | None = None,
+                  progress: bool = False) -> dict:
     """`minift evaluate --task causal-lm`: loss and perplexity of a causal LM on a text file, packed into
-    blocks of ``max_length`` tokens as in training."""
+    blocks of ``max_length`` tokens as in training; with `adapter`, ``model_dir`` is the base model of
+    that PEFT adapter folder."""
     folder = resolve(model_dir)
-    model = causal_lm_class(folder, "evaluating a causal LM").from_pretrained(folder, attn_impl=attn_impl).to(device)
+    model = causal_lm_class(folder, "evaluating a causal LM").from_pretrained(folder, attn_impl=attn_impl)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
+    model.to(device)
     arch = architecture_of(model)
     tokenizer = load_lm_tokenizer(arch.model_type, folder, fast=fast_tokenizer)
     check_vocab_size(tokenizer, model.config.vocab_size, folder)

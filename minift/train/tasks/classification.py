@@ -23,8 +23,10 @@ from minift.checkpoint import read_config
 from minift.data import DataError, LabelMap, make_classification_collate, make_loader, read_classification
 from minift.data.collate import MODEL_INPUTS
 from minift.hub import resolve
+from minift.io import read_json
 from minift.metrics import classification_report
 from minift.models.architectures import Architecture, architecture
+from minift.peft import adapter_head_rows, load_peft_adapter
 from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
@@ -98,19 +100,41 @@ def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = 
 
 
 def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False,
-                    allow_untrained_head: bool = False):
-    """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config. A
-    checkpoint without a trained classification head is an error unless ``allow_untrained_head``."""
+                    adapter: str | Path | None = None, allow_untrained_head: bool = False):
+    """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config; with
+    `adapter`, the base model `name_or_folder` plus that PEFT adapter folder (peft's layout or minift's),
+    whose saved head sets the number of labels (`adapter_labels`). A checkpoint without a trained
+    classification head is an error unless ``allow_untrained_head`` (with `adapter`, the head is the
+    adapter's)."""
     folder = resolve(name_or_folder)
     config = read_config(folder)
-    model = classifier_class(folder, config).from_pretrained(
-        folder, attn_impl=attn_impl, new_head="warn" if allow_untrained_head else "error",
-        **_pad_override(config, folder))
+    overrides = {} if adapter is None else adapter_labels(adapter, config)
+    new_head = "warn" if allow_untrained_head or adapter is not None else "error"
+    model = classifier_class(folder, config).from_pretrained(folder, attn_impl=attn_impl, new_head=new_head,
+                                                             **_pad_override(config, folder), **overrides)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
     labels = LabelMap.from_config(model.config.id2label)
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
     check_vocab_size(tokenizer, model.config.vocab_size, folder)
     align_padding(model, tokenizer, folder)
     return model, tokenizer, labels
+
+
+def adapter_labels(adapter: str | Path, base_config: dict) -> dict:
+    """num_labels (and label names) for a head that an adapter brings: the rows of its saved head; the
+    names from the run directory the adapter sits in (RUN_DIR/adapter), else the base's when it has as
+    many, else LABEL_0, LABEL_1, ..."""
+    rows = adapter_head_rows(adapter)
+    if rows is None:
+        return {}
+    for config in (read_json(Path(adapter).parent / "config.json") if (Path(adapter).parent / "config.json").is_file()
+                   else {}, base_config):
+        names = config.get("id2label") or {}
+        if len(names) == rows:
+            return {"num_labels": rows, "id2label": {int(k): v for k, v in names.items()},
+                    "label2id": {v: int(k) for k, v in names.items()}}
+    return {"num_labels": rows}
 
 
 # A decoder's classification head (GPT-2's) reads the state of the last token that is not padding:
@@ -229,10 +253,10 @@ def predict(model, tokenizer, texts: list[str], id2label: dict[int, str], *, dev
 
 def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
                   attn_impl: str = "sdpa", fast_tokenizer: bool = False, allow_untrained_head: bool = False,
-                  progress: bool = False) -> dict:
+                  adapter: str | Path | None = None, progress: bool = False) -> dict:
     """`minift evaluate`: a fine-tuned classifier on a labelled file (the formats of --train)."""
     model, tokenizer, labels = load_classifier(model_dir, attn_impl=attn_impl, fast_tokenizer=fast_tokenizer,
-                                               allow_untrained_head=allow_untrained_head)
+                                               adapter=adapter, allow_untrained_head=allow_untrained_head)
     model.to(device)
     examples = read_classification(data)
     labels.check(examples)

@@ -36,12 +36,14 @@ from minift.hub import resolve
 from minift.losses import IGNORE_INDEX
 from minift.metrics import AVERAGE_ROWS, entity_report, extract_entities, format_report, token_report
 from minift.models.architectures import ARCHITECTURES, architecture
+from minift.peft import load_peft_adapter
 from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
 from minift.train.distributed import Distributed
 from minift.train.objective import Objective, class_weights
 from minift.train.tasks import Task
+from minift.train.tasks.classification import adapter_labels
 
 Sentence = tuple[list[str], list[str]]  # (words, tags), as read_conll returns them
 TAG = re.compile(r"O|[BIES]-\S+")  # BIO / IOB2 / IOBES: a prefix, a dash, the entity type
@@ -209,12 +211,18 @@ def build_token_classifier(name_or_folder: str | Path, labels: LabelMap, *, attn
 
 
 def load_token_classifier(name_or_folder: str | Path, *, attn_impl: str = "sdpa",
-                          fast_tokenizer: bool = False, allow_untrained_head: bool = False):
-    """A fine-tuned tagger (e.g. a run directory), with the label names saved in its config. A
+                          fast_tokenizer: bool = False, adapter: str | Path | None = None,
+                          allow_untrained_head: bool = False):
+    """A fine-tuned tagger (e.g. a run directory), with the label names saved in its config; with
+    `adapter`, the base model plus that PEFT adapter folder (see classification.load_classifier). A
     checkpoint without a trained tagging head is an error unless ``allow_untrained_head``."""
     folder = resolve(str(name_or_folder))
-    model = token_classifier_class(folder).from_pretrained(
-        folder, attn_impl=attn_impl, new_head="warn" if allow_untrained_head else "error")
+    overrides = {} if adapter is None else adapter_labels(adapter, read_config(folder))
+    new_head = "warn" if allow_untrained_head or adapter is not None else "error"
+    model = token_classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, new_head=new_head,
+                                                           **overrides)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
     check_vocab_size(tokenizer, model.config.vocab_size, folder)
     return model, tokenizer, LabelMap.from_config(model.config.id2label)
@@ -281,11 +289,12 @@ def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label:
 
 def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
                   unknown_tags: str = "error", attn_impl: str = "sdpa", fast_tokenizer: bool = False,
-                  allow_untrained_head: bool = False, progress: bool = False) -> dict:
+                  allow_untrained_head: bool = False, adapter: str | Path | None = None,
+                  progress: bool = False) -> dict:
     """`minift evaluate --task ner`: a fine-tuned tagger on a CoNLL file; tags the model has no label
     for are an error or read as O (``unknown_tags``, `check_tags`)."""
     model, tokenizer, labels = load_token_classifier(model_dir, attn_impl=attn_impl, fast_tokenizer=fast_tokenizer,
-                                                     allow_untrained_head=allow_untrained_head)
+                                                     adapter=adapter, allow_untrained_head=allow_untrained_head)
     model.to(device)
     sentences = check_tags(labels, read_ner(data), data, unknown=unknown_tags)
     collate = make_token_classification_collate(tokenizer, labels, max_length=max_length, keep_words=True)

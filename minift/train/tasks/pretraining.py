@@ -1,5 +1,5 @@
 """Pretraining (`minift pretrain`): a fresh GPT-2 (causal LM) or BERT (masked LM) of a named size, from
-random init, on a plain-text file (lesson 18-pretraining-objectives.md).
+random init, on a plain-text file (lessons/18-pretraining-objectives.md).
 
     --arch -> the row of minift/models/architectures.py: its config class, the head it pretrains
               ("causal-lm" or "masked-lm"), its default tokenizer, its position-table field
