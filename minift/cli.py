@@ -349,14 +349,15 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="comma-separated names of the nn.Linear layers LoRA wraps (default %(default)s)")
     p.add_argument("--peft", choices=METHODS, help="parameter-efficient method (lesson 36): lora, dora, ia3 "
                    "(peft's default targets), prompt (virtual tokens), prefix (keys/values in every layer), adapter "
-                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora")
+                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora (default: none, every "
+                   "weight trained)")
     p.add_argument("--use-rslora", action="store_true", help="lora/dora: scale by alpha/sqrt(r) instead of alpha/r")
     p.add_argument("--num-virtual-tokens", type=int, metavar="N",
                    help=f"prompt/prefix: number of virtual tokens (default {DEFAULT_VIRTUAL_TOKENS})")
     p.add_argument("--prompt-init", choices=PROMPT_INITS,
                    help="prompt: start the virtual tokens random, from random vocabulary tokens, or from "
                    "--prompt-init-text (default random)")
-    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text")
+    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text (default: none; needed by --prompt-init text)")
     p.add_argument("--prefix-projection", action="store_true",
                    help="prefix: train the prefix through a two-layer MLP (reparameterisation), dropped when saved")
     p.add_argument("--adapter-reduction", type=int, metavar="R",
@@ -458,10 +459,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _max_length(args: argparse.Namespace) -> int:
-    """--max-length, else the length the model was trained at (its run's run.json), else FALLBACK_LENGTH."""
+    """--max-length, else the length the model was trained at (its run's run.json; with --adapter, the
+    run the adapter comes from), else FALLBACK_LENGTH."""
     if args.max_length is not None:
         return args.max_length
-    trained = trained_length(hub.resolve(args.model))
+    trained = trained_length(args.adapter) if args.adapter is not None else None
+    if trained is None:
+        trained = trained_length(hub.resolve(args.model))
     if trained is None:
         print(f"--max-length {FALLBACK_LENGTH}: {args.model} comes from no minift run (no run.json) to say the length "
               "it was trained at", file=sys.stderr)
