@@ -128,7 +128,8 @@ class RunDirectory:
 
     def _remove_debris(self) -> None:
         removed = []
-        for folder in (self.out, self.out / CHECKPOINTS, self.out / "best", self.out / "adapter"):
+        best = self.out / "best"
+        for folder in (self.out, self.out / CHECKPOINTS, best, self.out / "adapter", best / "adapter"):
             removed += remove_debris(folder)
         if removed:
             total = sum(size for _, size in removed)
