@@ -125,6 +125,7 @@ class CausalLMStep:
     def __init__(self, model: Any, attention_mask: torch.Tensor | None, use_cache: bool) -> None:
         self.model, self.mask, self.use_cache = model, attention_mask, use_cache
         self.past, self.seen = None, 0  # the cache and how many tokens it holds
+        self.prompt_length: int | None = None
 
     def __call__(self, sequences: torch.Tensor, reorder: torch.Tensor | None = None) -> torch.Tensor:
         if self.mask is not None and self.mask.shape[1] < sequences.shape[1]:
@@ -137,6 +138,12 @@ class CausalLMStep:
         out = self.model(fed, attention_mask=self.mask, position_ids=positions, past_key_values=self.past,
                          use_cache=self.use_cache, logits_to_keep=1)
         self.past, self.seen = out.past_key_values, sequences.shape[1]
+        if self.prompt_length is None:
+            self.prompt_length = sequences.shape[1]
+        if not torch.isfinite(out.logits[:, -1]).all():  # greedy would pick an arbitrary token silently
+            raise ValueError(f"generate: the model's logits hold NaN or infinity at new token "
+                             f"{sequences.shape[1] - self.prompt_length + 1}: its weights are not finite "
+                             "(a diverged run?)")
         # Contiguous: the fast path's LM head returns a transposed view, and torch.multinomial's draws
         # depend on the memory layout of the probabilities, not only on their values.
         return out.logits[:, -1].float().contiguous()  # (N, V)

@@ -18,6 +18,7 @@ from minift.io import JSONError
 from minift.models import BertForSequenceClassification
 from minift.train.config import FinetuneConfig, check_run_identity, run_identity
 from minift.train.finetune import pretrain
+from minift.train.rundir import RunDirectory
 from minift.train.state import CHECKPOINTS, STATE
 
 
@@ -225,11 +226,18 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
                                              "--dev", str(text), "--batch-size", "4", "--max-length", "16"])
 
 
+def start_run(cfg: FinetuneConfig) -> None:
+    """What `finetune` does with --out before and after building the task, without the task."""
+    run_dir = RunDirectory(cfg).open()
+    run_dir.begin(torch.nn.Linear(2, 2))
+    run_dir.close(failed=False)
+
+
 def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
     run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
     cfg = FinetuneConfig(out=tmp_path / "run", lr=3e-5)
-    check_run_identity(cfg)  # a new run: writes run.json
+    start_run(cfg)  # a new run: writes run.json
     run_file = tmp_path / "run" / "run.json"
     assert json.loads(run_file.read_text())["lr"] == 3e-5
     step = tmp_path / "run" / CHECKPOINTS / "step-00000001"
@@ -260,7 +268,7 @@ def test_the_identity_comes_from_the_config_fields_and_old_run_json_files_resume
     assert not {"model", "train", "dev", "max_length", "class_weights", "label_all_subtokens"} & pretraining.keys()
 
     cfg = FinetuneConfig(out=tmp_path / "run")
-    check_run_identity(cfg)
+    start_run(cfg)
     run_file = tmp_path / "run" / "run.json"
     old = json.loads(run_file.read_text())
     del old["label_smoothing"]  # as a run.json written before --label-smoothing existed

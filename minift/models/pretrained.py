@@ -85,9 +85,14 @@ class PretrainedModel(torch.nn.Module):
         *,
         strict: bool = True,
         allow_pickle: bool = False,
+        new_head: str = "warn",
         **overrides: Any,
     ) -> Self:
-        """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
+        """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode.
+
+        A head the checkpoint has no tensors for starts from random weights: ``new_head="warn"`` (to be
+        trained: fine-tuning) says so in a warning, ``"error"`` (to be used: prediction, evaluation)
+        refuses, since its outputs would be random."""
         _check_overrides(cls, overrides)
         folder = resolve_folder(name_or_folder)
         config_path = folder / CONFIG_NAME
@@ -103,6 +108,10 @@ class PretrainedModel(torch.nn.Module):
         model = cls(config)
         state_dict = load_state_dict(folder, allow_pickle=allow_pickle)
         report = copy_into(model, state_dict, source=str(folder))
+        if new_head == "error" and report.newly_initialized:
+            raise CheckpointError(f"{folder} has no trained {cls.__name__} head ({', '.join(report.newly_initialized)} "
+                                  "are not in its weights): its predictions would be random. Fine-tune it first "
+                                  "(minift finetune), or load it anyway to experiment (--allow-untrained-head)")
         raise_or_warn(report, strict, stacklevel=3)  # 1: raise_or_warn, 2: here, 3: the caller
         adapter = config_dict.get("peft_adapter")
         if adapter:  # a run of prompt/prefix tuning or adapters: the base model plus its adapter, never the base alone

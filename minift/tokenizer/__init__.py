@@ -25,6 +25,7 @@ from minift.tokenizer.wordpiece import WordPieceTokenizer
 COMPAT = ("AutoTokenizer", "BertTokenizer", "BertTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast")
 __all__ = ["AutoTokenizer", "BatchEncoding", "BertTokenizer", "BertTokenizerFast", "ByteLevelBPETokenizer",
            "FastTokenizer", "GPT2Tokenizer", "GPT2TokenizerFast", "RobertaTokenizer", "WordPieceTokenizer",
+           "check_vocab_size",
            "load_tokenizer"]
 
 
@@ -75,3 +76,13 @@ def load_tokenizer(folder: str | Path, fast: bool = False):
                          f"tokenizer in minift; load it with load_tokenizer(folder, fast=True)")
     raise FileNotFoundError(f"{folder} holds no tokenizer files (vocab.txt, vocab.json + merges.txt or "
                             f"tokenizer.json)")
+
+
+def check_vocab_size(tokenizer, vocab_size: int, folder: str | Path) -> None:
+    """A token id is a row of the model's embedding matrix, so the tokenizer and the model must count
+    the same tokens: a 500-line vocab.txt beside a model of 30,522 embeddings would give ids that mean
+    other words to the model (and a longer one, ids past the last row)."""
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has "
+                         f"{vocab_size} rows (vocab_size in config.json): the tokenizer files and the weights "
+                         "are not of the same checkpoint")

@@ -27,7 +27,7 @@ from typing import ClassVar, NamedTuple
 import regex
 import torch
 
-from minift.io import dumps_json, read_json, write_texts
+from minift.io import dumps_json, read_json, read_text, write_texts
 from minift.tokenizer.base import BaseTokenizer, BatchEncoding, Encoding, Template
 from minift.tokenizer.files import (
     MERGES_TXT,
@@ -352,7 +352,7 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """Merges in rank order and the "file:line" of each; a first "#version" line and blank lines
     are skipped."""
     merges, origins = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for number, line in enumerate(read_text(path).split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip() or (number == 1 and line.startswith("#version")):
             continue

@@ -70,7 +70,8 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     dev_batches = fixed_batches(dev_items, dev_collate, cfg.batch_size)
     parameters = count_parameters(model)
     return Task(model=model, tokenizer=tokenizer, train_loader=loader,
-                evaluate=lambda: evaluate_lm(model, dev_batches, device, causal=causal),
+                evaluate=lambda: evaluate_lm(model, dev_batches, device, causal=causal,
+                                             progress=cfg.progress and world.is_main),
                 objective=Objective("next-tokens" if causal else "tokens"), best_metric="loss",
                 finish=report_perplexity, about={"arch": cfg.arch, "size": cfg.size, "parameters": parameters},
                 describe=f"pretraining a {cfg.size} {cfg.arch} ({parameters:,} parameters) from random init on "
