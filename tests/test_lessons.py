@@ -15,7 +15,7 @@ import importlib
 import sys
 
 import pytest
-from conftest import REPO, minilm_or_skip
+from conftest import REPO, data_required, minilm_or_skip
 from lesson_runner import (
     DATA_VARIABLE,
     LessonFormatError,
@@ -66,6 +66,8 @@ def test_lesson_has_its_parts(lesson):
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids(LESSONS))
 def test_lesson_runs(lesson):
+    if data_required() and lesson in READS_DATA and not shared_data_present():  # CI: the data must be there
+        pytest.fail(f"MINIFT_REQUIRE_DATA=1 but the public data {lesson.name} reads is missing")
     check_runs(lesson, with_data=shared_data_present())
 
 

@@ -10,6 +10,7 @@ import copy
 import json
 import warnings
 
+import peft  # the dev extra: a missing reference fails here, it does not skip
 import pytest
 import torch
 import transformers
@@ -31,7 +32,6 @@ from minift.peft import (
     unload,
 )
 
-peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5
 

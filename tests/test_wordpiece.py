@@ -13,12 +13,19 @@ from unicodedata import ucd_3_2_0
 
 import pytest
 import torch
+from conftest import shared_data_or_skip
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel, WordPiece
 from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 
 from minift.io import JSONError
-from minift.tokenizer import BatchEncoding, FastTokenizer, WordPieceTokenizer, load_tokenizer
+from minift.tokenizer import (
+    BatchEncoding,
+    ByteLevelBPETokenizer,
+    FastTokenizer,
+    WordPieceTokenizer,
+    load_tokenizer,
+)
 from minift.tokenizer.base import truncation_lengths
 from minift.tokenizer.wordpiece import (
     CJK_RANGES,
@@ -199,9 +206,8 @@ def test_random_strings_built_vocabs(style, cased_vocab, chinese_vocab, fuzz_tex
 
 def test_every_line_of_minbert_data(real, shared_data, cased_vocab):
     readable, fast, ref = real
+    shared_data_or_skip("minbert/sst-train.txt", "minbert/cfimdb-train.txt")
     files = sorted((shared_data / "minbert").glob("*.txt"))
-    if not files:
-        pytest.skip(f"no minbert data in {shared_data / 'minbert'}")
     lines = [line for f in files for line in f.read_text(encoding="utf-8").split("\n")]
     assert len(lines) > 10_000
     with warnings.catch_warnings():
@@ -363,7 +369,7 @@ def test_decode_matches_bert_tokenizer(real, bert_reference, fuzz_texts, minilm_
     rng = random.Random(0)
     pieces = [i for i, t in enumerate(minilm_vocab) if t.startswith("##")]
     punct = [i for i, t in enumerate(minilm_vocab) if len(t) == 1 and not t.isalnum()]
-    pools = [list(range(0, 105)), pieces, punct, list(range(1000, 30522))]
+    pools = [list(range(105)), pieces, punct, list(range(1000, 30522))]
     id_lists = [[rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 20))] for _ in range(1000)]
     id_lists += [readable.encode(t) for t in fuzz_texts[:1000]]
     for ids in id_lists:
@@ -425,34 +431,25 @@ def test_save_pretrained_reloads_in_transformers(real, cased_vocab, fuzz_texts, 
 def test_load_tokenizer_picks_the_class(minilm_dir, shared_data):
     assert type(load_tokenizer(minilm_dir)) is WordPieceTokenizer
     assert type(load_tokenizer(minilm_dir, fast=True)) is FastTokenizer
+    shared_data_or_skip("gpt2/vocab.json", "gpt2/merges.txt", "text/corpus.en")
     gpt2 = shared_data / "gpt2"
-    if not (gpt2 / "vocab.json").is_file():
-        pytest.skip("no GPT-2 vocab in the shared data")
-    import minift.tokenizer as package
-
-    try:
-        bpe_class = package.ByteLevelBPETokenizer
-    except (ImportError, AttributeError):
-        bpe_class = None  # minift/tokenizer/bpe.py is written separately; checked once it exists
-    if bpe_class is not None:
-        readable, fast = load_tokenizer(gpt2), load_tokenizer(gpt2, fast=True)
-        assert type(readable) is bpe_class
-        lines = (shared_data / "text" / "corpus.en").read_text(encoding="utf-8").split("\n")[:64]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # both note once that they pad with <|endoftext|>
-            for max_length in (None, 16):
-                expected = readable(lines, max_length=max_length)
-                got = fast(lines, max_length=max_length)
-                assert list(got) == list(expected) == ["input_ids", "attention_mask"]
-                assert all(torch.equal(got[k], expected[k]) for k in got)
-                assert [got.word_ids(i) for i in range(64)] == [expected.word_ids(i) for i in range(64)]
+    readable, fast = load_tokenizer(gpt2), load_tokenizer(gpt2, fast=True)
+    assert type(readable) is ByteLevelBPETokenizer
+    lines = (shared_data / "text" / "corpus.en").read_text(encoding="utf-8").split("\n")[:64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both note once that they pad with <|endoftext|>
+        for max_length in (None, 16):
+            expected = readable(lines, max_length=max_length)
+            got = fast(lines, max_length=max_length)
+            assert list(got) == list(expected) == ["input_ids", "attention_mask"]
+            assert all(torch.equal(got[k], expected[k]) for k in got)
+            assert [got.word_ids(i) for i in range(64)] == [expected.word_ids(i) for i in range(64)]
 
 
 def test_fast_gpt2_from_vocab_and_merges(shared_data):
     """FastTokenizer is generic: GPT-2's byte-level BPE from vocab.json + merges.txt."""
+    shared_data_or_skip("gpt2/vocab.json", "gpt2/merges.txt", "text/tinystories_sample.txt")
     folder = shared_data / "gpt2"
-    if not (folder / "merges.txt").is_file():
-        pytest.skip("no GPT-2 merges in the shared data")
     ours, reference = FastTokenizer.from_pretrained(folder), GPT2Tokenizer.from_pretrained(folder)
     lines = (shared_data / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").split("\n")
     lines += ["Hello world<|endoftext|>  It's  naïve 中文 \n\n x", "   ", ""]
