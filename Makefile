@@ -25,7 +25,7 @@ weights: $(VENV)/.base
 	$(PY) -m minift weights pull $(MODEL)
 
 demo: weights
-	$(PY) -m minift finetune --model $(MODEL) --out runs/demo
+	$(PY) -m minift finetune --model $(MODEL) --out runs/demo --overwrite
 
 # What the lessons use: the references (transformers, seqeval, scikit-learn), matplotlib, the weights.
 dev: $(VENV)/.dev weights
@@ -65,7 +65,7 @@ bench: $(VENV)/.dev weights
 	$(PY) benchmarks/bert_vs_transformers.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check minift tests benchmarks
+	$(VENV)/bin/ruff check minift tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) runs build

@@ -80,18 +80,19 @@ def main() -> None:
 
     pre, pre_s = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
                         "--tokenizer", DATA / "gpt2", "--out", pretrained, "--max-steps", pretrain_steps,
-                        "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", 0, "--quiet")
+                        "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", 0, "--quiet", "--overwrite")
 
     train, dev = split_tinystories(out / "data")
     lm, lm_s = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
                       "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
-                      "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", 42, "--quiet")
+                      "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", 42, "--quiet",
+                      "--overwrite")
 
     cls, cls_s = minift("finetune", "--task", "classification", "--model", pretrained,
                         "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
                         "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
                         "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", 42,
-                        "--quiet")
+                        "--quiet", "--overwrite")
     total = time.perf_counter() - t_total
 
     note = " (SMOKE RUN: a few steps only, numbers meaningless)" if args.smoke else ""

@@ -38,7 +38,7 @@ def run_minift(model_dir: Path, epochs: int, max_steps: int | None, out: Path) -
     from minift.train.tasks.ner import evaluate_ner, load_token_classifier, read_ner
 
     result = finetune_ner(model_dir, DATA / "train.conll", DATA / "dev.conll", out, epochs=epochs,
-                          max_steps=max_steps, device="cpu", progress=False, **{
+                          max_steps=max_steps, device="cpu", progress=False, overwrite=True, **{
                               k: RECIPE[k] for k in ("lr", "weight_decay", "batch_size", "warmup_ratio",
                                                      "max_grad_norm", "seed", "max_length")})
     model, tokenizer, labels = load_token_classifier(out / "best")

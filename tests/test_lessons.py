@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, minilm_or_skip
+from conftest import REPO, data_required, minilm_or_skip
 
 from course.figures import MAX_BYTES
 from course.lessons import (
@@ -87,6 +87,8 @@ def test_lesson_has_its_parts(lesson):
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids(LESSONS))
 def test_lesson_runs(lesson, figures_dir):
+    if data_required() and lesson in READS_DATA and not shared_data_present():  # CI: the data must be there
+        pytest.fail(f"MINIFT_REQUIRE_DATA=1 but the public data {lesson.name} reads is missing")
     check_runs(lesson, with_data=shared_data_present(), figures_dir=figures_dir)
 
 
