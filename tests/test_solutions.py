@@ -6,7 +6,7 @@ Two checks:
   headings of the solutions file with the same name must match one to one, so an exercise added to a
   lesson without an answer fails here;
 - the answers run: a solutions file's ```python blocks run in order, in one namespace, from the
-  repository root, with the lessons' runner (tests/lesson_runner.py), and every ```output block must
+  repository root, with the lessons' runner (course/lessons.py), and every ```output block must
   match what the block above it printed, with the same fence options as in the lessons (abs=, rel=,
   volatile, data).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, minilm_or_skip
-from lesson_runner import DATA_VARIABLE, read_lesson, run_lesson, shared_data_present, static_problems
+from course.lessons import DATA_VARIABLE, read_lesson, run_lesson, shared_data_present, static_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
