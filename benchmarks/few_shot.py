@@ -195,7 +195,7 @@ def table(results: list[dict]) -> str:
         t = r["test_accuracy"]
         seeds = " ".join(f"{a:.3f}" for a in r["per_seed"]) or "–"
         step = "–" if r["seconds_per_step"] is None else f"{r['seconds_per_step']:.2f}"
-        lines.append(f"| {r['label']} | {r['trainable_parameters']:,} | **{t['mean']:.3f} ± {t['std']:.3f}** "
+        lines.append(f"| {r['label']} | {r['trainable_parameters']:,} | {t['mean']:.3f} ± {t['std']:.3f} "
                      f"({t['n']}) | {seeds} | {r['peak_rss_mb']:.0f} | {step} |")
     return "\n".join(lines)
 
