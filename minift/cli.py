@@ -172,17 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
-                    "\"{text} It was {mask}.\"")
+                    "\"{text} It was {mask}.\" (required by --task prompt-based)")
     ft.add_argument("--verbalizer", help="prompt-based: one single-token word per label, e.g. "
-                    "\"0=terrible,1=great\"")
+                    "\"0=terrible,1=great\" (required by --task prompt-based)")
     ft.add_argument("--demonstrations", action="store_true",
                     help="prompt-based: append one training example per label, filled with its label word "
                     "(LM-BFF's demonstrations)")
     ft.add_argument("--shots", type=int, metavar="K",
                     help="few-shot protocol: K examples per label from --train (and from --dev), one run per "
-                    "--seeds seed, mean and std over the seeds (classification, prompt-based)")
+                    "--seeds seed, mean and std over the seeds (classification, prompt-based; default: one run on all of --train)")
     ft.add_argument("--seeds", metavar="S,S,...", help=f"few-shot seeds (default {LM_BFF_SEEDS}, LM-BFF's)")
-    ft.add_argument("--test", type=Path, help="few-shot: labelled file scored by each seed's selected model")
+    ft.add_argument("--test", type=Path, help="few-shot: labelled file scored by each seed's selected model (default: no test score)")
     _add_unknown_tags(ft, "ner: a dev tag the training data never had")
     _add_common(ft)
     ft.set_defaults(run=cmd_finetune, subparser=ft)
