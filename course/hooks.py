@@ -136,6 +136,18 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
                 copy = f"repo/{_state['outside'][resolved].relative_to(REPO).as_posix()}"
                 new = posixpath.relpath(copy, page_dir or ".") + (f"#{anchor}" if anchor else "")
                 return f"{image}[{label}]({new}{title})"
+            if resolved.startswith("repo/"):  # a link inside a copied repository file (README.md's)
+                real = (REPO / resolved[len("repo/"):]).resolve()
+                if real.is_relative_to(docs.resolve()):  # a lesson: point at its page of the site
+                    target_uri = real.relative_to(docs.resolve()).as_posix()
+                    resolved = target_uri
+                    new = posixpath.relpath(target_uri, page_dir or ".") + (f"#{anchor}" if anchor else "")
+                    if files.get_file_from_path(target_uri) is not None and not image:
+                        return f"{image}[{label}]({new}{title})"
+                else:  # a file the site does not carry (weights/README.md, a script): its name, no link
+                    why = f"in the repository at {real.relative_to(REPO).as_posix()}" if real.is_relative_to(REPO) \
+                        else "outside the repository"
+                    return f'<span class="not-in-site" title="{why}">{label}</span>'
             if image or not resolved.endswith(".md"):
                 return match.group(0)
             file = files.get_file_from_path(resolved)
