@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from tests_support import grad_tolerance, max_diff
 
 from minift.models import (
     RobertaConfig,
@@ -47,14 +48,6 @@ RANDOM_CONFIGS = [
      "intermediate_size": 48, "max_position_embeddings": 16, "type_vocab_size": 1,
      "hidden_act": "gelu_pytorch_tanh", "pad_token_id": 3, "classifier_dropout": 0.2},
 ]
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
-
-
-def grad_tolerance(ref: torch.Tensor) -> float:
-    return 1e-5 * max(1.0, ref.abs().max().item())
 
 
 def make_batch(config: dict, seed: int, left_padding: bool = False) -> dict:
