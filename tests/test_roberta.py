@@ -299,3 +299,16 @@ def test_pretrain_a_nano_roberta_from_the_table_row(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_type"] == "roberta" and saved["architectures"] == ["RobertaForMaskedLM"]
     transformers.RobertaForMaskedLM.from_pretrained(tmp_path / "run")
+
+
+def test_transformers_arguments_are_refused_with_what_to_write_instead():
+    """As for BERT and GPT-2 (minift/outputs.py): neutral flags pass, the rest say what to write."""
+    config = dict(RANDOM_CONFIGS[0], num_labels=3)
+    ours, _ = pair(config, "RobertaForSequenceClassification", "eager", seed=0)
+    ids = torch.tensor([[0, 5, 6, 2]])
+    assert ours(ids, return_dict=True, output_hidden_states=False).logits.shape == (1, 3)
+    with pytest.raises(TypeError, match="output_hidden_states.*instead of output_hidden_states"):
+        ours(ids, output_hidden_states=True)
+    with pytest.raises(TypeError, match="RobertaModel.forward got"):
+        ours.roberta(ids, output_attentions=True)
+    assert isinstance(ours.roberta, RobertaModel)

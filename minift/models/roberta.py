@@ -23,7 +23,7 @@ So the layers are BERT's (minift/models/bert.py, imported, not copied); what dif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from minift.models.config import Check, is_int
 from minift.models.heads import sequence_classification_loss, token_classification_loss
 from minift.nn.attention import padding_mask
 from minift.nn.functional import Dropout, LayerNorm, activation
+from minift.outputs import refuse_unsupported
 
 # ----------------------------------------------------------------------------------------------------
 # Config
@@ -171,9 +172,11 @@ class RobertaModel(RobertaPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertModelOutput:
         """input_ids (B, T) or inputs_embeds (B, T, C), one of them; attention_mask (B, T) of 1 =
         token, 0 = padding; token_type_ids (B, T), all 0 in RoBERTa's own data."""
+        refuse_unsupported(self, unsupported)
         batch = self._check_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)[0]
         prompt, prefixes, attention_mask = self._virtual_tokens(batch, attention_mask)
         x = self.embeddings(input_ids, token_type_ids, inputs_embeds, prompt)  # (B, T, C); (B, n + T, C)
@@ -245,7 +248,8 @@ class RobertaForSequenceClassification(RobertaPretrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                inputs_embeds=None) -> BertHeadOutput:
+                inputs_embeds=None, **unsupported: Any) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
         logits = self.classifier(hidden)  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(
@@ -266,7 +270,8 @@ class RobertaForTokenClassification(RobertaPretrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                inputs_embeds=None) -> BertHeadOutput:
+                inputs_embeds=None, **unsupported: Any) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
@@ -306,7 +311,8 @@ class RobertaForMaskedLM(RobertaPretrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                inputs_embeds=None) -> BertHeadOutput:
+                inputs_embeds=None, **unsupported: Any) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.lm_head(hidden)  # (B, T, vocab_size)
         return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
