@@ -268,30 +268,24 @@ class BaseTokenizer:
     def _encode_words(self, sequences: list[list[str]]) -> list[Encoding]:
         """Texts already cut into words (``is_split_into_words``) -> encodings: each word is tokenized
         alone, and its tokens get its index in the list as their word id."""
-        encodings = []
-        for words in sequences:
-            encoding = Encoding()
-            for word_index, text in enumerate(words):
-                for word, is_special in self._words(text):
-                    ids = [self.vocab[word]] if is_special else self._word_to_ids(word)
-                    encoding.ids += ids
-                    encoding.word_ids += [word_index] * len(ids)
-            encoding.type_ids = [0] * len(encoding.ids)
-            encodings.append(encoding)
-        return encodings
+        return [self._encoding((index, word, special) for index, text in enumerate(words)
+                               for word, special in self._words(text)) for words in sequences]
 
     def _encode_texts(self, texts: list[str]) -> list[Encoding]:
         """Texts -> encodings without special tokens (type id 0, words numbered from 0)."""
-        encodings = []
-        for text in texts:
-            encoding = Encoding()
-            for word_index, (word, is_special) in enumerate(self._words(text)):
-                ids = [self.vocab[word]] if is_special else self._word_to_ids(word)
-                encoding.ids += ids
-                encoding.word_ids += [word_index] * len(ids)
-            encoding.type_ids = [0] * len(encoding.ids)
-            encodings.append(encoding)
-        return encodings
+        return [self._encoding((index, word, special) for index, (word, special) in enumerate(self._words(text)))
+                for text in texts]
+
+    def _encoding(self, words) -> Encoding:
+        """(word id, word, is_special) triples -> one encoding: a special token is its own id, any other
+        word its pieces' ids, each token carrying the word id; type id 0."""
+        encoding = Encoding()
+        for word_index, word, is_special in words:
+            ids = [self.vocab[word]] if is_special else self._word_to_ids(word)
+            encoding.ids += ids
+            encoding.word_ids += [word_index] * len(ids)
+        encoding.type_ids = [0] * len(encoding.ids)
+        return encoding
 
     # ---- truncation and the template ----------------------------------------------------------------
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
