@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, minilm_or_skip
+from conftest import REPO, data_required, minilm_or_skip
 from course.lessons import DATA_VARIABLE, read_lesson, run_lesson, shared_data_present, static_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,6 +78,8 @@ def check_runs(solutions: Path, with_data: bool) -> None:
 
 @pytest.mark.parametrize("solutions", SOLUTIONS, ids=[p.name for p in SOLUTIONS])
 def test_answers_run(solutions: Path, monkeypatch):
+    if data_required() and solutions in READS_DATA and not shared_data_present():  # CI: the data must be there
+        pytest.fail(f"MINIFT_REQUIRE_DATA=1 but the public data {solutions.name} reads is missing")
     monkeypatch.setenv("MINIFT_LESSON_TEST", "1")
     check_runs(solutions, with_data=shared_data_present())
 
