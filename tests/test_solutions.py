@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, data_required, minilm_or_skip
+
 from course.lessons import DATA_VARIABLE, read_lesson, run_lesson, shared_data_present, static_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
