@@ -72,7 +72,7 @@ def command(row: Row, args: argparse.Namespace, seed: int, out: Path) -> list[st
            "--seed", str(seed), *row.flags]
     if args.max_steps is not None:
         cmd += ["--max-steps", str(args.max_steps)]
-    return [*cmd, "--quiet"]
+    return [*cmd, "--quiet", "--overwrite"]  # a rerun replaces the previous one
 
 
 def run(row: Row, args: argparse.Namespace, seed: int, out: Path) -> dict:

@@ -1,16 +1,18 @@
-"""Greedy generation speed with the KV cache: minift's GPT2LMHeadModel.generate against transformers'.
+"""Greedy generation and beam search speed with the KV cache: minift's GPT2LMHeadModel.generate
+against transformers'.
 
     python benchmarks/generate_kv.py [--sizes tiny,small] [--prompt-len 16] [--new-tokens 64] [--reps 5]
-                                     [--threads N]
+                                     [--beams 4] [--threads N]
 
 Both libraries load the same checkpoint, a GPT-2 with random weights written by transformers (the real
 GPT-2 weights are not available offline; the speed of a forward pass does not depend on the values).
 "small" has GPT-2 small's shape (12 layers, 768 hidden, 12 heads, 50257 tokens: 124M parameters),
 "tiny" is the 4-layer, 128-hidden model `minift pretrain --size tiny` trains. Two workloads: one
 prompt, and a batch of 4 prompts of different lengths padded on the left. Each repetition runs minift,
-then transformers, then minift without the cache, one after the other, so that other load on the
-machine slows every side alike; the table reports medians. Every run's tokens must be identical to
-transformers' (asserted): greedy decoding is a deterministic function of the logits.
+then transformers, then minift without the cache, then beam search (--beams beams) in both libraries,
+one after the other, so that other load on the machine slows every side alike; the table reports
+medians. Every run's tokens must be identical to transformers' (asserted): greedy decoding and beam
+search are deterministic functions of the logits.
 
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
 times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
@@ -64,13 +66,16 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tenso
 
 
 def runners(ours: GPT2LMHeadModel, ref: transformers.GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor,
-            new_tokens: int) -> dict:
-    """name -> a function generating greedily for the prompts; every side gets the same arguments."""
+            new_tokens: int, beams: int) -> dict:
+    """name -> a function generating for the prompts (greedily, or with `beams` beams); every side gets
+    the same arguments."""
     common = {"attention_mask": mask, "do_sample": False, "pad_token_id": EOS, "eos_token_id": EOS}
     return {
         "minift": lambda: ours.generate(ids, new_tokens, use_cache=True, **common),
         "transformers": lambda: ref.generate(ids, max_new_tokens=new_tokens, use_cache=True, **common),
         "minift, no cache": lambda: ours.generate(ids, new_tokens, use_cache=False, **common),
+        "minift, beams": lambda: ours.generate(ids, new_tokens, num_beams=beams, **common),
+        "transformers, beams": lambda: ref.generate(ids, max_new_tokens=new_tokens, num_beams=beams, **common),
     }
 
 
@@ -101,11 +106,13 @@ def bench_size(size: str, args: argparse.Namespace) -> list[tuple]:
     rows = []
     for batch in (1, 4):
         ids, mask = prompts(batch, args.prompt_len, SIZES[size]["vocab_size"], args.seed + batch)
-        seconds, outputs = measure(runners(ours, ref, ids, mask, args.new_tokens), args.reps, args.no_cache_reps)
-        for name, out in outputs.items():  # greedy decoding: every side must give the same tokens
-            assert torch.equal(out, outputs["transformers"]), f"{size}, batch {batch}: {name} differs from transformers"
-        new = outputs["transformers"].shape[1] - ids.shape[1]
-        rate = {name: batch * new / statistics.median(s) for name, s in seconds.items()}
+        seconds, outputs = measure(runners(ours, ref, ids, mask, args.new_tokens, args.beams), args.reps,
+                                   args.no_cache_reps)
+        for name, out in outputs.items():  # deterministic decoding: every side must give transformers' tokens
+            want = outputs["transformers, beams" if "beams" in name else "transformers"]
+            assert torch.equal(out, want), f"{size}, batch {batch}: {name} differs from transformers"
+        rate = {name: batch * (outputs[name].shape[1] - ids.shape[1]) / statistics.median(s)
+                for name, s in seconds.items()}
         rows.append((size, n_params, batch, rate))
         print(f"{size}, batch {batch}: " + "; ".join(
             f"{n} {r:.1f} tok/s (runs: {', '.join(f'{s:.3f}' for s in seconds[n])} s)" for n, r in rate.items()),
@@ -178,6 +185,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per side (median reported)")
     p.add_argument("--no-cache-reps", type=int, default=2, help="timed repetitions without the cache")
+    p.add_argument("--beams", type=int, default=4, help="beams of the beam search rows (default %(default)s)")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
                    help="minift's attention path (transformers uses its default, sdpa)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -205,6 +213,13 @@ def main() -> None:
         print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift']:.1f} | {rate['transformers']:.1f} "
               f"| {rate['minift'] / rate['transformers']:.2f}x | {rate['minift, no cache']:.1f} "
               f"| {rate['minift'] / rate['minift, no cache']:.1f}x |")
+    print(f"\nBeam search, {args.beams} beams, the same prompts and lengths, with the cache; tokens/s counts the "
+          "returned sequence's new tokens (the beams' work is num_beams times larger); tokens identical:\n")
+    print("| model | batch | minift tok/s | transformers tok/s | minift / transformers |")
+    print("|---|---|---|---|---|")
+    for size, n_params, batch, rate in rows:
+        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift, beams']:.1f} "
+              f"| {rate['transformers, beams']:.1f} | {rate['minift, beams'] / rate['transformers, beams']:.2f}x |")
     slabs = torch.get_num_threads()
     print(f"\nThe block projections of one decoding step, GPT-2 small's 48 weight matrices (85M numbers), "
           f"median ms of 7 steps, {slabs} thread(s); minift's fast path uses few_rows_linear up to {FEW_ROWS} rows "

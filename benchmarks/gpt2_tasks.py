@@ -72,7 +72,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     pre, _ = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
                     "--tokenizer", DATA / "gpt2", "--out", pretrained,
                     "--max-steps", 5 if args.smoke else args.pretrain_steps,
-                    "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", seed, "--quiet")
+                    "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", seed, "--quiet", "--overwrite")
 
     train, dev = split_tinystories(out / "data")
     lm, _ = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
@@ -83,7 +83,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
                     "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
                     "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
                     "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", seed,
-                    "--quiet")
+                    "--quiet", "--overwrite")
     return {"pretrain": pre, "lm": lm, "cls": cls}
 
 

@@ -40,7 +40,7 @@ def run_minift(model_dir: Path, seed: int, epochs: int, max_steps: int | None, o
     from minift.train.tasks.ner import evaluate_ner, load_token_classifier, read_ner
 
     result = finetune_ner(model_dir, DATA / "train.conll", DATA / "dev.conll", out, epochs=epochs,
-                          max_steps=max_steps, device="cpu", progress=False, seed=seed, **RECIPE)
+                          max_steps=max_steps, device="cpu", progress=False, seed=seed, overwrite=True, **RECIPE)
     model, tokenizer, labels = load_token_classifier(out / "best")
     collate = make_token_classification_collate(tokenizer, labels, max_length=RECIPE["max_length"],
                                                 keep_words=True)

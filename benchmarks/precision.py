@@ -123,7 +123,7 @@ def _env() -> dict:
 def finetune(precision: str, seed: int, out: Path, device: torch.device, args: argparse.Namespace) -> dict:
     """`python -m minift finetune` on the demo set; its final JSON line, plus the wall time."""
     cmd = [sys.executable, "-m", "minift", "finetune", "--precision", precision, "--epochs", str(args.epochs),
-           "--seed", str(seed), "--device", str(device), "--out", str(out), "--quiet"]
+           "--seed", str(seed), "--device", str(device), "--out", str(out), "--quiet", "--overwrite"]
     if args.max_steps is not None:
         cmd += ["--max-steps", str(args.max_steps)]
     print("  " + " ".join(cmd[1:]), flush=True)

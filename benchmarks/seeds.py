@@ -82,7 +82,7 @@ def command(cfg: FinetuneConfig) -> str:
         cmd += ["--max-steps", str(cfg.max_steps)]
     if cfg.save_every is not None:
         cmd += ["--save-every", str(cfg.save_every), "--keep", str(cfg.keep)]
-    return shlex.join([*cmd, "--quiet"])
+    return shlex.join([*cmd, "--quiet", "--overwrite"])
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def run_seed(dataset: str, seed: int, *, epochs: int, max_length: int, max_steps
     every = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps)
     cfg = FinetuneConfig(model="all-MiniLM-L6-v2", train=train_file, dev=dev_file, out=out, epochs=epochs,
                          max_steps=max_steps, max_length=max_length, seed=seed, device="cpu",
-                         save_every=every if test_problem is None else None, keep=epochs, progress=False,
+                         save_every=every if test_problem is None else None, keep=epochs, progress=False, overwrite=True,
                          **RECIPE)
     print(f"seed {seed}: {command(cfg)}", file=sys.stderr, flush=True)
     result = finetune(cfg)

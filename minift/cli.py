@@ -8,9 +8,16 @@
     minift verify weights/...MiniLM... [--json]                                 every module against transformers
     minift assignment list | make NAME DIR | check DIR [--json]                 assignments for a course
 
-Every command ends by printing its result as one JSON line on stdout; progress goes to stderr.
-`finetune` and `pretrain` fill one FinetuneConfig (minift/train/config.py: its defaults are the flags'
-defaults, its `check` the flags' checks) and run it with the same `finetune` (minift/train/finetune.py).
+Every command ends by printing its result as one line of strict JSON on stdout (a NaN is null);
+progress, reports and warnings (one line each) go to stderr. `finetune` and `pretrain` fill one
+FinetuneConfig (minift/train/config.py: its defaults are the flags' defaults, its `check` the flags'
+checks) and run it with the same `finetune` (minift/train/finetune.py); with --resume, the flags not
+given are read from the run's run.json.
+
+Exit status (EXIT_CODES): 0 success; 1 an error, printed as one sentence (a bad flag value, a missing
+or malformed file, a refused --out, a full disk, a diverged run); 2 a usage error (an unknown flag, a
+missing argument: argparse's message) or, for `verify` and `assignment check`, could not compare;
+130 interrupted by Ctrl-C (a run saves a resumable checkpoint first).
 
 Long because every command's flags, help texts and defaults are one argparse parser that `--help` and
 the contract check read; each command's body is a few lines calling into the package.
@@ -19,19 +26,22 @@ the contract check read; each command's body is a few lines calling into the pac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from minift import hub
 from minift.assignments import ASSIGNMENTS
 from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
-from minift.data import read_classification
-from minift.io import read_json
+from minift.data import make_loader, read_classification
+from minift.data.prompts import Template
+from minift.generation.streamer import TextStreamer
+from minift.io import json_line, read_json
 from minift.metrics import format_report
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
@@ -39,40 +49,100 @@ from minift.peft import ADAPTER_KINDS, METHODS, PROMPT_INITS, STRATEGIES, load_p
 from minift.peft.adapters import DEFAULT_REDUCTION
 from minift.peft.setup import DEFAULT_VIRTUAL_TOKENS
 from minift.plot import plot_run
-from minift.tokenizer import load_tokenizer
-from minift.train.config import DEFAULTS, FINETUNING, PRETRAIN_DEFAULTS, SIZES, FinetuneConfig
+from minift.tokenizer import check_vocab_size, load_tokenizer
+from minift.train.config import (
+    DEFAULTS,
+    FINETUNING,
+    LM_BFF_SEEDS,
+    METRICS,
+    PRETRAIN_DEFAULTS,
+    SIZES,
+    UNKNOWN_TAGS,
+    FinetuneConfig,
+)
 from minift.train.device import select_device
 from minift.train.distributed import from_environment
 from minift.train.finetune import finetune
+from minift.train.loop import check_finite
 from minift.train.precision import PRECISIONS
+from minift.train.rundir import trained_length
+from minift.train.tasks import causal_lm, classification, ner
 from minift.train.tasks.causal_lm import causal_lm_class
-from minift.train.tasks.classification import evaluate, load_classifier, make_loaders, predict
+from minift.train.tasks.classification import load_classifier, predict
 from minift.train.tasks.ner import load_token_classifier, predict_entities
+from minift.train.tasks.prompt_based import (
+    PromptCollate,
+    is_prompt_run,
+    load_prompt_classifier,
+    predict_prompt,
+)
 from minift.verify import VerifyError, verify_checkpoint
 
 # `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
 PRETRAIN = {**DEFAULTS, **PRETRAIN_DEFAULTS}
+EXIT_CODES = {"success": 0, "error": 1, "usage": 2, "interrupted": 130}
+FALLBACK_LENGTH = 128  # --max-length of evaluate/predict for a model that comes from no minift run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
-        return 2
+        return EXIT_CODES["usage"]
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # for the command's duration only (tests call main in-process)
     try:
+        if getattr(args, "resume", False):
+            args = _with_stored_flags(parser, args, argv)
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         # Errors raised by minift are sentences meant for the user: print them, not a traceback.
+        # (OSError: a file that cannot be read or written, FileNotFoundError and PermissionError among them.)
         print(f"minift {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_CODES["error"]
     except KeyboardInterrupt as e:
         print(f"minift {args.command}: {e or 'interrupted'}", file=sys.stderr)
-        return 130
+        return EXIT_CODES["interrupted"]
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line naming minift, not Python's two (file:line, then the source line), which
+    look like a crash to a user who never wrote that code."""
+    text = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return f"minift: warning: {text}\n"
+
+
+def _with_stored_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]):
+    """--resume: the flags not given take the values RUN_DIR/run.json holds, so that
+    `minift finetune --out runs/x --resume` is the whole command; a flag given with another value than
+    the run's is then refused by the identity check (minift/train/config.py)."""
+    run_file = Path(args.out) / "run.json"
+    if not run_file.is_file():
+        return args  # FinetuneConfig.check / the identity check say what is missing
+    stored = read_json(run_file)
+    if not isinstance(stored, dict):
+        raise ValueError(f"{run_file}: expected a JSON object, found {type(stored).__name__}")  # noqa: TRY004
+    defaults = {}
+    for name, value in stored.items():
+        if name not in DEFAULTS or name == "task" and args.command == "pretrain":
+            continue
+        if isinstance(value, dict) and "path" in value:  # a data file: {"path", "sha256"}
+            value = value["path"]
+        if name in ("train", "dev", "text") and value is not None:
+            value = Path(value)
+        defaults[name] = value
+    args.subparser.set_defaults(**defaults)
+    print(f"--resume: the flags not given are those of {run_file}", file=sys.stderr)
+    return parser.parse_args(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minift", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="minift", description=__doc__.split("\n\n")[0],
+                                     epilog="exit status: 0 success, 1 error, 2 usage error, 130 interrupted")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ft = sub.add_parser("finetune", help="fine-tune a pretrained model on a labelled dataset",
@@ -80,14 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "holding the model in the public layout (config.json, model.safetensors, "
                         "tokenizer files) and metrics.jsonl.")
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
-                    help="classification (text -> label), ner (CoNLL token tags) or causal-lm (a text "
-                    "file, GPT-2); default %(default)s")
+                    help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
+                    "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
+                    "masked-LM or LM head; lesson 35); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
                     help="checkpoint folder or name (see `minift weights list`); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
                     "`label ||| text` lines; default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
-                    "and after every epoch")
+                    "and after every epoch (default: none, no evaluation and no best/)")
     ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
     ft.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
                     help="truncate inputs to this many tokens; causal-lm: the packed block length (default "
@@ -95,50 +166,92 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(ft, DEFAULTS)
     ft.add_argument("--class-weights", metavar="W",
                     help="weighted cross-entropy: 'balanced' (n / (C * n_c)), 'w1,w2,...' in label order, or "
-                    "'label=w,...'")
+                    "'label=w,...' (default: none, every class weighs 1)")
     ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
+    ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
+                    "\"{text} It was {mask}.\" (required by --task prompt-based)")
+    ft.add_argument("--verbalizer", help="prompt-based: one single-token word per label, e.g. "
+                    "\"0=terrible,1=great\" (required by --task prompt-based)")
+    ft.add_argument("--demonstrations", action="store_true",
+                    help="prompt-based: append one training example per label, filled with its label word "
+                    "(LM-BFF's demonstrations)")
+    ft.add_argument("--shots", type=int, metavar="K",
+                    help="few-shot protocol: K examples per label from --train (and from --dev), one run per "
+                    "--seeds seed, mean and std over the seeds (classification, prompt-based; default: one run on all of --train)")
+    ft.add_argument("--seeds", metavar="S,S,...", help=f"few-shot seeds (default {LM_BFF_SEEDS}, LM-BFF's)")
+    ft.add_argument("--test", type=Path, help="few-shot: labelled file scored by each seed's selected model (default: no test score)")
+    _add_unknown_tags(ft, "ner: a dev tag the training data never had")
     _add_common(ft)
-    ft.set_defaults(run=cmd_finetune)
+    ft.set_defaults(run=cmd_finetune, subparser=ft)
 
-    ev = sub.add_parser("evaluate", help="evaluate a fine-tuned classifier on a labelled file")
-    ev.add_argument("--model", required=True, help="run directory or checkpoint folder with a classifier head")
-    ev.add_argument("--data", type=Path, required=True, help="labelled file (formats as for finetune --train)")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--max-length", type=int, default=128)
-    ev.add_argument("--adapter", type=Path, metavar="DIR",
-                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
-                    "minift's) applied to --model, its base model")
+    ev = sub.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled file",
+                        description="Score a fine-tuned model on a file it was not trained on: a classifier "
+                        "(loss, accuracy, macro-F1, per-class report), a tagger (entity F1, CoNLL's score) or a "
+                        "causal LM (loss, perplexity).")
+    ev.add_argument("--task", choices=["classification", "ner", "causal-lm"], default="classification",
+                    help="what the model was fine-tuned for (default %(default)s)")
+    ev.add_argument("--model", required=True, help="run directory, its best/ or a checkpoint folder")
+    ev.add_argument("--data", type=Path, required=True, help="labelled file in the format of finetune --train "
+                    "for the task (.tsv/.csv/.jsonl/.txt; ner: CoNLL; causal-lm: plain text)")
+    ev.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default %(default)s)")
+    _add_max_length(ev, "causal-lm: the packed block length")
+    _add_unknown_tags(ev, "ner: a tag of --data the model has no label for")
+    _add_untrained_head(ev)
+    _add_adapter(ev)
     _add_common(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="label texts with a fine-tuned classifier or tagger")
-    pr.add_argument("--model", required=True, help="run directory or checkpoint folder with a classifier head")
+    pr.add_argument("--model", required=True, help="run directory, its best/ or a checkpoint folder of a "
+                    "fine-tuned classifier or tagger")
     pr.add_argument("--task", choices=["classification", "ner"], default="classification",
-                    help="ner prints the entities with their character spans")
-    pr.add_argument("texts", nargs="+", metavar="TEXT")
-    pr.add_argument("--max-length", type=int, default=128)
-    pr.add_argument("--adapter", type=Path, metavar="DIR",
-                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
-                    "minift's) applied to --model, its base model")
+                    help="ner prints the entities with their character spans (default %(default)s)")
+    pr.add_argument("texts", nargs="+", metavar="TEXT", help="the texts to label, one argument each")
+    _add_max_length(pr, "longer texts are cut")
+    _add_untrained_head(pr)
+    _add_adapter(pr)
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
-    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint")
+    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint",
+                        description="Greedy decoding, sampling or beam search, with transformers' settings; "
+                        "defaults come from the checkpoint's generation_config.json, then transformers' own "
+                        "(lessons 16 and 32).")
     ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run)")
-    ge.add_argument("prompt")
-    ge.add_argument("--max-new-tokens", type=int, default=40)
+    ge.add_argument("prompt", help="the text to continue")
+    ge.add_argument("--max-new-tokens", type=int,
+                    help=f"tokens to add (default {CLI_NEW_TOKENS} unless --max-length is given)")
+    ge.add_argument("--max-length", type=int, help="longest output in tokens, the prompt included (transformers' "
+                    "meaning; default: --max-new-tokens decides)")
+    ge.add_argument("--min-new-tokens", type=int, help="no end-of-sequence token before this many new tokens "
+                    "(default 0)")
     ge.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    ge.add_argument("--temperature", type=float, default=1.0)
-    ge.add_argument("--top-k", type=int)
-    ge.add_argument("--top-p", type=float)
-    ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    ge.add_argument("--temperature", type=float, help="divide the logits by this before sampling (default 1.0)")
+    ge.add_argument("--top-k", type=int, help="sampling: keep the k most probable tokens (0 = off; default 50, "
+                    "transformers' default)")
+    ge.add_argument("--top-p", type=float, help="sampling: keep the smallest set of tokens holding this probability "
+                    "(nucleus sampling; default 1.0: all)")
+    ge.add_argument("--num-beams", type=int, help="beam search with this many beams (default 1: no beam search)")
+    ge.add_argument("--length-penalty", type=float, help="beam search: scores divided by length ** this "
+                    "(default 1.0; > 0 favours longer outputs)")
+    ge.add_argument("--early-stopping", choices=["true", "false", "never"],
+                    help="beam search: stop when num_beams hypotheses are finished (true), when none can improve "
+                    "by a heuristic (false, the default) or by the exact bound (never)")
+    ge.add_argument("--num-return-sequences", type=int, help="outputs per prompt: samples, or the best beams "
+                    "(default 1)")
+    ge.add_argument("--repetition-penalty", type=float, help="> 1 makes tokens already present less likely "
+                    "(default 1.0: off)")
+    ge.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size (default 0: off)")
+    ge.add_argument("--stop", action="append", metavar="TEXT", help="stop when the text ends in TEXT (repeatable; "
+                    "default: only the end-of-sequence token stops)")
+    ge.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default %(default)s)")
     ge.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
-    ge.add_argument("--adapter", type=Path, metavar="DIR",
-                    help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
-                    "minift's) applied to --model, its base model")
+    ge.add_argument("--stream", action="store_true", help="print the text to stderr as it is generated (an "
+                    "incomplete UTF-8 character is held back until whole)")
+    _add_adapter(ge)
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
 
@@ -148,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "early stopping on dev perplexity, LoRA, torchrun); the last --dev-fraction of the "
                         "text is held out for dev.")
     pt.add_argument("--arch", choices=list(ARCHITECTURES), default=PRETRAIN["arch"],
-                    help="gpt2 (causal LM) or bert (masked LM); default %(default)s")
+                    help="gpt2 (causal LM), bert or roberta (masked LM); default %(default)s")
     pt.add_argument("--size", default=PRETRAIN["size"], help=f"{' or '.join(SIZES)} (default %(default)s)")
-    pt.add_argument("--text", type=Path, required=True, help="plain-text file, one document per line")
+    pt.add_argument("--text", type=Path, help="plain-text file, one document per line (required; with --resume, "
+                    "default: the run's)")
     pt.add_argument("--out", type=Path, required=True, help="run directory")
-    pt.add_argument("--tokenizer", help="tokenizer folder or name (GPT-2: vocab.json + merges.txt); default: "
-                    "the architecture's")
+    pt.add_argument("--tokenizer", help="tokenizer folder or name (gpt2: vocab.json + merges.txt, bert: vocab.txt); "
+                    "default: the architecture's (gpt2's, all-MiniLM-L6-v2's) when it is under weights/, never "
+                    "downloaded for you")
     pt.add_argument("--block-size", type=int, default=PRETRAIN["block_size"],
                     help="packed block length (gpt2) or longest line kept (bert) (default %(default)s)")
     pt.add_argument("--dev-fraction", type=float, default=PRETRAIN["dev_fraction"],
@@ -162,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dropout of the fresh model (default: the architecture's, 0.1)")
     _add_training(pt, PRETRAIN)
     _add_common(pt)
-    pt.set_defaults(run=cmd_pretrain)
+    pt.set_defaults(run=cmd_pretrain, subparser=pt)
 
     pl = sub.add_parser("plot", help="draw a run's training loss, learning rate and dev metrics to a PNG",
                         description="Read RUN_DIR/metrics.jsonl and draw three panels against the step: "
@@ -198,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write OUT_DIR/minift/...py (the bodies to write replaced by raise "
                          "NotImplementedError), the grading tests, the reference fixtures and a README.")
     am.add_argument("name", metavar="NAME", help="an assignment (see `minift assignment list`)")
-    am.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    am.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the student's folder to write into")
     am.add_argument("--force", action="store_true", help="overwrite a student's files already in OUT_DIR")
     am.add_argument("--fixtures-only", action="store_true",
                     help="only (re)write OUT_DIR/fixtures, e.g. after a minift upgrade")
@@ -206,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     ac = asub.add_parser("check", help="grade the files under OUT_DIR/minift/",
                          description="One line per item: PASS/FAIL, the largest difference from the reference, "
                          "a hint. Exit status: 0 every item passes, 1 an item fails, 2 could not grade.")
-    ac.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    ac.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="a folder made by `minift assignment make`")
     ac.add_argument("--json", action="store_true", help="one JSON object with every item")
-    ac.add_argument("--item", action="append", metavar="ITEM", help="grade only this item (repeatable)")
+    ac.add_argument("--item", action="append", metavar="ITEM",
+                    help="grade only this item (repeatable; default: every item)")
     ac.set_defaults(run=cmd_assignment_check)
 
     we = sub.add_parser("weights", help="fetch or list checkpoints under weights/")
@@ -228,7 +344,7 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    "%(default)s)")
     p.add_argument("--max-steps", type=int, default=d["max_steps"],
                    help="stop after this many optimizer steps (overrides --epochs" +
-                   ("" if d["max_steps"] is None else "; default %(default)s") + ")")
+                   ("; default: none, --epochs decides" if d["max_steps"] is None else "; default %(default)s") + ")")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="examples per micro-batch and per "
                    "process: a step takes batch x --grad-accum x processes (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
@@ -242,9 +358,14 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="global gradient-norm clip (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"],
                    help="seed for init, dropout and shuffling (default %(default)s)")
-    p.add_argument("--save-every", type=int, metavar="K", help="write a resumable checkpoint every K optimizer steps")
+    p.add_argument("--save-every", type=int, metavar="K",
+                   help="write a resumable checkpoint every K optimizer steps (default: none; Ctrl-C still saves one)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its newest complete checkpoint")
+                   help="continue the run in --out from its newest complete checkpoint; the flags not given are "
+                   "the run's (run.json), a flag given must equal the run's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run: delete it (model, best/, checkpoints, logs) and start afresh; refused "
+                   "for a folder that holds no run.json")
     p.add_argument("--keep", type=int, default=d["keep"], metavar="N",
                    help="resumable checkpoints kept on disk; older ones are deleted (default %(default)s)")
     p.add_argument("--grad-accum", type=int, default=d["grad_accum"], metavar="K",
@@ -254,15 +375,18 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="fp32; bf16 autocast (CPU, CUDA); fp16 autocast with loss scaling (CUDA). Default "
                    "%(default)s")
     p.add_argument("--patience", type=int, metavar="N",
-                   help="early stopping: stop after N evaluations without a better --metric (needs dev data)")
-    p.add_argument("--metric", help="dev metric that picks best/ and drives --patience (default: accuracy "
-                   "for classification, f1 for ner, loss for causal-lm and pretrain; e.g. macro_f1, perplexity)")
+                   help="early stopping: stop after N evaluations without a better --metric (needs dev data; "
+                   "default: never)")
+    names = "; ".join(f"{task}: {', '.join(m)}" for task, m in METRICS.items())
+    p.add_argument("--metric", help=f"dev metric that picks best/ and drives --patience (default: the first of "
+                   f"the task's; {names})")
     p.add_argument("--freeze", choices=STRATEGIES, default=d["freeze"],
                    help="which parameters stay fixed: embeddings, the embeddings and the first --freeze-n "
                    "blocks, all but the last block, or all but the head (default %(default)s)")
-    p.add_argument("--freeze-n", type=int, metavar="N", help="blocks frozen by --freeze first-n")
+    p.add_argument("--freeze-n", type=int, metavar="N", help="blocks frozen by --freeze first-n (no default: "
+                   "required with it)")
     p.add_argument("--lora-r", type=int, metavar="R",
-                   help="LoRA of rank R on --lora-targets (everything else but the head frozen)")
+                   help="LoRA of rank R on --lora-targets (everything else but the head frozen; default: no LoRA)")
     p.add_argument("--lora-alpha", type=float, default=d["lora_alpha"],
                    help="LoRA scale alpha; the update is alpha/r B A (default %(default)s)")
     p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"],
@@ -271,14 +395,15 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
                    help="comma-separated names of the nn.Linear layers LoRA wraps (default %(default)s)")
     p.add_argument("--peft", choices=METHODS, help="parameter-efficient method (lesson 36): lora, dora, ia3 "
                    "(peft's default targets), prompt (virtual tokens), prefix (keys/values in every layer), adapter "
-                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora")
+                   "(bottleneck); the pretrained weights stay frozen. --lora-r alone means lora (default: none, every "
+                   "weight trained)")
     p.add_argument("--use-rslora", action="store_true", help="lora/dora: scale by alpha/sqrt(r) instead of alpha/r")
     p.add_argument("--num-virtual-tokens", type=int, metavar="N",
                    help=f"prompt/prefix: number of virtual tokens (default {DEFAULT_VIRTUAL_TOKENS})")
     p.add_argument("--prompt-init", choices=PROMPT_INITS,
                    help="prompt: start the virtual tokens random, from random vocabulary tokens, or from "
                    "--prompt-init-text (default random)")
-    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text")
+    p.add_argument("--prompt-init-text", metavar="TEXT", help="prompt: the text of --prompt-init text (default: none; needed by --prompt-init text)")
     p.add_argument("--prefix-projection", action="store_true",
                    help="prefix: train the prefix through a two-layer MLP (reparameterisation), dropped when saved")
     p.add_argument("--adapter-reduction", type=int, metavar="R",
@@ -289,12 +414,36 @@ def _add_training(p: argparse.ArgumentParser, d: dict) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps or auto (CUDA, then MPS, then CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps or auto (CUDA, then MPS, then CPU; "
+                   "default %(default)s)")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
-                   help="attention path: eager (the readable one of the lessons) or sdpa (fused); same numbers")
+                   help="attention path: eager (the readable one of the lessons) or sdpa (fused); same numbers "
+                   "(default %(default)s)")
     p.add_argument("--fast-tokenizer", action="store_true",
                    help="tokenize with the Rust `tokenizers` package (same ids as the hand-written one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_max_length(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--max-length", type=int, help=f"tokens per input; {what} (default: the length the model was "
+                   f"trained at, from its run's run.json, else {FALLBACK_LENGTH})")
+
+
+def _add_unknown_tags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--unknown-tags", choices=UNKNOWN_TAGS, default=DEFAULTS["unknown_tags"],
+                   help=f"{what}: an error naming its file and line, or read as O (o: its entities are not "
+                   "scored); default %(default)s")
+
+
+def _add_adapter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", type=Path, metavar="DIR",
+                   help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors; peft's layout or "
+                   "minift's) applied to --model, its base model (default: none)")
+
+
+def _add_untrained_head(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-untrained-head", action="store_true",
+                   help="use a checkpoint whose task head was never trained (random outputs: for experiments)")
 
 
 # --- finetune / pretrain ---------------------------------------------------------------------------
@@ -317,56 +466,123 @@ def _config(args: argparse.Namespace, **fixed) -> FinetuneConfig:
 def _run(config: FinetuneConfig, what: str) -> int:
     result = finetune(config)
     if from_environment().is_main:  # under torchrun: one result line, from rank 0
-        print(f"{what} saved in {config.out}/ (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
-        print(json.dumps(result))
+        where = f"{config.out}/seed-*/" if config.shots else f"{config.out}/"
+        print(f"{what} saved in {where} (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
+        print(json_line(result))
     return 0
 
 
 # --- evaluate / predict ---------------------------------------------------------------------------
 
+def _no_adapter_on_prompt_run(args: argparse.Namespace) -> None:
+    if args.adapter is not None:
+        raise ValueError(f"--adapter {args.adapter}: {args.model} is a --task prompt-based run (its own "
+                         "language model and template); adapters apply to classifier and token-classifier runs")
+
+
+EVALUATORS = {"classification": classification.evaluate_file, "ner": ner.evaluate_file,
+              "causal-lm": causal_lm.evaluate_file}
+REPORTED = {"classification": ("loss", "accuracy", "macro_f1", "examples"),
+            "ner": ("loss", "f1", "precision", "recall", "macro_f1", "accuracy", "sentences"),
+            "causal-lm": ("loss", "perplexity", "tokens")}
+
+
+def _evaluate_prompt_run(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
+                         attn_impl: str, fast_tokenizer: bool, progress: bool, allow_untrained_head: bool = False,
+                         adapter: Path | None = None) -> dict:
+    """A --task prompt-based run on a labelled file: its language model scores the label words at the
+    template's mask (lesson 35); the run's LM head is trained, so allow_untrained_head has nothing to allow."""
+    model, tokenizer, labels, saved = load_prompt_classifier(model_dir, attn_impl=attn_impl,
+                                                             fast_tokenizer=fast_tokenizer)
+    examples = read_classification(data)
+    labels.check(examples)
+    collate = PromptCollate(tokenizer, Template(saved["template"]), labels, dict(saved["verbalizer"]),
+                            causal=model.causal, max_length=max_length)
+    loader = make_loader(examples, collate, batch_size=batch_size)
+    return classification.evaluate(model.to(device), loader, device, labels.id2label, progress=progress)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
-    model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
-    model.to(device)
-    examples = read_classification(args.data)
-    labels.check(examples)
-    loader, _ = make_loaders(tokenizer, labels, examples, None, batch_size=args.batch_size,
-                             max_length=args.max_length, seed=0, device=device, shuffle=False)
+    options = {"device": device, "batch_size": args.batch_size, "max_length": _max_length(args),
+               "attn_impl": args.attn_impl, "fast_tokenizer": args.fast_tokenizer, "progress": not args.quiet,
+               "adapter": args.adapter}
+    if args.task != "causal-lm":
+        options["allow_untrained_head"] = args.allow_untrained_head
+    elif args.allow_untrained_head:
+        raise ValueError("--allow-untrained-head is for classification and ner; a causal LM's head is its "
+                         "embedding matrix")
+    if args.task == "ner":
+        options["unknown_tags"] = args.unknown_tags
+    elif args.unknown_tags != DEFAULTS["unknown_tags"]:
+        raise ValueError(f"--unknown-tags is for --task ner, not --task {args.task}")
+    evaluator = EVALUATORS[args.task]
+    if args.task == "classification" and is_prompt_run(args.model):  # its LM through its saved template
+        _no_adapter_on_prompt_run(args)
+        evaluator = _evaluate_prompt_run
     t0 = time.perf_counter()
-    metrics = evaluate(model, loader, device, labels.id2label)
-    print(format_report(metrics["report"]), file=sys.stderr)
-    print(json.dumps({"data": str(args.data), "examples": metrics["examples"], "loss": metrics["loss"],
-                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                      "seconds": round(time.perf_counter() - t0, 2)}))
+    metrics = evaluator(args.model, args.data, **options)
+    check_finite(metrics, f"on {args.data}", "nothing to report (was the run that saved it stopped for a NaN?)")
+    if "report" in metrics:
+        print(format_report(metrics["report"]), file=sys.stderr)
+    print(json_line({"data": str(args.data), **{k: metrics[k] for k in REPORTED[args.task]},
+                     "seconds": round(time.perf_counter() - t0, 2)}))
     return 0
+
+
+def _max_length(args: argparse.Namespace) -> int:
+    """--max-length, else the length the model was trained at (its run's run.json; with --adapter, the
+    run the adapter comes from), else FALLBACK_LENGTH."""
+    if args.max_length is not None:
+        return args.max_length
+    trained = trained_length(args.adapter) if args.adapter is not None else None
+    if trained is None:
+        trained = trained_length(hub.resolve(args.model))
+    if trained is None:
+        print(f"--max-length {FALLBACK_LENGTH}: {args.model} comes from no minift run (no run.json) to say the length "
+              "it was trained at", file=sys.stderr)
+        return FALLBACK_LENGTH
+    return trained
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     device = select_device(args.device)
+    max_length = _max_length(args)
     if args.task == "ner":
         model, tokenizer, labels = load_token_classifier(args.model, attn_impl=args.attn_impl,
-                                                         fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
+                                                         fast_tokenizer=args.fast_tokenizer, adapter=args.adapter,
+                                                         allow_untrained_head=args.allow_untrained_head)
         model.to(device)
-        found = [predict_entities(model, tokenizer, t, labels.id2label, max_length=args.max_length)
-                 for t in args.texts]
+        texts = tqdm(args.texts, desc="predicting", unit="text", disable=args.quiet, leave=False)
+        found = [predict_entities(model, tokenizer, t, labels.id2label, max_length=max_length) for t in texts]
         for text, entities in zip(args.texts, found):
             spans = ", ".join(f"{e['type']}[{e['start']}:{e['end']}]={e['text']!r}" for e in entities)
             print(f"{text}\n  -> {spans or 'no entities'}", file=sys.stderr)
-        print(json.dumps({"entities": found}))
+        print(json_line({"entities": found}))
         return 0
-    model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
-                                               fast_tokenizer=args.fast_tokenizer, adapter=args.adapter)
-    model.to(device)
-    predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device,
-                          max_length=args.max_length)
+    if is_prompt_run(args.model):
+        _no_adapter_on_prompt_run(args)
+        model, tokenizer, labels, saved = load_prompt_classifier(args.model, attn_impl=args.attn_impl,
+                                                                 fast_tokenizer=args.fast_tokenizer)
+        predictions = predict_prompt(model.to(device), tokenizer, args.texts, labels, saved, device=device,
+                                     max_length=max_length)
+    else:
+        model, tokenizer, labels = load_classifier(args.model, attn_impl=args.attn_impl,
+                                                   fast_tokenizer=args.fast_tokenizer, adapter=args.adapter,
+                                                   allow_untrained_head=args.allow_untrained_head)
+        model.to(device)
+        predictions = predict(model, tokenizer, args.texts, labels.id2label, device=device, max_length=max_length,
+                              progress=not args.quiet)
     for text, p in zip(args.texts, predictions):
         print(f"{p['label']}\t{p['score']:.4f}\t{text}", file=sys.stderr)
-    print(json.dumps({"predictions": predictions}))
+    print(json_line({"predictions": predictions}))
     return 0
 
 
 # --- generate ------------------------------------------------------------------------------------
+
+CLI_NEW_TOKENS = 40  # `minift generate`'s length when neither --max-new-tokens nor --max-length is given
+
 
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
@@ -376,21 +592,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
         load_peft_adapter(model, args.adapter)
     model.to(device)
     tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
-    out = model.generate(ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
-                         generator=torch.Generator(device=device).manual_seed(args.seed))
-    text = tokenizer.decode(out[0].tolist())
-    print(text, file=sys.stderr)
-    print(json.dumps({"prompt": args.prompt, "text": text, "new_tokens": out.shape[1] - ids.shape[1]}))
+    new_tokens = args.max_new_tokens
+    if new_tokens is None and args.max_length is None:
+        new_tokens = CLI_NEW_TOKENS
+    early = None if args.early_stopping is None else {"true": True, "false": False}.get(args.early_stopping, "never")
+    streamer = TextStreamer(tokenizer, on_text=_write_stderr) if args.stream else None
+    out = model.generate(
+        ids, new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        use_cache=not args.no_cache, generator=torch.Generator(device=device).manual_seed(args.seed),
+        max_length=args.max_length, min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, early_stopping=early, num_return_sequences=args.num_return_sequences,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop_strings=args.stop, tokenizer=tokenizer, streamer=streamer)
+    texts = [tokenizer.decode(row.tolist()) for row in out]
+    if streamer is not None:
+        print(file=sys.stderr)
+    else:
+        print("\n---\n".join(texts), file=sys.stderr)
+    print(json_line({"prompt": args.prompt, "text": texts[0], "texts": texts,
+                     "new_tokens": out.shape[1] - ids.shape[1]}))
     return 0
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 # --- plot -----------------------------------------------------------------------------------------
 
 def cmd_plot(args: argparse.Namespace) -> int:
     png = plot_run(args.run_dir, args.out)
-    print(json.dumps({"png": str(png)}))
+    print(json_line({"png": str(png)}))
     return 0
 
 
@@ -402,7 +637,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except (VerifyError, ValueError, FileNotFoundError) as e:  # could not compare: not a divergence
         print(f"minift verify: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report.as_dict()) if args.json else str(report))
+    print(json_line(report.as_dict()) if args.json else str(report))
     return 0 if report.ok else 1
 
 
@@ -420,7 +655,7 @@ def cmd_assignment_make(args: argparse.Namespace) -> int:
     if not args.fixtures_only:
         print(f"starter for {args.name!r} in {args.out_dir}/: complete the # TODO bodies, then "
               f"`minift assignment check {args.out_dir}`", file=sys.stderr)
-    print(json.dumps({"assignment": args.name, "out": str(args.out_dir), "files": [str(p) for p in written]}))
+    print(json_line({"assignment": args.name, "out": str(args.out_dir), "files": [str(p) for p in written]}))
     return 0
 
 
@@ -433,7 +668,7 @@ def cmd_assignment_check(args: argparse.Namespace) -> int:
     passed = sum(r.ok for r in results)
     if args.json:
         name = read_json(args.out_dir / "assignment.json")["assignment"]
-        print(json.dumps({"assignment": name, "ok": passed == len(results), "passed": passed,
+        print(json_line({"assignment": name, "ok": passed == len(results), "passed": passed,
                           "failed": len(results) - passed, "items": [r.as_dict() for r in results]}))
     else:
         for r in results:
@@ -446,7 +681,7 @@ def cmd_assignment_check(args: argparse.Namespace) -> int:
 
 def cmd_weights_pull(args: argparse.Namespace) -> int:
     folder = hub.pull(args.name, force=args.force)
-    print(json.dumps({"name": args.name, "folder": str(folder)}))
+    print(json_line({"name": args.name, "folder": str(folder)}))
     return 0
 
 
@@ -454,5 +689,5 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     rows = hub.list_local()
     for name, folder in rows:
         print(f"{name}\t{folder}", file=sys.stderr)
-    print(json.dumps({"weights": [{"name": n, "folder": str(f)} for n, f in rows]}))
+    print(json_line({"weights": [{"name": n, "folder": str(f)} for n, f in rows]}))
     return 0

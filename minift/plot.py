@@ -9,12 +9,16 @@ The log is written by `train` in minift/train/loop.py: {"event": "train", "step"
 every `log_every` steps and {"event": "eval", "step", <metric>: float, ...} before the first step and
 after every epoch. matplotlib is an optional extra (`pip install 'minift[plot]'`): it is imported only
 here, inside the functions that draw, and drawn with the Agg backend (no display needed).
+
+`save_figure` writes the lessons' figures (lessons/figures/*.png, redrawn by `make figures`) so that
+the same drawing always gives the same bytes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,9 @@ NOT_METRICS = ("event", "epoch", "step", "examples", "tokens")
 # axis perplexity = exp(loss) is the loss curve stretched by 1/ln 10, so the two read the same way.
 LOWER_IS_BETTER = ("loss", "perplexity")
 TRAIN_KEYS = ("step", "loss", "lr")
+# When set, save_figure writes into this folder instead (same file name): the test suite sets it, so
+# that running the lessons never rewrites the committed figures.
+FIGURES_DIR_ENV = "MINIFT_FIGURES_DIR"
 
 
 class MetricsFileError(ValueError):
@@ -180,3 +187,19 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, dpi: int = 80) 
     fig = make_figure(train, evals, title=f"{run_dir.resolve().name} ({METRICS_FILE})")
     fig.savefig(out, dpi=dpi)
     return out
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Writes a lesson's figure to `path` (a .png) and returns where it went. The PNG holds the pixels
+    and nothing else: matplotlib would add a "Software" text chunk naming its version, so a figure
+    redrawn after an upgrade would change although no pixel did. With the fixed dpi, rerunning
+    `make figures` rewrites identical bytes and git sees only the figures whose drawing changed.
+    MINIFT_FIGURES_DIR, when set, receives the file (same name) instead of `path`."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"save_figure writes PNG files, got {path}")
+    if os.environ.get(FIGURES_DIR_ENV):
+        path = Path(os.environ[FIGURES_DIR_ENV]) / path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    return path

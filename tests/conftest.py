@@ -2,7 +2,8 @@
 
 Both are optional on a developer machine (the tests that need them skip), but `make test` pulls the
 weights first and sets MINIFT_REQUIRE_WEIGHTS=1, so there a missing checkpoint fails loudly instead
-of skipping silently.
+of skipping silently; and CI (.ci/run) sets MINIFT_REQUIRE_DATA=1, so there a missing ../shared/data
+(or a file missing from it) fails every test that needs it instead of skipping it.
 """
 
 import os
@@ -34,12 +35,27 @@ def minilm_dir() -> Path:
     return minilm_or_skip()
 
 
+def data_required() -> bool:
+    return os.environ.get("MINIFT_REQUIRE_DATA") == "1"
+
+
+def shared_data_or_skip(*files: str) -> Path:
+    """The public data folder, when it (and each of `files`, relative to it) is there; else skip,
+    or fail under MINIFT_REQUIRE_DATA=1 (CI), naming what is missing."""
+    missing = [str(SHARED_DATA)] if not SHARED_DATA.is_dir() else [
+        str(SHARED_DATA / f) for f in files if not (SHARED_DATA / f).exists()]
+    if missing:
+        message = f"public evaluation data not found: {', '.join(missing)}"
+        if data_required():
+            pytest.fail(f"MINIFT_REQUIRE_DATA=1 but {message}")
+        pytest.skip(message)
+    return SHARED_DATA
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data (SST-5, CFIMDB, WNUT17, GPT-2 BPE files); skip cleanly when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"public evaluation data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """../shared/data (SST-5, CFIMDB, WNUT17, GPT-2 BPE files); skip cleanly when absent (fail in CI)."""
+    return shared_data_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +67,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def needed_or_skip(module: str, why: str):
+    """Imports a dev-only module a test needs. Missing: a skip on a developer's machine, a failure
+    under CI (CI is set there, and `make test` installs the dev extra, so a skip would hide a gap)."""
+    try:
+        return __import__(module)
+    except ImportError:
+        message = f"{module} is not installed ({why}); `make test` installs it with the dev extra"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {message}")
+        pytest.skip(message)

@@ -20,6 +20,17 @@ def test_the_assignments_the_course_promises():
     assert set(REQUIRED) <= set(ASSIGNMENTS)
 
 
+@pytest.mark.parametrize("name", sorted(ASSIGNMENTS))
+def test_each_assignment_is_handed_out_from_its_lesson(name):
+    """The lesson that teaches an assignment says how to make and check it, under '## Assignment'."""
+    from conftest import REPO
+    text = (REPO / ASSIGNMENTS[name].lesson).read_text(encoding="utf-8")
+    assert "\n## Assignment\n" in text, f"{ASSIGNMENTS[name].lesson} has no '## Assignment' section"
+    section = text.split("\n## Assignment\n", 1)[1].split("\n## ", 1)[0]
+    for command in (f"minift assignment make {name} ", f"minift assignment check hw-{name}"):
+        assert command in section, f"{ASSIGNMENTS[name].lesson}: its Assignment section lacks {command!r}"
+
+
 def _solution(name, out):
     """Put the installed (reference) files where the student's go."""
     for dotted in ASSIGNMENTS[name].modules:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from tests_support import grad_tolerance, max_diff
 from tokenizers import Tokenizer
 
 from minift.models import (
@@ -71,16 +72,6 @@ RANDOM_CONFIGS = [
         "classifier_dropout": 0.2,
     },
 ]
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
-
-
-def grad_tolerance(ref: torch.Tensor) -> float:
-    # 1e-5 absolute for gradients up to 1; larger ones are sums over batch and positions whose fp32
-    # rounding grows with their size, so the bound is 1e-5 relative to the largest entry.
-    return 1e-5 * max(1.0, ref.abs().max().item())
 
 
 def make_batch(config: dict, seed: int, batch: int = 3, length: int | None = None) -> dict:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from conftest import shared_data_or_skip
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from minift.io import JSONError
 from minift.tokenizer import bpe as bpe_module
 from minift.tokenizer.bpe import BYTE_TO_CHAR, BPEFormatError, ByteLevelBPETokenizer, to_byte_chars
-
-transformers = pytest.importorskip("transformers")
 
 EOS = "<|endoftext|>"
 N_RANDOM = 1000  # random strings per comparison
@@ -73,10 +73,8 @@ def random_texts(seed: int, n: int = N_RANDOM) -> list[str]:
 # ---- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gpt2_dir(shared_data) -> Path:
-    folder = shared_data / "gpt2"
-    if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
-        pytest.skip(f"GPT-2 vocab.json / merges.txt not found in {folder}")
-    return folder
+    shared_data_or_skip("gpt2/vocab.json", "gpt2/merges.txt")
+    return shared_data / "gpt2"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from minift.io import JSONError
 from minift.models import BertForSequenceClassification
 from minift.train.config import FinetuneConfig, check_run_identity, run_identity
 from minift.train.finetune import pretrain
+from minift.train.rundir import RunDirectory
 from minift.train.state import CHECKPOINTS, STATE
 
 
@@ -93,6 +94,34 @@ def test_class_weights_and_label_smoothing_change_the_run(capsys, tiny):
     assert "--label-smoothing must be in [0, 1)" in _error(capsys, root, model, "--label-smoothing", "1.5")
 
 
+@pytest.mark.parametrize("flags,weights,smoothing", [
+    ({"class_weights": "negative=1,positive=5"}, {"negative": 1.0, "positive": 5.0}, 0.0),
+    ({"class_weights": "positive=0.5,negative=3"}, {"negative": 3.0, "positive": 0.5}, 0.0),
+    ({"label_smoothing": 0.2}, None, 0.2),
+    ({"class_weights": "positive=2,negative=1", "label_smoothing": 0.1}, {"negative": 1.0, "positive": 2.0}, 0.1),
+])
+def test_class_weights_and_smoothing_are_torch_cross_entropy_on_the_same_batch(tiny, flags, weights, smoothing):
+    """The loss the task trains on equals torch's F.cross_entropy(weight=, label_smoothing=) on the
+    same logits, with each flag's weight at the id of its label (a swapped mapping fails here)."""
+    from minift.train.distributed import Distributed
+    from minift.train.tasks import classification
+
+    root, model = tiny
+    cfg = FinetuneConfig(task="classification", model=str(model), train=root / "train.tsv", dev=root / "dev.tsv",
+                         out=root / "unused", batch_size=16, **flags)
+    cfg.check()
+    task = classification.build(cfg, torch.device("cpu"), Distributed())
+    task.model.eval()  # no dropout: both forwards see the same logits
+    batch = next(iter(task.train_loader))
+    assert len(set(batch["labels"].tolist())) == 2  # both classes, so the weights' order matters
+    loss = task.objective.loss(task.model, batch)
+    logits = task.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    id2label = task.model.config.id2label
+    weight = None if weights is None else torch.tensor([weights[id2label[i]] for i in range(len(id2label))])
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weight, label_smoothing=smoothing)
+    assert abs(loss.item() - expected.item()) <= 1e-6, (loss.item(), expected.item())
+
+
 def test_a_flag_the_task_does_not_read_is_refused_before_any_work(capsys, tiny):
     """FinetuneConfig's field metadata names the tasks that read each flag: given to another task, the
     flag would be silently ignored, so it is an error, before any file is read or written."""
@@ -117,9 +146,9 @@ def test_freeze_head_only_changes_only_the_head(capsys, tiny):
     start = load_file(str(model / "model.safetensors"))  # a BertModel: names without the "bert." prefix
     end = load_file(str(root / "frozen" / "model.safetensors"))
     assert all(torch.equal(end["bert." + k], v) for k, v in start.items())  # embeddings, blocks, pooler
-    plain = load_file(str(root / "plain" / "model.safetensors")) if (root / "plain").exists() else None
-    if plain is not None:  # (the unfrozen run of the test above moved them)
-        assert any(not torch.equal(plain["bert." + k], v) for k, v in start.items())
+    _run(capsys, root, model, "unfrozen", "--max-steps", "3")  # the same run without --freeze moves them
+    plain = load_file(str(root / "unfrozen" / "model.safetensors"))
+    assert any(not torch.equal(plain["bert." + k], v) for k, v in start.items())
     n_head = sum(end[k].numel() for k in end if k.startswith("classifier"))
     assert result["trainable_parameters"] == n_head
 
@@ -197,11 +226,18 @@ def test_resume_is_exact_for_causal_lm(tmp_path, capsys):
                                              "--dev", str(text), "--batch-size", "4", "--max-length", "16"])
 
 
+def start_run(cfg: FinetuneConfig) -> None:
+    """What `finetune` does with --out before and after building the task, without the task."""
+    run_dir = RunDirectory(cfg).open()
+    run_dir.begin(torch.nn.Linear(2, 2))
+    run_dir.close(failed=False)
+
+
 def test_run_json_is_the_run_identity_and_a_damaged_one_is_named(tmp_path):
     """run.json, written atomically by a new run, is what --resume compares the flags with; a damaged
     run.json is an error naming the file, line and column, not a bare JSONDecodeError."""
     cfg = FinetuneConfig(out=tmp_path / "run", lr=3e-5)
-    check_run_identity(cfg)  # a new run: writes run.json
+    start_run(cfg)  # a new run: writes run.json
     run_file = tmp_path / "run" / "run.json"
     assert json.loads(run_file.read_text())["lr"] == 3e-5
     step = tmp_path / "run" / CHECKPOINTS / "step-00000001"
@@ -232,7 +268,7 @@ def test_the_identity_comes_from_the_config_fields_and_old_run_json_files_resume
     assert not {"model", "train", "dev", "max_length", "class_weights", "label_all_subtokens"} & pretraining.keys()
 
     cfg = FinetuneConfig(out=tmp_path / "run")
-    check_run_identity(cfg)
+    start_run(cfg)
     run_file = tmp_path / "run" / "run.json"
     old = json.loads(run_file.read_text())
     del old["label_smoothing"]  # as a run.json written before --label-smoothing existed

@@ -149,12 +149,13 @@ def test_generation_ends_when_every_row_has_finished(models):
     got = generate(ours["eager"], ids, 8, eos_token_id=[VOCAB - 1, eos])  # several EOS ids
     assert torch.equal(got, free[:, :stop])
     assert torch.equal(got, hf_generate(ref, ids, 8, eos=[VOCAB - 1, eos]))
-    # The method takes eos and pad from the config, as transformers' generation config does.
-    ours["eager"].config.eos_token_id = eos
+    # The method takes eos and pad from the model's generation config (read from the checkpoint's
+    # generation_config.json), as transformers does.
+    ours["eager"].generation_config.eos_token_id = eos
     try:
         assert torch.equal(ours["eager"].generate(ids, 8), got)
     finally:
-        ours["eager"].config.eos_token_id = 50256
+        ours["eager"].generation_config.eos_token_id = 50256
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -516,9 +517,9 @@ def test_seeded_sampling_is_reproducible(models):
     ({"max_new_tokens": 0}, r"max_new_tokens must be a positive integer, got 0"),
     ({"max_new_tokens": -3}, r"max_new_tokens must be a positive integer, got -3"),
     ({"max_new_tokens": 2.5}, r"max_new_tokens must be a positive integer, got 2.5"),
-    ({"top_p": 0.0}, r"top_p must be in \(0, 1\] \(or None\), got 0.0"),
-    ({"top_p": 1.5}, r"top_p must be in \(0, 1\] \(or None\), got 1.5"),
-    ({"top_k": 0}, r"top_k must be an integer >= 1 \(or None\), got 0"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\] \(1 = off\), got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\] \(1 = off\), got 1.5"),
+    ({"top_k": -1}, r"top_k must be an integer >= 0, got -1"),
     ({"temperature": 0.0}, r"temperature must be > 0, got 0.0 \(for greedy decoding pass do_sample=False\)"),
     ({"temperature": -1.0}, r"temperature must be > 0, got -1.0"),
     ({"max_new_tokens": 28}, (r"the prompt \(5 tokens\) \+ max_new_tokens \(28\) = 33 exceeds the model's "

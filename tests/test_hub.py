@@ -81,7 +81,9 @@ def write_folder(folder: Path, files: dict) -> Path:
 
 
 def folder_bytes(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """The files of a folder, but for the `.source` a copy of a local folder notes its origin in."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != hub.SOURCE}
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -473,6 +475,8 @@ def test_pull_from_local_folder_copies_only_checkpoint_files(tmp_path, weights_r
 
     assert folder_bytes(hub.pull(str(source))) == files
     assert folder_bytes(hub.pull(linked)) == files
+    for name, origin in (("my-model", source), ("snapshot", linked)):  # where each copy came from
+        assert (weights_root / name / hub.SOURCE).read_text(encoding="utf-8") == f"{origin.resolve()}\n"
     assert not (weights_root / "snapshot" / "config.json").is_symlink()
     assert [name for name, _ in hub.list_local()] == ["my-model", "snapshot"]
 
@@ -497,9 +501,11 @@ def test_resolve_folders_aliases_and_bad_names(tmp_path, weights_root):
         hub.resolve(tmp_path / "no-wheels")
     with pytest.raises(hub.UnknownModelError, match="does not exist"):
         hub.resolve(Path("runs/never-made"))  # a Path is a folder, never a hub id
-    for bad in ("a/b/c", "org--x/y", "../up", ""):
+    for bad in ("a/b/c", "org--x/y", ""):
         with pytest.raises(hub.UnknownModelError, match="known alias"):
             hub.resolve(bad, download=False)
+    with pytest.raises(hub.UnknownModelError, match="'../up' is a local path, not a hub id"):
+        hub.resolve("../up", download=False)  # ".." exists: a path, never a hub id
     with pytest.raises(hub.WeightsNotFoundError, match="`minift weights pull gpt2`"):
         hub.resolve("gpt2", download=False)
 

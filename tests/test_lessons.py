@@ -2,8 +2,11 @@
 
 Blocks fenced ```python run in order, in one namespace per lesson, from the repository root, as a
 reader following along would. An ```output block after a python block shows what that block prints
-and is compared with it (the syntax: tests/lesson_runner.py, CONTRIBUTING.md); a block that prints
+and is compared with it (the syntax: course/lessons.py, CONTRIBUTING.md); a block that prints
 must show its output. ```text, ```bash and other blocks are shown to the reader only.
+
+A figure block (course/lessons.py) writes its PNG into a temporary folder here (MINIFT_FIGURES_DIR),
+never over the committed lessons/figures/*.png, and must write the file its image link shows.
 
 Lessons that read the public data (../shared/data) run a second time with it hidden
 (MINIFT_SHARED_DATA pointing nowhere), as on a fresh clone: they must fall back on their fixtures in
@@ -13,35 +16,53 @@ lessons/fixtures/ and still pass every assert.
 import ast
 import importlib
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import REPO, minilm_or_skip
-from lesson_runner import (
+from conftest import REPO, data_required, minilm_or_skip
+
+from course.figures import MAX_BYTES
+from course.lessons import (
     DATA_VARIABLE,
+    FIGURES_DIR,
     LessonFormatError,
     LessonRun,
     compare_output,
+    lesson_files,
     read_lesson,
     run_lesson,
     shared_data_present,
     static_problems,
 )
 
-LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]-*.md"))  # not README.md, teaching.md
+LESSONS = lesson_files()  # not README.md, teaching.md
 READS_DATA = [p for p in LESSONS if DATA_VARIABLE in p.read_text(encoding="utf-8")]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def figures_dir(monkeypatch, tmp_path):
+    """Every lesson run here draws its figures into a temporary folder, not over lessons/figures/."""
+    folder = tmp_path / "figures"
+    monkeypatch.setenv("MINIFT_FIGURES_DIR", str(folder))
+    return folder
 
 
 def ids(paths):
     return [p.name for p in paths]
 
 
-def check_runs(path, with_data: bool) -> None:
+def check_runs(path, with_data: bool, figures_dir) -> None:
     text = path.read_text(encoding="utf-8")
     if "all-MiniLM-L6-v2" in text:
         minilm_or_skip()
     run = run_lesson(path)
     problems = run.problems(with_data)
     assert not problems, f"{path.name}: {len(problems)} shown output(s) wrong or missing:\n" + "\n".join(problems)
+    for figure in run.lesson.figures:
+        written = figures_dir / Path(figure.figure).name
+        assert written.is_file(), f"{run.lesson.where(figure)}: the figure block did not write {figure.figure}"
+        assert written.read_bytes()[:8] == PNG_SIGNATURE, f"{run.lesson.where(figure)}: {written.name} is no PNG"
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids(LESSONS))
@@ -65,16 +86,18 @@ def test_lesson_has_its_parts(lesson):
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids(LESSONS))
-def test_lesson_runs(lesson):
-    check_runs(lesson, with_data=shared_data_present())
+def test_lesson_runs(lesson, figures_dir):
+    if data_required() and lesson in READS_DATA and not shared_data_present():  # CI: the data must be there
+        pytest.fail(f"MINIFT_REQUIRE_DATA=1 but the public data {lesson.name} reads is missing")
+    check_runs(lesson, with_data=shared_data_present(), figures_dir=figures_dir)
 
 
 @pytest.mark.parametrize("lesson", READS_DATA, ids=ids(READS_DATA))
-def test_lesson_runs_without_shared_data(lesson, monkeypatch, tmp_path):
+def test_lesson_runs_without_shared_data(lesson, monkeypatch, tmp_path, figures_dir):
     """A fresh clone has no ../shared/data: the lesson falls back on lessons/fixtures/ and passes."""
     monkeypatch.setenv(DATA_VARIABLE, str(tmp_path / "no-shared-data"))
     assert not shared_data_present()
-    check_runs(lesson, with_data=False)
+    check_runs(lesson, with_data=False, figures_dir=figures_dir)
 
 
 @pytest.mark.parametrize("name", ["04-attention.md", "05-bert.md"])
@@ -100,6 +123,44 @@ def test_a_five_percent_error_in_attention_fails_the_verify_section(name, monkey
         runner.run()
     assert runner.current is not None and runner.current.section == "Verify", (
         f"{name} failed in the section {runner.current.section!r}, not in its Verify")
+
+
+# --- the figures -----------------------------------------------------------------------------------
+
+FIGURES = [(lesson, block) for lesson in map(read_lesson, LESSONS) for block in lesson.figures]
+FIGURE_IDS = [Path(block.figure).name for _, block in FIGURES]
+
+
+@pytest.mark.parametrize(("lesson", "figure"), FIGURES, ids=FIGURE_IDS)
+def test_figure_block_is_shown_by_the_image_after_it(lesson, figure):
+    """The image link right after a figure block names the file the block writes, and that file is
+    committed (the site and GitHub show it without running anything) and small."""
+    name = Path(figure.figure).name
+    assert figure.image is not None, (
+        f"{lesson.where(figure)}: a figure block must be followed by the image link that shows it, "
+        f"![what it shows](figures/{name})")
+    assert (lesson.path.parent / figure.image).resolve() == (REPO / figure.figure).resolve(), (
+        f"{lesson.where(figure)}: the block writes {figure.figure} but the image after it shows {figure.image}")
+    committed = REPO / figure.figure
+    assert committed.is_file(), f"{figure.figure} is not committed: run `make figures`"
+    assert committed.stat().st_size <= MAX_BYTES, f"{figure.figure}: {committed.stat().st_size} bytes"
+
+
+def test_every_committed_figure_has_its_block():
+    drawn = set(FIGURE_IDS)
+    orphans = sorted(p.name for p in FIGURES_DIR.glob("*.png") if p.name not in drawn)
+    assert not orphans, f"lessons/figures/ holds PNGs no lesson draws (make figures cannot redo them): {orphans}"
+    # Issue 12: a figure in the lessons on functional pieces, attention, schedules, the loop,
+    # generation and LoRA.
+    assert {"03", "04", "09", "12", "16", "19"} <= {lesson.name[:2] for lesson, _ in FIGURES}
+
+
+def test_a_figure_block_finds_the_image_after_its_output(tmp_path):
+    text = ("```python\nprint(1)\nsave_figure(fig, 'lessons/figures/99-a.png')\n```\n\n```output\n1\n```\n\n"
+            "![a](figures/99-a.png)\n\n```python\nsave_figure(fig, 'lessons/figures/99-b.png')\n```\n\nText.\n")
+    first, second = read_lesson(lesson_file(tmp_path, text)).figures
+    assert (first.figure, first.image) == ("lessons/figures/99-a.png", "figures/99-a.png")
+    assert (second.figure, second.image) == ("lessons/figures/99-b.png", None)
 
 
 # --- the output comparison itself ---------------------------------------------------------------

@@ -468,7 +468,7 @@ def test_freeze_errors(strategy, n, message):
 
 def test_freeze_unknown_architecture():
     with pytest.raises(ValueError, match=r"^Linear: model_type None is not an architecture minift implements "
-                                         r"\(known: bert, gpt2\)$"):
+                                         r"\(known: bert, gpt2, roberta\)$"):
         freeze(nn.Linear(2, 2), "embeddings")
 
 

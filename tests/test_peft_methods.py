@@ -1,7 +1,8 @@
-"""minift/peft/: every method against the `peft` library on random BERT and GPT-2 checkpoints written by
-transformers -- the adapter minift saves, loaded by `peft.PeftModel.from_pretrained`, gives the same
-logits (<= 1e-5), and the adapter peft saves, loaded by minift, too -- and prefix tuning on BERT against
-a hand-written key/value-prefix reference (peft 0.21 refuses prefix tuning on BERT classifiers).
+"""minift/peft/: every method against the `peft` library on random BERT, RoBERTa and GPT-2 checkpoints
+written by transformers -- the adapter minift saves, loaded by `peft.PeftModel.from_pretrained`, gives the
+same logits (<= 1e-5), and the adapter peft saves, loaded by minift, too -- and prefix tuning on BERT and
+RoBERTa against a hand-written key/value-prefix reference (peft 0.21 refuses prefix tuning on their
+classifiers).
 
 Tolerance: 1e-5 absolute on logits of size ~1 (float32; the two sides sum in different orders).
 """
@@ -10,6 +11,7 @@ import copy
 import json
 import warnings
 
+import peft  # the dev extra: a missing reference fails here, it does not skip
 import pytest
 import torch
 import transformers
@@ -19,6 +21,8 @@ from minift.models import (
     BertForTokenClassification,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
 )
 from minift.peft import (
     AdapterLinear,
@@ -31,14 +35,15 @@ from minift.peft import (
     unload,
 )
 
-peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5
 
 HF = {BertForSequenceClassification: transformers.BertForSequenceClassification,
       BertForTokenClassification: transformers.BertForTokenClassification,
       GPT2LMHeadModel: transformers.GPT2LMHeadModel,
-      GPT2ForSequenceClassification: transformers.GPT2ForSequenceClassification}
+      GPT2ForSequenceClassification: transformers.GPT2ForSequenceClassification,
+      RobertaForSequenceClassification: transformers.RobertaForSequenceClassification,
+      RobertaForTokenClassification: transformers.RobertaForTokenClassification}
 BERT_SHAPES = [{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37},
                {"hidden_size": 24, "num_hidden_layers": 3, "num_attention_heads": 3, "intermediate_size": 50}]
 GPT2_SHAPES = [{"n_embd": 32, "n_layer": 2, "n_head": 4}, {"n_embd": 24, "n_layer": 3, "n_head": 3}]
@@ -50,6 +55,10 @@ def checkpoint(cls, shape: int, seed: int, folder) -> str:
     if cls.__name__.startswith("Bert"):
         config = transformers.BertConfig(vocab_size=99, max_position_embeddings=64, num_labels=3,
                                          **BERT_SHAPES[shape])
+    elif cls.__name__.startswith("Roberta"):  # BERT's shapes, padding id 1, positions from 2, one segment
+        config = transformers.RobertaConfig(vocab_size=99, max_position_embeddings=66, num_labels=3,
+                                            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                            **BERT_SHAPES[shape])
     else:
         config = transformers.GPT2Config(vocab_size=99, n_positions=64, num_labels=3, bos_token_id=0,
                                          eos_token_id=0, pad_token_id=0, **GPT2_SHAPES[shape])
@@ -66,13 +75,22 @@ def hf_model(cls, folder):
     return HF[cls].from_pretrained(folder).eval()
 
 
-def inputs(seed: int, right_padding: bool = True) -> dict:
+def inputs(seed: int, right_padding: bool = True, pad: int | None = None) -> dict:
+    """`pad`: RoBERTa's padding id, which its positions are counted around: the padded positions hold it
+    and no real token does."""
     g = torch.Generator().manual_seed(seed)
     b, t = 3, 6 + seed
     mask = torch.ones(b, t, dtype=torch.long)
     if right_padding:
         mask[0, t - 2:] = 0
-    return {"input_ids": torch.randint(1, 99, (b, t), generator=g), "attention_mask": mask}
+    ids = torch.randint(1, 99, (b, t), generator=g)
+    if pad is not None:
+        ids = ids.masked_fill(ids == pad, pad + 2).masked_fill(mask == 0, pad)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pad_of(cls) -> int | None:
+    return 1 if cls.__name__.startswith("Roberta") else None
 
 
 @torch.no_grad()
@@ -118,6 +136,12 @@ SAVED_BY_MINIFT = [
     (GPT2ForSequenceClassification, "lora", {"lora_r": 2, "lora_targets": "c_attn"}),
     (GPT2ForSequenceClassification, "ia3", {}),
     (GPT2ForSequenceClassification, "prompt", {"num_virtual_tokens": 4}),
+    (RobertaForSequenceClassification, "lora", {"lora_r": 4, "lora_targets": "query,value,output.dense"}),
+    (RobertaForSequenceClassification, "dora", {"lora_r": 2, "use_rslora": True}),
+    (RobertaForSequenceClassification, "ia3", {}),
+    (RobertaForSequenceClassification, "prompt", {"num_virtual_tokens": 4}),
+    (RobertaForTokenClassification, "ia3", {}),
+    (RobertaForTokenClassification, "prompt", {"num_virtual_tokens": 3}),
 ]
 
 
@@ -131,7 +155,7 @@ def test_adapter_saved_by_minift_loads_in_peft(cls, method, options, shape, tmp_
     assert active_method(model) == method
     randomise(model, shape)
     # peft classifies a GPT-2 prompt from the last column (it passes inputs_embeds): no right padding there.
-    batch = inputs(shape, right_padding=not (cls is GPT2ForSequenceClassification))
+    batch = inputs(shape, right_padding=not (cls is GPT2ForSequenceClassification), pad=pad_of(cls))
     if cls.__name__.startswith("Bert"):  # two segments: prompt tuning puts its virtual tokens in segment 0
         batch["token_type_ids"] = (torch.arange(batch["input_ids"].shape[1]) >= 3).long().expand_as(batch["input_ids"])
     expected = minift_logits(model.eval(), batch)
@@ -157,6 +181,9 @@ PEFT_CONFIGS = [
                                                              use_rslora=True, target_modules=["key", "dense"])),
     (BertForTokenClassification, lambda: peft.IA3Config(task_type="TOKEN_CLS")),
     (BertForSequenceClassification, lambda: peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)),
+    (RobertaForSequenceClassification, lambda: peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"])),
+    (RobertaForSequenceClassification, lambda: peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3)),
+    (RobertaForTokenClassification, lambda: peft.IA3Config(task_type="TOKEN_CLS")),
     (GPT2LMHeadModel, lambda: peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"],
                                                fan_in_fan_out=True)),
     (GPT2LMHeadModel, lambda: peft.LoraConfig(task_type="CAUSAL_LM", r=2, use_dora=True, target_modules=["c_fc"],
@@ -185,25 +212,25 @@ def test_adapter_saved_by_peft_loads_in_minift(cls, make_config, tmp_path):
     theirs = peft.PeftModel.from_pretrained(hf_model(cls, folder), tmp_path / "adapter").eval()
     model = cls.from_pretrained(folder)
     method = load_peft_adapter(model, tmp_path / "adapter")
-    batch = inputs(1)
+    batch = inputs(1, pad=pad_of(cls))
     n = theirs.peft_config["default"].num_virtual_tokens if method == "prompt" else 0
     torch.testing.assert_close(minift_logits(model, batch), peft_logits(theirs, batch, n), atol=TOL, rtol=0)
 
 
 def prefix_reference(hf, batch: dict, kv: list) -> torch.Tensor:
-    """BERT's forward with learned keys/values before every layer's own, written out from the
-    transformers model's weights (eq. of Li & Liang 2021, sec. 4.2); kv[i] = (k, v), each (H, n, D)."""
-    bert, config = hf.bert, hf.config
+    """A BERT or RoBERTa classifier's forward with learned keys/values before every layer's own, written
+    out from the transformers model's weights (eq. of Li & Liang 2021, sec. 4.2); kv[i] = (k, v), each
+    (H, n, D). The embeddings are transformers' own, called without a cache: the prefix takes no
+    positions (RoBERTa's stay counted from padding_idx + 1 over the text)."""
+    encoder, config = hf.base_model, hf.config
     ids, mask = batch["input_ids"], batch["attention_mask"]
     b, t = ids.shape
     n = kv[0][0].shape[1]
     h_heads, d = config.num_attention_heads, config.hidden_size // config.num_attention_heads
-    e = bert.embeddings
-    x = e.word_embeddings(ids) + e.position_embeddings.weight[:t] + e.token_type_embeddings.weight[0]
-    x = e.LayerNorm(x)
+    x = encoder.embeddings(input_ids=ids)  # (B, T, C), dropout off (eval)
     keep = torch.cat([torch.ones(b, n, dtype=mask.dtype), mask], dim=1)  # the prefix is always attended
     additive = (1.0 - keep[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    for layer, (pk, pv) in zip(bert.encoder.layer, kv):
+    for layer, (pk, pv) in zip(encoder.encoder.layer, kv):
         att = layer.attention.self
 
         def heads(y):
@@ -216,27 +243,31 @@ def prefix_reference(hf, batch: dict, kv: list) -> torch.Tensor:
         context = (probs @ v).transpose(1, 2).reshape(b, t, h_heads * d)
         a = layer.attention.output.LayerNorm(x + layer.attention.output.dense(context))
         x = layer.output.LayerNorm(a + layer.output.dense(layer.intermediate(a)))
-    pooled = torch.tanh(bert.pooler.dense(x[:, 0]))
+    if config.model_type == "roberta":  # dense -> tanh -> out_proj on <s>
+        return hf.classifier(x)
+    pooled = torch.tanh(encoder.pooler.dense(x[:, 0]))
     return hf.classifier(pooled)
 
 
-@pytest.mark.parametrize("shape", [0, 1])
-@pytest.mark.parametrize("projection", [False, True])
-def test_bert_prefix_against_a_hand_written_reference(shape, projection, tmp_path):
-    folder = checkpoint(BertForSequenceClassification, shape, shape, tmp_path / "base")
-    model = BertForSequenceClassification.from_pretrained(folder)
+@pytest.mark.parametrize("cls,shape,projection", [
+    (BertForSequenceClassification, 0, False), (BertForSequenceClassification, 1, True),
+    (BertForSequenceClassification, 0, True), (BertForSequenceClassification, 1, False),
+    (RobertaForSequenceClassification, 0, True), (RobertaForSequenceClassification, 1, False)])
+def test_encoder_prefix_against_a_hand_written_reference(cls, shape, projection, tmp_path):
+    folder = checkpoint(cls, shape, shape, tmp_path / "base")
+    model = cls.from_pretrained(folder)
     setup_peft(model, peft="prefix", num_virtual_tokens=3 + shape, prefix_projection=projection)
     randomise(model, shape)
-    batch = inputs(shape)
+    batch = inputs(shape, pad=pad_of(cls))
     expected = minift_logits(model.eval(), batch)
-    kv = [(k[0], v[0]) for k, v in model.bert.prefix_encoder(1)]
-    hf = hf_model(BertForSequenceClassification, folder)
+    kv = [(k[0], v[0]) for k, v in getattr(model, model.base_model_prefix).prefix_encoder(1)]
+    hf = hf_model(cls, folder)
     hf.classifier.load_state_dict(model.classifier.state_dict())  # the trained head
     with torch.no_grad():
         torch.testing.assert_close(prefix_reference(hf, batch, kv), expected, atol=TOL, rtol=0)
     # and through the files: the (n, 2 L C) table, as peft would save it, back into a fresh model
     save_peft_adapter(model, tmp_path / "adapter", base_model_name=folder)
-    other = BertForSequenceClassification.from_pretrained(folder)
+    other = cls.from_pretrained(folder)
     assert load_peft_adapter(other, tmp_path / "adapter") == "prefix"
     torch.testing.assert_close(minift_logits(other, batch), expected, atol=TOL, rtol=0)
 
@@ -261,30 +292,30 @@ def test_gpt2_prompt_and_prefix_generation_with_and_without_cache(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [BertForSequenceClassification, GPT2LMHeadModel])
+@pytest.mark.parametrize("cls", [BertForSequenceClassification, RobertaForSequenceClassification, GPT2LMHeadModel])
 @pytest.mark.parametrize("kind", ["houlsby", "pfeiffer"])
 def test_bottleneck_adapters_round_trip(cls, kind, tmp_path):
     folder = checkpoint(cls, 0, 1, tmp_path / "base")
     model = cls.from_pretrained(folder)
-    before = minift_logits(model, inputs(0))
+    before = minift_logits(model, inputs(0, pad=pad_of(cls)))
     setup_peft(model, peft="adapter", adapter_kind=kind, adapter_reduction=4)
-    torch.testing.assert_close(minift_logits(model, inputs(0)), before, atol=0, rtol=0)  # W_up = 0: identity
+    torch.testing.assert_close(minift_logits(model, inputs(0, pad=pad_of(cls))), before, atol=0, rtol=0)  # W_up = 0: identity
     layers = 2
     wrapped = [n for n, m in model.named_modules() if isinstance(m, AdapterLinear)]
     assert len(wrapped) == (2 if kind == "houlsby" else 1) * layers
     dim, bottleneck = 32, 8
-    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier"))
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier"))  # RoBERTa: 2 layers
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == len(wrapped) * (2 * dim * bottleneck + bottleneck + dim) + head
     randomise(model, 2)
-    expected = minift_logits(model, inputs(0))
+    expected = minift_logits(model, inputs(0, pad=pad_of(cls)))
     assert not torch.allclose(expected, before)
     save_peft_adapter(model, tmp_path / "adapter", base_model_name=folder)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["method"] == "bottleneck" and config["kind"] == kind and config["reduction_factor"] == 4
     other = cls.from_pretrained(folder)
     assert load_peft_adapter(other, tmp_path / "adapter") == "adapter"
-    assert torch.equal(minift_logits(other, inputs(0)), expected)
+    assert torch.equal(minift_logits(other, inputs(0, pad=pad_of(cls))), expected)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,22 +323,22 @@ def test_bottleneck_adapters_round_trip(cls, kind, tmp_path):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [BertForSequenceClassification, GPT2LMHeadModel])
+@pytest.mark.parametrize("cls", [BertForSequenceClassification, RobertaForSequenceClassification, GPT2LMHeadModel])
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
 def test_merge_gives_a_plain_checkpoint_with_the_same_logits(cls, method, tmp_path):
     folder = checkpoint(cls, 1, 2, tmp_path / "base")
     model = cls.from_pretrained(folder)
-    targets = {"lora_targets": "query,value" if cls is BertForSequenceClassification else "c_attn"}
+    targets = {"lora_targets": "c_attn" if cls is GPT2LMHeadModel else "query,value"}
     setup_peft(model, peft=method, **({} if method == "ia3" else targets))
     randomise(model, 1)
-    expected = minift_logits(model, inputs(1))
+    expected = minift_logits(model, inputs(1, pad=pad_of(cls)))
     merge_and_unload(model)
     assert active_method(model) is None
     assert all(type(m) in (torch.nn.Linear,) for n, m in model.named_modules() if n.endswith(("query", "c_attn")))
-    torch.testing.assert_close(minift_logits(model, inputs(1)), expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(minift_logits(model, inputs(1, pad=pad_of(cls))), expected, atol=TOL, rtol=0)
     model.save_pretrained(tmp_path / "merged")
     theirs = hf_model(cls, tmp_path / "merged")
-    torch.testing.assert_close(peft_logits(theirs, inputs(1)), expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(peft_logits(theirs, inputs(1, pad=pad_of(cls))), expected, atol=TOL, rtol=0)
 
 
 def test_switching_adapters_on_one_base_model(tmp_path):

@@ -187,3 +187,38 @@ def test_cli_plots_a_real_run(tiny_run, capsys):
     assert lines["lr"].tolist() == [[r["step"], r["lr"]] for r in train]
     for name in ("loss", "accuracy", "macro_f1"):
         assert lines[f"dev {name}"].tolist() == [[r["step"], r[name]] for r in evals], name
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunk types of a PNG file, in order (IHDR, ..., IEND)."""
+    assert data[:8] == PNG_SIGNATURE
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        chunks.append(data[at + 4:at + 8])
+        at += 12 + length
+    return chunks
+
+
+def test_save_figure_writes_the_same_bytes_and_no_metadata(tmp_path, monkeypatch):
+    """The lessons' figures (make figures) are committed: a redraw must give the same bytes, and the
+    file must not name the matplotlib version (a tEXt "Software" chunk would)."""
+    pytest.importorskip("matplotlib")
+    from minift.plot import save_figure
+
+    monkeypatch.delenv("MINIFT_FIGURES_DIR", raising=False)
+
+    def draw(path):
+        fig = make_figure([train_line(s, 1.0 / s, 1e-4) for s in range(1, 6)], [])
+        return save_figure(fig, path)
+
+    first, second = draw(tmp_path / "a" / "one.png"), draw(tmp_path / "two.png")
+    assert first.read_bytes() == second.read_bytes()
+    chunks = png_chunks(first.read_bytes())
+    assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND"
+    assert not {b"tEXt", b"zTXt", b"iTXt", b"tIME"} & set(chunks), chunks
+    monkeypatch.setenv("MINIFT_FIGURES_DIR", str(tmp_path / "elsewhere"))  # what the test suite sets
+    assert draw("lessons/figures/never-written.png") == tmp_path / "elsewhere" / "never-written.png"
+    assert (tmp_path / "elsewhere" / "never-written.png").is_file()
+    with pytest.raises(ValueError, match="PNG"):
+        draw(tmp_path / "figure.svg")

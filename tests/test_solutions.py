@@ -6,30 +6,28 @@ Two checks:
   headings of the solutions file with the same name must match one to one, so an exercise added to a
   lesson without an answer fails here;
 - the answers run: a solutions file's ```python blocks run in order, in one namespace, from the
-  repository root, as the lessons do (tests/test_lessons.py). An ```output block right after a
-  python block is what that block prints: compared exactly, or number by number within the tolerance
-  its fence names (```output abs=1e-6 or rel=0.01).
+  repository root, with the lessons' runner (course/lessons.py), and every ```output block must
+  match what the block above it printed, with the same fence options as in the lessons (abs=, rel=,
+  volatile, data).
 
-The answers need neither the public data nor a GPU: where an exercise names ../shared/data, the answer
-falls back to data it builds itself when the folder is absent.
+The answers need neither the public data nor a GPU: an answer that reads the public data
+(MINIFT_SHARED_DATA) runs a second time with the data hidden, and must fall back on the lessons'
+fixtures or on data it builds itself.
 """
 
-import contextlib
-import io
-import math
 import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, minilm_or_skip
+from conftest import REPO, data_required, minilm_or_skip
+
+from course.lessons import DATA_VARIABLE, read_lesson, run_lesson, shared_data_present, static_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SOLUTIONS_DIR = REPO / "lessons" / "solutions"
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]-*.md"))
 SOLUTIONS = sorted(SOLUTIONS_DIR.glob("[0-9][0-9]-*.md"))
-FENCE = re.compile(r"^```([a-z]*)([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|[-+]?\b(?:nan|inf)\b")
 ITEM = re.compile(r"^(\d+)\. ", re.MULTILINE)
 ANSWER = re.compile(r"^## Exercise (\d+): \S", re.MULTILINE)
 
@@ -49,38 +47,6 @@ def answer_numbers(solutions: Path) -> list[int]:
     return [int(n) for n in ANSWER.findall(solutions.read_text(encoding="utf-8"))]
 
 
-def runnable_blocks(text: str) -> list[tuple[str, str | None, dict[str, float]]]:
-    """(code, expected output or None, tolerances) for each ```python block, in order."""
-    fences = [(m.group(1), m.group(2).split(), m.group(3)) for m in FENCE.finditer(text)]
-    blocks = []
-    for i, (language, _, body) in enumerate(fences):
-        if language != "python":
-            continue
-        expected, tolerances = None, {}
-        if i + 1 < len(fences) and fences[i + 1][0] == "output":
-            expected = fences[i + 1][2]
-            for option in fences[i + 1][1]:
-                name, _, value = option.partition("=")
-                if name not in ("abs", "rel") or not value:
-                    raise ValueError(f"```output option {option!r}: expected abs=X or rel=Y")
-                tolerances[name] = float(value)
-        blocks.append((body, expected, tolerances))
-    return blocks
-
-
-def same_output(actual: str, expected: str, tolerances: dict[str, float]) -> bool:
-    """Equal text, with numbers equal within the tolerances (exact when none are given)."""
-    actual, expected = actual.rstrip(), expected.rstrip()
-    if not tolerances:
-        return actual == expected
-    if NUMBER.split(actual) != NUMBER.split(expected):
-        return False
-    got, want = NUMBER.findall(actual), NUMBER.findall(expected)
-    return len(got) == len(want) and all(
-        math.isclose(float(a), float(b), rel_tol=tolerances.get("rel", 0.0), abs_tol=tolerances.get("abs", 0.0))
-        or a == b for a, b in zip(got, want))
-
-
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.name for p in LESSONS])
 def test_every_exercise_has_an_answer(lesson: Path):
     solutions = SOLUTIONS_DIR / lesson.name
@@ -97,32 +63,32 @@ def test_every_solutions_file_has_its_lesson():
     assert [p.name for p in SOLUTIONS if p.name not in lessons] == []
 
 
+READS_DATA = [p for p in SOLUTIONS if DATA_VARIABLE in p.read_text(encoding="utf-8")]
+
+
+def check_runs(solutions: Path, with_data: bool) -> None:
+    parsed = read_lesson(solutions)
+    assert parsed.python, f"{solutions.name} has no ```python block to run"
+    assert not static_problems(parsed), "\n".join(static_problems(parsed))
+    if "all-MiniLM-L6-v2" in solutions.read_text(encoding="utf-8"):
+        minilm_or_skip()
+    problems = run_lesson(solutions).problems(with_data)
+    assert not problems, f"solutions/{solutions.name}: {len(problems)} shown output(s) wrong or missing:\n" + (
+        "\n".join(problems))
+
+
 @pytest.mark.parametrize("solutions", SOLUTIONS, ids=[p.name for p in SOLUTIONS])
 def test_answers_run(solutions: Path, monkeypatch):
-    text = solutions.read_text(encoding="utf-8")
-    blocks = runnable_blocks(text)
-    assert blocks, f"{solutions.name} has no ```python block to run"
-    if "all-MiniLM-L6-v2" in text:
-        minilm_or_skip()
-    monkeypatch.chdir(REPO)
+    if data_required() and solutions in READS_DATA and not shared_data_present():  # CI: the data must be there
+        pytest.fail(f"MINIFT_REQUIRE_DATA=1 but the public data {solutions.name} reads is missing")
     monkeypatch.setenv("MINIFT_LESSON_TEST", "1")
-    namespace: dict = {"__name__": f"solutions_{solutions.stem.replace('-', '_')}"}
-    for i, (block, expected, tolerances) in enumerate(blocks, 1):
-        code = compile(block, f"solutions/{solutions.name} [python block {i}]", "exec")
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(code, namespace)  # noqa: S102 - running the answer is the point of this test
-        if expected is not None:
-            assert same_output(printed.getvalue(), expected, tolerances), (
-                f"solutions/{solutions.name} [python block {i}] printed\n{printed.getvalue()}\n"
-                f"but the ```output block after it says\n{expected}")
+    check_runs(solutions, with_data=shared_data_present())
 
 
-def test_output_comparison_can_fail():
-    assert same_output("loss 1.0000\n", "loss 1.0000", {})
-    assert not same_output("loss 1.0001", "loss 1.0000", {})
-    assert same_output("loss 1.0001, 3 steps", "loss 1.0000, 3 steps", {"abs": 1e-3})
-    assert not same_output("loss 1.1, 3 steps", "loss 1.0, 3 steps", {"abs": 1e-3})
-    assert not same_output("loss 1.0, 4 steps", "loss 1.0, 3 steps", {"rel": 0.1})
-    assert not same_output("cost 1.0", "loss 1.0", {"abs": 1.0})
-    assert same_output("2.0e-07", "0.0e+00", {"abs": 1e-6})
+@pytest.mark.parametrize("solutions", READS_DATA, ids=[p.name for p in READS_DATA])
+def test_answers_run_without_shared_data(solutions: Path, monkeypatch, tmp_path):
+    """A fresh clone has no ../shared/data: the answers fall back on fixtures and still assert."""
+    monkeypatch.setenv("MINIFT_LESSON_TEST", "1")
+    monkeypatch.setenv(DATA_VARIABLE, str(tmp_path / "no-shared-data"))
+    assert not shared_data_present()
+    check_runs(solutions, with_data=False)

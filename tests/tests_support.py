@@ -17,6 +17,16 @@ FILLER = ["the", "film", "was", "food", "service", "really", "quite", "and", "a"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + GOOD + BAD + FILLER
 
 
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def grad_tolerance(ref: torch.Tensor) -> float:
+    """1e-5 absolute for gradients up to 1; larger ones are sums over batch and positions whose fp32
+    rounding grows with their size, so the bound is 1e-5 relative to the largest entry."""
+    return 1e-5 * max(1.0, ref.abs().max().item())
+
+
 def write_tiny_bert(folder: Path, dropout: float = 0.1, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")

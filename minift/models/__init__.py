@@ -1,6 +1,15 @@
-"""The models, with the class names `transformers` uses: BERT (bert.py, lesson 05) and GPT-2
-(gpt2.py, lesson 15)."""
+"""The models, with the class names `transformers` uses: BERT (bert.py, lesson 05), GPT-2
+(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34), and transformers' Auto classes, which pick
+one by config.json's model_type through the table of architectures (auto.py, lesson 33)."""
 
+from minift.models.auto import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from minift.models.bert import (
     BertConfig,
     BertForMaskedLM,
@@ -15,8 +24,21 @@ from minift.models.gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
 )
+from minift.models.roberta import (
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
 
 __all__ = [
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
     "BertConfig",
     "BertForMaskedLM",
     "BertForSequenceClassification",
@@ -27,4 +49,9 @@ __all__ = [
     "GPT2ForTokenClassification",
     "GPT2LMHeadModel",
     "GPT2Model",
+    "RobertaConfig",
+    "RobertaForMaskedLM",
+    "RobertaForSequenceClassification",
+    "RobertaForTokenClassification",
+    "RobertaModel",
 ]

@@ -24,6 +24,13 @@ from minift.models.gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
 )
+from minift.models.roberta import (
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
 
 # The model classes an architecture may have, by what they predict.
 HEADS = ("base", "sequence-classification", "token-classification", "masked-lm", "causal-lm")
@@ -85,6 +92,17 @@ ARCHITECTURES: dict[str, Architecture] = {
         positions="n_positions",
         pretraining="causal-lm",
         default_tokenizer="gpt2",
+    ),
+    "roberta": Architecture(
+        model_type="roberta",
+        config_class=RobertaConfig,
+        heads={"base": RobertaModel, "sequence-classification": RobertaForSequenceClassification,
+               "token-classification": RobertaForTokenClassification, "masked-lm": RobertaForMaskedLM},
+        tokenizer="byte-level-bpe",
+        layout=Layout(embeddings=("embeddings",), blocks="encoder.layer"),
+        positions="max_input_positions",  # 2 of roberta-base's 514 rows are before the first position
+        pretraining="masked-lm",
+        default_tokenizer="roberta-base",
     ),
 }
 

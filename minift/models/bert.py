@@ -19,7 +19,7 @@ heads in heads.py, loading and saving in pretrained.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+from minift.outputs import ModelOutput, refuse_unsupported
 
 # ----------------------------------------------------------------------------------------------------
 # Config
@@ -93,16 +94,17 @@ class BertConfig(PretrainedConfig):
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BertModelOutput:
-    last_hidden_state: torch.Tensor  # (B, T, C)
+# Indexable as transformers' outputs are (out.logits, out["logits"], out[0]), fields in its order.
+@dataclass(eq=False)
+class BertModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor = None  # (B, T, C)
     pooler_output: torch.Tensor | None = None  # (B, C), None without a pooling layer
 
 
-@dataclass
-class BertHeadOutput:
-    logits: torch.Tensor  # (B, num_labels), (B, T, num_labels) or (B, T, vocab_size)
-    loss: torch.Tensor | None = None  # scalar, when labels were given
+@dataclass(eq=False)
+class BertHeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # scalar, when labels were given (so out[0] is the loss, as in transformers)
+    logits: torch.Tensor = None  # (B, num_labels), (B, T, num_labels) or (B, T, vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -332,21 +334,28 @@ class BertModel(BertPretrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
+        refuse_unsupported(self, unsupported)
         self._check_inputs(input_ids, attention_mask, token_type_ids)
-        batch = input_ids.shape[0]
-        prompt = None if self.prompt_encoder is None else self.prompt_encoder(batch)  # (B, n, C)
-        prefixes = None if self.prefix_encoder is None else self.prefix_encoder(batch)  # per layer (k, v)
+        prompt, prefixes, attention_mask = self._virtual_tokens(input_ids.shape[0], attention_mask)
         x = self.embeddings(input_ids, token_type_ids, prompt)  # (B, T, C), (B, n + T, C) with a prompt
-        virtual = (prompt.shape[1] if prompt is not None else 0) + (prefixes[0][0].shape[2] if prefixes else 0)
-        if attention_mask is not None and virtual:  # the virtual tokens are always attended (peft)
-            attention_mask = F.pad(attention_mask, (virtual, 0), value=1)  # (B, n + T)
         # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
         x = self.encoder(x, mask, prefixes)  # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def _virtual_tokens(self, batch: int, attention_mask: torch.Tensor | None):
+        """Prompt tuning's n embeddings (B, n, C) or None, prefix tuning's per-layer (key, value) or None,
+        and the attention mask with n ones in front: the virtual tokens are always attended (peft)."""
+        prompt = None if self.prompt_encoder is None else self.prompt_encoder(batch)  # (B, n, C)
+        prefixes = None if self.prefix_encoder is None else self.prefix_encoder(batch)  # per layer (k, v)
+        virtual = (prompt.shape[1] if prompt is not None else 0) + (prefixes[0][0].shape[2] if prefixes else 0)
+        if attention_mask is not None and virtual:
+            attention_mask = F.pad(attention_mask, (virtual, 0), value=1)  # (B, n + T)
+        return prompt, prefixes, attention_mask
 
     def _check_inputs(
         self,
@@ -404,7 +413,9 @@ class BertForSequenceClassification(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
@@ -432,7 +443,9 @@ class BertForTokenClassification(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         out = self.bert(input_ids, attention_mask, token_type_ids)
         hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
@@ -508,7 +521,9 @@ class BertForMaskedLM(BertPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> BertHeadOutput:
+        refuse_unsupported(self, unsupported)
         out = self.bert(input_ids, attention_mask, token_type_ids)
         hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.cls(hidden)  # (B, T, vocab_size)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.generate import generate as _generate
+from minift.generation.mixin import GenerationMixin
 from minift.losses import IGNORE_INDEX, cross_entropy
 from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.gpt2_fast import use_fast_path
@@ -32,6 +32,7 @@ from minift.models.heads import sequence_classification_loss, token_classificati
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
+from minift.outputs import ModelOutput, refuse_unsupported
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -113,16 +114,17 @@ class GPT2Config(PretrainedConfig):
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GPT2ModelOutput:
-    last_hidden_state: torch.Tensor  # (B, T, C)
+# Indexable as transformers' outputs are (out.logits, out["logits"], out[0]), fields in its order.
+@dataclass(eq=False)
+class GPT2ModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor = None  # (B, T, C)
     past_key_values: KVCache | None = None  # with use_cache=True: per layer (k, v), (B, H, T_past + T, D)
 
 
-@dataclass
-class GPT2HeadOutput:
-    logits: torch.Tensor  # (B, T, vocab_size), (B, num_labels) or (B, T, num_labels)
-    loss: torch.Tensor | None = None  # scalar, when labels were given
+@dataclass(eq=False)
+class GPT2HeadOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # scalar, when labels were given (so out[0] is the loss, as in transformers)
+    logits: torch.Tensor = None  # (B, T, vocab_size), (B, num_labels) or (B, T, num_labels)
     past_key_values: KVCache | None = None
 
 
@@ -293,6 +295,7 @@ class GPT2Model(GPT2PretrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        **unsupported: Any,
     ) -> GPT2ModelOutput:
         """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
         attention_mask (B, T_past + T): 1 = token, 0 = padding, over the past and the new tokens.
@@ -301,6 +304,7 @@ class GPT2Model(GPT2PretrainedModel):
         given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
         tokens are read at positions shifted by the padding (lesson 15).
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
+        refuse_unsupported(self, unsupported)
         _check_ids(input_ids, self.config.vocab_size)
         prompt, past_key_values, attention_mask, position_ids = self._virtual_tokens(
             input_ids.shape[0], past_key_values, attention_mask, position_ids)
@@ -376,9 +380,10 @@ class GPT2Model(GPT2PretrainedModel):
 # ----------------------------------------------------------------------------------------------------
 
 
-class GPT2LMHeadModel(GPT2PretrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
     """Next-token prediction (Radford et al. 2018, eq. 1); the output matrix is the token embedding
-    matrix itself (weight tying, Press & Wolf 2017), one tensor under two names."""
+    matrix itself (weight tying, Press & Wolf 2017), one tensor under two names. `.generate` (greedy,
+    sampling, beam search, with transformers' arguments) is GenerationMixin's, minift/generation/mixin.py."""
 
     _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "transformer.wte.weight"}
 
@@ -387,6 +392,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
+        self._init_generation_config()
 
     def forward(
         self,
@@ -397,6 +403,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
         """labels (B, T) may simply be input_ids: the shift happens here, so position t is scored on
         token t + 1; -100 marks positions that are not scored (e.g. padding).
@@ -405,6 +412,7 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
         as transformers' argument of that name. Generation needs only the last position's: on the
         prompt step that skips T - 1 of the T products with the (vocab_size, C) matrix, the largest in
         the model."""
+        refuse_unsupported(self, unsupported)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if logits_to_keep and labels is not None:
@@ -426,31 +434,6 @@ class GPT2LMHeadModel(GPT2PretrainedModel):
             shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
             loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
         return GPT2HeadOutput(logits=logits[:, virtual:], loss=loss, past_key_values=out.past_key_values)
-
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        attention_mask: torch.Tensor | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The prompt followed by up to `max_new_tokens` new tokens, (B, T + new); see minift/generate.py.
-        As in transformers, eos_token_id and pad_token_id default to the config's (call
-        `minift.generate.generate` directly to generate with no end-of-sequence token)."""
-        return _generate(
-            self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-            top_p=top_p, use_cache=use_cache, attention_mask=attention_mask,
-            eos_token_id=self.config.eos_token_id if eos_token_id is None else eos_token_id,
-            pad_token_id=self.config.pad_token_id if pad_token_id is None else pad_token_id,
-            generator=generator,
-        )
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -484,7 +467,9 @@ class GPT2ForSequenceClassification(GPT2PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         # + the virtual tokens of prompt tuning before the text (B, n + T, C)
         last = last_token_index(input_ids, self.config.pad_token_id) + self.transformer.num_virtual_tokens  # (B,)
@@ -514,7 +499,9 @@ class GPT2ForTokenClassification(GPT2PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **unsupported: Any,
     ) -> GPT2HeadOutput:
+        refuse_unsupported(self, unsupported)
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         hidden = hidden[:, self.transformer.num_virtual_tokens:]  # the text's positions (prompt tuning)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)

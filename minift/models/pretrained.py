@@ -8,6 +8,7 @@ minift/checkpoint/load.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -84,10 +85,16 @@ class PretrainedModel(torch.nn.Module):
         *,
         strict: bool = True,
         allow_pickle: bool = False,
+        new_head: str = "warn",
         **overrides: Any,
     ) -> Self:
-        """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode."""
-        folder = _resolve(name_or_folder)
+        """Build the model from ``config.json`` (+ overrides), load the weights, return it in eval mode.
+
+        A head the checkpoint has no tensors for starts from random weights: ``new_head="warn"`` (to be
+        trained: fine-tuning) says so in a warning, ``"error"`` (to be used: prediction, evaluation)
+        refuses, since its outputs would be random."""
+        _check_overrides(cls, overrides)
+        folder = resolve_folder(name_or_folder)
         config_path = folder / CONFIG_NAME
         config_dict = read_config(folder)
         expected_type = getattr(cls.config_class, "model_type", None)
@@ -101,6 +108,10 @@ class PretrainedModel(torch.nn.Module):
         model = cls(config)
         state_dict = load_state_dict(folder, allow_pickle=allow_pickle)
         report = copy_into(model, state_dict, source=str(folder))
+        if new_head == "error" and report.newly_initialized:
+            raise CheckpointError(f"{folder} has no trained {cls.__name__} head ({', '.join(report.newly_initialized)} "
+                                  "are not in its weights): its predictions would be random. Fine-tune it first "
+                                  "(minift finetune), or load it anyway to experiment (--allow-untrained-head)")
         raise_or_warn(report, strict, stacklevel=3)  # 1: raise_or_warn, 2: here, 3: the caller
         adapter = config_dict.get("peft_adapter")
         if adapter:  # a run of prompt/prefix tuning or adapters: the base model plus its adapter, never the base alone
@@ -110,6 +121,7 @@ class PretrainedModel(torch.nn.Module):
                     f"{folder / adapter['folder']}; `import minift.peft` first, which registers the loader "
                     "(minift.peft builds on this module, so it cannot be imported from here)")
             ADAPTER_LOADER(model, folder / adapter["folder"])
+        model._load_extra_files(folder)
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
@@ -124,9 +136,37 @@ class PretrainedModel(torch.nn.Module):
         save_state_dict(state_dict, folder, max_shard_size=max_shard_size)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
         write_json(config, folder / CONFIG_NAME)
+        self._save_extra_files(folder)
+
+    def _load_extra_files(self, folder: Path) -> None:
+        """Files beyond config.json and the weights that a subclass reads (a generative model's
+        generation_config.json, minift/generation/mixin.py)."""
+
+    def _save_extra_files(self, folder: Path) -> None:
+        """Writes what `_load_extra_files` reads."""
 
 
-def _resolve(name_or_folder: str | os.PathLike) -> Path:
+# from_pretrained arguments of transformers that are not config fields, and what to write in minift.
+LOADING_INSTEAD = {
+    "torch_dtype": "model.to(torch.bfloat16) after loading", "dtype": "model.to(torch.bfloat16) after loading",
+    "device_map": "model.to(device) after loading", "trust_remote_code": "nothing: minift runs no code from a checkpoint",
+    "low_cpu_mem_usage": "nothing", "revision": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+    "cache_dir": "minift weights pull NAME (lessons/30-weights-and-hub.md)",
+}
+
+
+def _check_overrides(cls: type, overrides: dict) -> None:
+    """Keyword arguments of from_pretrained are config fields (num_labels=3, hidden_dropout_prob=0.0,
+    attn_impl=...); anything else would be silently dropped by the config, so it is refused."""
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        instead = LOADING_INSTEAD.get(unknown[0], f"one of the fields of {cls.config_class.__name__}")
+        raise TypeError(f"{cls.__name__}.from_pretrained got {unknown}, which are not fields of "
+                        f"{cls.config_class.__name__}; instead of {unknown[0]}: {instead}")
+
+
+def resolve_folder(name_or_folder: str | os.PathLike) -> Path:
     """A local folder as is; a path that does not exist is an error; a bare name goes to the hub."""
     path = Path(name_or_folder).expanduser()
     if path.exists():

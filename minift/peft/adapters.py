@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.peft.trainable import head_modules, head_parameters, inside
+from minift.peft.trainable import head_modules, head_parameters, inside, replace_module
 
 ADAPTER_KINDS = ("houlsby", "pfeiffer")
 DEFAULT_REDUCTION = 16
@@ -136,10 +136,7 @@ def apply_adapters(model: nn.Module, kind: str = "houlsby", reduction: int = DEF
         raise ValueError(f"adapters: no module of {type(model).__name__} to put an adapter after")
     model.requires_grad_(False)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        layer = AdapterLinear(getattr(owner, child), reduction, NON_LINEARITY[kind])
-        setattr(owner, child, layer.train(owner.training))
+        replace_module(model, name, lambda linear: AdapterLinear(linear, reduction, NON_LINEARITY[kind]))
     for p in head_parameters(model, heads).values():
         p.requires_grad_(True)
     model.adapter_config = AdapterConfig(kind, reduction, NON_LINEARITY[kind], names, heads)

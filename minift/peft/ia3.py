@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.peft.trainable import head_modules, head_parameters, matches, target_linears
+from minift.peft.trainable import head_modules, head_parameters, matches, replace_module, target_linears
 
 # model_type -> (target modules, the feed-forward ones among them, scaled on their input): peft's defaults.
 # RoBERTa has BERT's module names.
@@ -117,9 +117,8 @@ def apply_ia3(model: nn.Module, target_modules: Sequence[str] | None = None,
     names = target_linears(model, list(target_modules), heads, "apply_ia3")
     model.requires_grad_(False)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        setattr(owner, child, IA3Linear(getattr(owner, child), matches(name, feedforward_modules)))
+        feedforward = matches(name, feedforward_modules)
+        replace_module(model, name, lambda linear, feedforward=feedforward: IA3Linear(linear, feedforward))
     for p in head_parameters(model, heads).values():
         p.requires_grad_(True)
     model.ia3_config = IA3Config(list(target_modules), feedforward_modules, heads)
@@ -139,8 +138,6 @@ def merge_ia3(model: nn.Module) -> list[str]:
     if not names:
         raise ValueError(f"merge_ia3: {type(model).__name__} has no (IA)^3 layers to merge")
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        setattr(owner, child, getattr(owner, child).to_linear())
+        replace_module(model, name, lambda layer: layer.to_linear())
     del model.ia3_config
     return names

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minift.models.config import is_int, is_number
-from minift.peft.trainable import check_targets, head_modules, head_parameters, target_linears
+from minift.peft.trainable import check_targets, head_modules, head_parameters, replace_module, target_linears
 
 DEFAULT_LORA_ALPHA = 16.0
 DEFAULT_LORA_DROPOUT = 0.0
@@ -232,11 +232,7 @@ def apply_lora(
     layer = DoRALinear if use_dora else LoRALinear
     model.requires_grad_(False)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        lora = layer(getattr(owner, child), r, alpha, dropout, use_rslora)  # new A and B: trainable
-        lora.train(owner.training)  # new modules start in training mode; follow the model (dropout)
-        setattr(owner, child, lora)
+        replace_module(model, name, lambda linear: layer(linear, r, alpha, dropout, use_rslora))  # new A, B
     for p in head_parameters(model, heads).values():
         p.requires_grad_(True)
     model.lora_config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=targets, head=heads,
@@ -296,9 +292,7 @@ def merge_lora(model: nn.Module) -> list[str]:
     if not names:
         raise ValueError(f"merge_lora: {type(model).__name__} has no LoRA layers to merge")
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        setattr(owner, child, getattr(owner, child).to_linear())
+        replace_module(model, name, lambda lora: lora.to_linear())
     if hasattr(model, "lora_config"):
         del model.lora_config
     return names

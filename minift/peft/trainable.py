@@ -19,7 +19,7 @@ and its `modules_to_save` copies (here the head's own parameters train in place)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -105,6 +105,17 @@ def trainable_summary(model: nn.Module) -> str:
     """One line for the start of a run: "trainable params: 1,234 / 22,713,216 (0.01%)"."""
     trainable, total = trainable_parameters(model)
     return f"trainable params: {trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def replace_module(model: nn.Module, name: str, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Put ``make(old)`` where the submodule ``name`` is, and return it. The new module follows its
+    owner's train/eval mode: a module starts in training mode, which would switch dropout on inside a
+    model in eval mode. Every method that wraps, merges or unwraps a Linear goes through here."""
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    new = make(getattr(owner, child)).train(owner.training)
+    setattr(owner, child, new)
+    return new
 
 
 def base_model(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from minift.peft.ia3 import IA3Linear, ia3_parameters, merge_ia3
 from minift.peft.lora import LoRALinear, lora_parameters, merge_lora
 from minift.peft.prefix import prefix_parameters
 from minift.peft.prompt_tuning import prompt_parameters
-from minift.peft.trainable import base_model
+from minift.peft.trainable import base_model, replace_module
 
 METHODS = ("lora", "dora", "ia3", "prompt", "prefix", "adapter")
 MERGEABLE = ("lora", "dora", "ia3")
@@ -64,8 +64,7 @@ def unload(model: nn.Module) -> str | None:
         if isinstance(module, (LoRALinear, IA3Linear, AdapterLinear)):
             if isinstance(module, LoRALinear) and module.merged:
                 module.unmerge()
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, _plain(module))
+            replace_module(model, name, _plain)
     base = base_model(model)
     if getattr(base, "prompt_encoder", None) is not None:
         base.prompt_encoder = None
@@ -82,4 +81,4 @@ def _plain(module: nn.Module) -> nn.Linear:
     linear.weight = module.weight
     if module.bias is not None:
         linear.bias = module.bias
-    return linear.train(module.training)
+    return linear

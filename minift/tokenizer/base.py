@@ -63,11 +63,25 @@ class Encoding:
 
 class BatchEncoding(dict):
     """A dict of ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT), (B, T)
-    LongTensors or lists of lists, plus ``word_ids(i)``: the word of each token of sequence i."""
+    LongTensors or lists of lists, plus ``word_ids(i)``: the word of each token of sequence i.
+    As transformers' BatchEncoding, its keys read as attributes too (``batch.input_ids``) and
+    ``batch.to(device)`` moves its tensors."""
 
     def __init__(self, data: dict, word_ids: list[list[int | None]]):
         super().__init__(data)
         self._word_ids = word_ids
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in self:
+            raise AttributeError(f"BatchEncoding has no {name!r} (it holds: {', '.join(self)})")
+        return self[name]
+
+    def to(self, device) -> BatchEncoding:
+        """The tensors moved to `device` (in place, and returned, as transformers does)."""
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                self[key] = value.to(device)
+        return self
 
     def word_ids(self, batch_index: int = 0) -> list[int | None]:
         if not 0 <= batch_index < len(self._word_ids):
@@ -251,18 +265,27 @@ class BaseTokenizer:
                 self._word_cache[word] = ids
         return ids
 
+    def _encode_words(self, sequences: list[list[str]]) -> list[Encoding]:
+        """Texts already cut into words (``is_split_into_words``) -> encodings: each word is tokenized
+        alone, and its tokens get its index in the list as their word id."""
+        return [self._encoding((index, word, special) for index, text in enumerate(words)
+                               for word, special in self._words(text)) for words in sequences]
+
     def _encode_texts(self, texts: list[str]) -> list[Encoding]:
         """Texts -> encodings without special tokens (type id 0, words numbered from 0)."""
-        encodings = []
-        for text in texts:
-            encoding = Encoding()
-            for word_index, (word, is_special) in enumerate(self._words(text)):
-                ids = [self.vocab[word]] if is_special else self._word_to_ids(word)
-                encoding.ids += ids
-                encoding.word_ids += [word_index] * len(ids)
-            encoding.type_ids = [0] * len(encoding.ids)
-            encodings.append(encoding)
-        return encodings
+        return [self._encoding((index, word, special) for index, (word, special) in enumerate(self._words(text)))
+                for text in texts]
+
+    def _encoding(self, words) -> Encoding:
+        """(word id, word, is_special) triples -> one encoding: a special token is its own id, any other
+        word its pieces' ids, each token carrying the word id; type id 0."""
+        encoding = Encoding()
+        for word_index, word, is_special in words:
+            ids = [self.vocab[word]] if is_special else self._word_to_ids(word)
+            encoding.ids += ids
+            encoding.word_ids += [word_index] * len(ids)
+        encoding.type_ids = [0] * len(encoding.ids)
+        return encoding
 
     # ---- truncation and the template ----------------------------------------------------------------
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
@@ -377,14 +400,17 @@ class BaseTokenizer:
                              f"({target}); pass truncation=True")
         return target
 
-    def _pad(self, encodings: list, target: int | None, return_tensors: str | None) -> BatchEncoding:
-        """Pad every sequence to ``target`` tokens; attention_mask is 1 on real tokens, 0 on padding."""
+    def _pad(self, encodings: list, target: int | None, return_tensors: str | None,
+             offsets: bool = False) -> BatchEncoding:
+        """Pad every sequence to ``target`` tokens; attention_mask is 1 on real tokens, 0 on padding.
+        ``offsets``: also ``offset_mapping``, the (start, end) characters of each token, (0, 0) for
+        special tokens and padding (`tokenizers` encodings carry them; see compat.py)."""
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         needs_padding = target is not None and any(len(e.ids) < target for e in encodings)
         pad_id = self._pad_id() if needs_padding else None
         rows = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
-        words = []
+        words, spans = [], []
         for encoding in encodings:
             n_pad = 0 if target is None else target - len(encoding.ids)
             row = {"input_ids": (list(encoding.ids), pad_id),
@@ -393,7 +419,11 @@ class BaseTokenizer:
             for name, (values, pad_value) in row.items():
                 rows[name].append(_pad_list(values, pad_value, n_pad, self.padding_side))
             words.append(_pad_list(list(encoding.word_ids), None, n_pad, self.padding_side))
+            if offsets:
+                spans.append(_pad_list([tuple(span) for span in encoding.offsets], (0, 0), n_pad, self.padding_side))
         data = {name: rows[name] for name in self.model_input_names}
+        if offsets:
+            data["offset_mapping"] = spans
         if return_tensors == "pt":
             lengths = {len(r) for r in data["input_ids"]}
             if len(lengths) > 1:
@@ -401,7 +431,6 @@ class BaseTokenizer:
                                  f"stack into one tensor; use padding='longest' or return_tensors=None")
             data = {name: torch.tensor(value, dtype=torch.long) for name, value in data.items()}  # (B, T)
         return BatchEncoding(data, words)
-
 
     def _pad_id(self) -> int:
         """The pad token's id; a model without one (GPT-2) pads with its end-of-text token, which the

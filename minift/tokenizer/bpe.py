@@ -22,13 +22,13 @@ import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import regex
 import torch
 
-from minift.io import dumps_json, read_json, write_texts
-from minift.tokenizer.base import BaseTokenizer, BatchEncoding, Encoding
+from minift.io import dumps_json, read_json, read_text, write_texts
+from minift.tokenizer.base import BaseTokenizer, BatchEncoding, Encoding, Template
 from minift.tokenizer.files import (
     MERGES_TXT,
     SPECIAL_TOKENS_MAP,
@@ -129,7 +129,16 @@ class ByteLevelBPETokenizer(BaseTokenizer):
     model never reads them). Padding goes on the right by default; batched generation needs
     ``padding_side="left"``, so that every prompt ends where the new tokens start.
     ``vocab_size`` counts every id, the added special tokens included (the embedding size needed).
+
+    The class attributes say what differs in a family that reuses the same BPE: RoBERTa's tokenizer
+    (minift/tokenizer/roberta.py) has five special tokens, a template and a `<mask>` with lstrip.
     """
+
+    ROLES: ClassVar[dict[str, str]] = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN}  # one token for both
+    SAVED_ROLES: ClassVar[dict[str, str]] = {**ROLES, "unk_token": EOS_TOKEN}  # as the reference writes them
+    TEMPLATE: ClassVar[Template] = Template()  # GPT-2 adds nothing around a text
+    LSTRIP: ClassVar[tuple[str, ...]] = ()  # special tokens that take the whitespace on their left
+    TOKENIZER_CLASS: ClassVar[str] = "GPT2Tokenizer"  # tokenizer_config.json's tokenizer_class
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]],
                  special_tokens: Iterable[str] | None = None, *, pad_token: str | None = None,
@@ -141,16 +150,16 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         check_merges(merges, vocab, merge_origins or [f"merge #{i}" for i in range(len(merges))])
         # rank 0 = the merge learned first
         self.ranks = {(left, right): rank for rank, (left, right) in enumerate(merges)}
-        specials = list(dict.fromkeys([EOS_TOKEN, *_check_special_tokens(special_tokens),
+        specials = list(dict.fromkeys([*self.ROLES.values(), *_check_special_tokens(special_tokens),
                                        *([] if pad_token is None else _check_special_tokens([pad_token]))]))
         self.added_tokens = [token for token in specials if token not in vocab]
         for token in self.added_tokens:  # the next free ids, as the `tokenizers` package assigns them
             vocab[token] = max(vocab.values()) + 1
-        roles = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN}  # GPT-2 uses one token for both
+        roles = dict(self.ROLES)
         if pad_token is not None:
             roles["pad_token"] = pad_token
         super().__init__(vocab, roles, never_split=specials, model_max_length=model_max_length,
-                         padding_side=padding_side)
+                         padding_side=padding_side, template=self.TEMPLATE)
         self.special_ids = {vocab[token] for token in specials}
         self._cache: dict[str, tuple[str, ...]] = {}
         self._noted_eos_padding = False
@@ -172,7 +181,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         files = read_model_files(folder)
         settings = read_tokenizer_settings(folder)
         added = files.added + read_added_tokens(settings.get("added_tokens_decoder", {}),
-                                                folder / TOKENIZER_CONFIG)
+                                                folder / TOKENIZER_CONFIG, lstrip=cls.LSTRIP)
         pinned = dict(sorted(added, key=lambda item: item[1]))  # token -> the id the files give it
         listed = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
         extra = [*pinned, *(t["content"] if isinstance(t, dict) else t for t in listed),
@@ -223,14 +232,14 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         return data.decode("utf-8", errors="replace")
 
     def _pad(self, encodings: list[Encoding], target: int | None,
-             return_tensors: str | None) -> BatchEncoding:
+             return_tensors: str | None, offsets: bool = False) -> BatchEncoding:
         """Without a pad token, pad with `<|endoftext|>`: the attention mask hides those positions.
 
         transformers users write ``tokenizer.pad_token = tokenizer.eos_token`` for the same effect;
         here ``pad_token_id`` stays None (as in the reference) and the batch call says what it did.
         """
         if self.pad_token_id is not None:
-            return super()._pad(encodings, target, return_tensors)
+            return super()._pad(encodings, target, return_tensors, offsets)
         if not self._noted_eos_padding and target is not None and any(len(e.ids) < target for e in encodings):
             self._noted_eos_padding = True
             warnings.warn(f"GPT-2 has no pad token: padding with {EOS_TOKEN} (id {self.eos_token_id}); the "
@@ -238,7 +247,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                           f"(shown once per tokenizer)", stacklevel=3)
         self.special_tokens_map["pad_token"] = EOS_TOKEN  # for this call only
         try:
-            return super()._pad(encodings, target, return_tensors)
+            return super()._pad(encodings, target, return_tensors, offsets)
         finally:
             del self.special_tokens_map["pad_token"]
 
@@ -252,14 +261,15 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                       if token not in self.added_tokens}
         merges = sorted(self.ranks, key=self.ranks.get)
         specials = [self.ids_to_tokens[i] for i in sorted(self.special_ids)]
-        roles = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN}  # as the reference
+        roles = dict(self.SAVED_ROLES)
         if self.pad_token_id is not None:
             roles["pad_token"] = self.special_tokens_map["pad_token"]
         extras = [token for token in specials if token not in roles.values()]
-        config = {"tokenizer_class": "GPT2Tokenizer", **roles, "add_prefix_space": False,
+        config = {"tokenizer_class": self.TOKENIZER_CLASS, **roles, "add_prefix_space": False,
                   "model_max_length": self.model_max_length, "padding_side": self.padding_side,
                   "extra_special_tokens": extras,
-                  "added_tokens_decoder": {str(self.vocab[t]): _added_token_entry(t) for t in specials}}
+                  "added_tokens_decoder": {str(self.vocab[t]): _added_token_entry(t, t in self.LSTRIP)
+                                           for t in specials}}
         return write_texts(folder, {
             VOCAB_JSON: dumps_json(base_vocab, sort_keys=False, indent=None),
             MERGES_TXT: "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges),
@@ -342,7 +352,7 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """Merges in rank order and the "file:line" of each; a first "#version" line and blank lines
     are skipped."""
     merges, origins = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for number, line in enumerate(read_text(path).split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip() or (number == 1 and line.startswith("#version")):
             continue
@@ -387,14 +397,17 @@ def read_tokenizer_json(path: Path) -> ModelFiles:
                       read_added_tokens(data.get("added_tokens", []), path))
 
 
-def read_added_tokens(entries: list[dict] | dict[str, dict], path: Path) -> list[tuple[str, int]]:
+def read_added_tokens(entries: list[dict] | dict[str, dict], path: Path,
+                      lstrip: Sequence[str] = ()) -> list[tuple[str, int]]:
     """(token, id) of each added token, from tokenizer.json's list or tokenizer_config.json's
-    ``added_tokens_decoder`` ({id: entry}). Only special tokens matched exactly are supported."""
+    ``added_tokens_decoder`` ({id: entry}). Only special tokens matched exactly are supported, and
+    lstrip for the tokens in ``lstrip`` (RoBERTa's `<mask>`), which the tokenizer implements."""
     if isinstance(entries, dict):
         entries = [{**entry, "id": int(i)} for i, entry in entries.items()]
     out = []
     for entry in entries:
-        unsupported = [flag for flag in ("lstrip", "rstrip", "single_word") if entry.get(flag)]
+        unsupported = [flag for flag in ("lstrip", "rstrip", "single_word") if entry.get(flag)
+                       and not (flag == "lstrip" and entry.get("content") in lstrip)]
         if not entry.get("special", False) or unsupported:
             problem = ", ".join(unsupported) or "not special"
             raise BPEFormatError(f"{path}: added token {entry.get('content')!r} is {problem}; only special "
@@ -403,6 +416,6 @@ def read_added_tokens(entries: list[dict] | dict[str, dict], path: Path) -> list
     return out
 
 
-def _added_token_entry(token: str) -> dict:
-    return {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+def _added_token_entry(token: str, lstrip: bool = False) -> dict:
+    return {"content": token, "lstrip": lstrip, "normalized": False, "rstrip": False, "single_word": False,
             "special": True}

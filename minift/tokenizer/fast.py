@@ -68,6 +68,9 @@ class FastTokenizer(BaseTokenizer):
     def _encode_texts(self, texts: list[str]) -> list:
         return self.backend.encode_batch(texts, add_special_tokens=False)  # tokenizers.Encoding objects
 
+    def _encode_words(self, sequences: list[list[str]]) -> list:
+        return self.backend.encode_batch(sequences, is_pretokenized=True, add_special_tokens=False)
+
     def _truncate(self, encoding, length: int):
         encoding.truncate(length)  # in place; the cut tokens move to encoding.overflowing
         return encoding

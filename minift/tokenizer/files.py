@@ -70,3 +70,16 @@ def read_model_max_length(folder: Path, settings: dict, default: int) -> int:
 def list_folder(folder: Path) -> str:
     """The file names in ``folder``, for error messages that say what was found instead."""
     return ", ".join(sorted(p.name for p in Path(folder).iterdir())) or "nothing"
+
+
+def is_roberta_folder(folder: Path) -> bool:
+    """A checkpoint folder of RoBERTa (minift/tokenizer/roberta.py): its config.json says model_type
+    "roberta", or (a tokenizer folder alone) its tokenizer_config.json names RoBERTa's tokenizer class."""
+    for name, key, values in ((CONFIG_NAME, "model_type", ("roberta",)),
+                              (TOKENIZER_CONFIG, "tokenizer_class", ("RobertaTokenizer", "RobertaTokenizerFast"))):
+        path = Path(folder) / name
+        if path.is_file():
+            data = read_json(path)
+            if isinstance(data, dict) and data.get(key) in values:
+                return True
+    return False

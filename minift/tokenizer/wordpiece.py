@@ -20,13 +20,21 @@ that produced the ids of every released checkpoint's tokenizer.json, and say so 
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minift.io import dumps_json, read_json, write_texts
+from minift.io import dumps_json, read_json, read_text, write_texts
 from minift.tokenizer.base import BaseTokenizer, Template
+from minift.tokenizer.characters import (
+    LOWERCASE,
+    is_cjk,
+    is_control,
+    is_nonspacing_mark,
+    is_punctuation,
+    is_whitespace,
+    nfd,
+)
 from minift.tokenizer.files import (
     SPECIAL_TOKENS_MAP,
     TOKENIZER_CONFIG,
@@ -48,45 +56,8 @@ class VocabError(ValueError):
 
 
 # ---- character classes -------------------------------------------------------------------------------
-# Python's unicodedata tables (Unicode 14.0 in Python 3.11) are newer than the category tables compiled
-# into `tokenizers` and older than Rust's case tables, so a few hundred characters added or
-# re-categorised after Unicode 3.2 (2002) are classified differently; test_unicode_tables in
-# tests/test_wordpiece.py finds every one of them.
-
-# Rust's char::is_whitespace (the Unicode White_Space property). Python's str.isspace differs: it also
-# counts U+001C..U+001F, which BERT removes as control characters.
-WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
-                       + "".join(chr(c) for c in range(0x2000, 0x200B)))
-ASCII_PUNCTUATION = frozenset(chr(c) for c in (*range(33, 48), *range(58, 65), *range(91, 97),
-                                                *range(123, 127)))
-# CJK Unified Ideographs and their extensions, plus the compatibility blocks (BERT's _is_chinese_char).
-# `tokenizers` starts the fifth range at U+2B920 where Google's code has U+2B820; we follow `tokenizers`.
-CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-              (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-
-
-def is_whitespace(ch: str) -> bool:
-    return ch in WHITESPACE
-
-
-def is_control(ch: str) -> bool:
-    """Control (Cc), format (Cf) and private-use (Co) characters; tab and newlines are whitespace.
-
-    Unassigned code points (Cn) are kept, as `tokenizers` does, so they reach WordPiece and become
-    [UNK]; Google's original code removed them with the other C* categories.
-    """
-    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Co")
-
-
-def is_punctuation(ch: str) -> bool:
-    """BERT's punctuation: all non-alphanumeric ASCII symbols ("$", "+", "^" too) and Unicode P*."""
-    return ch in ASCII_PUNCTUATION or unicodedata.category(ch).startswith("P")
-
-
-def is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return any(lo <= code <= hi for lo, hi in CJK_RANGES)
-
+# Whitespace, control, punctuation, nonspacing mark, CJK, lower-case and NFD as `tokenizers` computes
+# them, on every code point: minift/tokenizer/characters.py, from tables generated off the package.
 
 # ---- step 1 and 2: the basic tokenizer -----------------------------------------------------------------
 # Every step below is a rule for one character at a time. `str.translate` applies such a rule to a
@@ -121,7 +92,7 @@ def space_cjk_character(ch: str) -> str:
 
 
 def drop_nonspacing_mark(ch: str) -> str:
-    return "" if unicodedata.category(ch) == "Mn" else ch
+    return "" if is_nonspacing_mark(ch) else ch
 
 
 def split_character(ch: str) -> str:
@@ -133,9 +104,6 @@ def split_character(ch: str) -> str:
 
 CLEAN, SPACE_CJK, DROP_MN, SPLIT = (CharacterRule(rule) for rule in (
     clean_character, space_cjk_character, drop_nonspacing_mark, split_character))
-# Lower-case character by character, as `tokenizers` does: str.lower() on the whole string would
-# turn a word-final "Σ" into "ς".
-LOWER = CharacterRule(str.lower)
 
 
 def clean_text(text: str) -> str:
@@ -148,11 +116,13 @@ def space_cjk(text: str) -> str:
 
 def strip_accents(text: str) -> str:
     """Decompose (NFD: "é" -> "e" + U+0301) and drop the nonspacing marks (category Mn)."""
-    return unicodedata.normalize("NFD", text).translate(DROP_MN)
+    return nfd(text).translate(DROP_MN)
 
 
 def lowercase(text: str) -> str:
-    return text.translate(LOWER)
+    """Character by character, as `tokenizers` does: str.lower() on the whole string would turn a
+    word-final "Σ" into "ς"."""
+    return text.translate(LOWERCASE)
 
 
 @dataclass(frozen=True)
@@ -308,7 +278,10 @@ class WordPieceTokenizer(BaseTokenizer):
 
 def read_vocab_txt(path: Path) -> dict[str, int]:
     """One token per line; a token's id is its line number minus one."""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    try:
+        lines = read_text(path).split("\n")
+    except ValueError as err:  # not UTF-8: name the file, and what it should hold
+        raise VocabError(f"{err}; a vocab.txt holds one token per line") from None
     if lines[-1] == "":  # the newline that ends the last line
         lines.pop()
     vocab: dict[str, int] = {}

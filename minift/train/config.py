@@ -14,6 +14,10 @@ Each field's metadata says two things that the rest of the code reads instead of
 - ``how``: the field changes how the run executes (where it writes, on which device, how often it
   saves) but not the numbers it computes. Every other field that the task reads is part of the run's
   identity: a new run writes it to RUN_DIR/run.json, and --resume continues only the same run.
+
+Long because every flag of every task (classification, ner, causal-lm, pretraining, prompt-based and
+the few-shot protocol, PEFT) is one dataclass with one `check`: splitting it would bring back the
+scattered checks this file replaced.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minift.io import read_json, write_json
+from minift.data.prompts import Template, parse_verbalizer
+from minift.io import read_json
 from minift.models.architectures import ARCHITECTURES
 from minift.optim.schedules import SCHEDULES
 from minift.peft import (
@@ -40,7 +44,7 @@ from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs
 
-FINETUNING = ("classification", "ner", "causal-lm")  # `minift finetune --task`
+FINETUNING = ("classification", "ner", "causal-lm", "prompt-based")  # `minift finetune --task`
 PRETRAINING = ("pretrain",)  # `minift pretrain`: a fresh model of a named size on a text file
 TASKS = FINETUNING + PRETRAINING
 
@@ -59,9 +63,24 @@ PRETRAIN_DEFAULTS = {"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05, "ba
                      "seed": 0, "epochs": 1}
 
 
+# The dev metrics each task's evaluation reports, any of which --metric may name (the first is the
+# default): `evaluate` in minift/train/tasks/classification.py, `evaluate_ner` in ner.py, `evaluate_lm`
+# in causal_lm.py. Checked before any work, not looked up after the first epoch.
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "loss"),
+    "ner": ("f1", "precision", "recall", "macro_f1", "accuracy", "loss"),
+    "causal-lm": ("loss", "perplexity"),
+    "pretrain": ("loss", "perplexity"),
+}
+# --unknown-tags: what a dev (or evaluation) tag the training data never had becomes.
+UNKNOWN_TAGS = ("error", "o")
+
 # Field metadata, read by `FinetuneConfig.check` and `run_identity` (see the module docstring).
 FINETUNING_ONLY = {"tasks": FINETUNING}
 PRETRAINING_ONLY = {"tasks": PRETRAINING}
+PROMPT_BASED = {"tasks": ("prompt-based",)}
+FEW_SHOT = {"tasks": ("classification", "prompt-based")}
+LM_BFF_SEEDS = "13,21,42,87,100"  # the five seeds of LM-BFF's few-shot protocol (Gao et al. 2021, sec. 3)
 HOW = {"how": True}
 
 
@@ -122,10 +141,21 @@ class FinetuneConfig:
     adapter_reduction: int | None = None
     adapter_kind: str | None = None
     label_all_subtokens: bool = field(default=False, metadata={"tasks": ("ner",)})
+    unknown_tags: str = field(default="error", metadata={"tasks": ("ner",)})  # UNKNOWN_TAGS
+    # Prompt-based fine-tuning (lesson 35): the template, one word per label, demonstrations in context.
+    template: str | None = field(default=None, metadata=PROMPT_BASED)
+    verbalizer: str | None = field(default=None, metadata=PROMPT_BASED)
+    demonstrations: bool = field(default=False, metadata=PROMPT_BASED)
+    # The few-shot protocol (minift/train/few_shot.py): K examples per label, one run per seed, the
+    # mean and std over the seeds; --test is scored by each seed's selected model.
+    shots: int | None = field(default=None, metadata=FEW_SHOT)
+    seeds: str | None = field(default=None, metadata=FEW_SHOT)
+    test: Path | None = field(default=None, metadata=FEW_SHOT)
     # How the run executes: not part of its identity.
     out: Path = field(default=Path("runs/finetune"), metadata=HOW)
     save_every: int | None = field(default=None, metadata=HOW)
     resume: bool = field(default=False, metadata=HOW)
+    overwrite: bool = field(default=False, metadata=HOW)  # delete the run already in --out (rundir.py)
     keep: int = field(default=2, metadata=HOW)
     device: str = field(default="auto", metadata=HOW)
     attn_impl: str = field(default="sdpa", metadata=HOW)
@@ -134,7 +164,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for name in ("train", "dev", "text"):
+        for name in ("train", "dev", "text", "test"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
         if self.tokenizer is not None:
@@ -145,9 +175,13 @@ class FinetuneConfig:
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r}: expected one of {', '.join(FINETUNING)}")
         self._check_applies()
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
         self._check_optimisation()
         self._check_data()
         self._check_peft()
+        self._check_prompt()
+        self._check_few_shot()
         if self.task in PRETRAINING:
             self._check_pretraining()
 
@@ -186,6 +220,13 @@ class FinetuneConfig:
                 raise ValueError(f"--task {self.task} needs --train (the demo set is for classification)")
             if self.patience is not None and self.dev is None:
                 raise ValueError("--patience needs --dev: early stopping watches a dev metric")
+        if self.metric is not None and self.metric not in METRICS[self.task]:
+            command = "minift pretrain" if self.task in PRETRAINING else f"--task {self.task}"
+            raise ValueError(f"--metric {self.metric!r} is not a dev metric of {command}; choose one of "
+                             f"{', '.join(METRICS[self.task])}")
+        if self.task in FINETUNING and self.metric is not None and self.dev is None and self.train is not None:
+            raise ValueError(f"--metric {self.metric} needs --dev: it is a dev metric")
+        _one_of("unknown_tags", self.unknown_tags, UNKNOWN_TAGS)
 
     def _check_peft(self) -> None:
         _one_of("freeze", self.freeze, STRATEGIES)
@@ -228,6 +269,30 @@ class FinetuneConfig:
         if self.adapter_kind is not None:
             _one_of("adapter_kind", self.adapter_kind, ADAPTER_KINDS)
 
+    def _check_prompt(self) -> None:
+        if self.task != "prompt-based":
+            return
+        if self.template is None or self.verbalizer is None:
+            raise ValueError("--task prompt-based needs --template (with {text} and {mask}, e.g. \"{text} It was "
+                             "{mask}.\") and --verbalizer (one word per label, e.g. \"0=terrible,1=great\")")
+        Template(self.template)  # a template without {text} or {mask}: an error naming the flag
+        parse_verbalizer(self.verbalizer)
+
+    def _check_few_shot(self) -> None:
+        if self.shots is None:
+            for name in ("seeds", "test"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{flag(name)} is read by the few-shot protocol; give --shots K with it")
+            return
+        _positive_int("shots", self.shots)
+        few_shot_seeds(self.seeds)  # the seeds' own check
+        if self.seed != DEFAULTS_SEED:
+            raise ValueError(f"--seed {self.seed} with --shots: each run's seed is one of --seeds (default "
+                             f"{LM_BFF_SEEDS}); give the seeds there")
+        if self.resume:
+            raise ValueError("--resume is not available with --shots: each seed is a short run of its own; "
+                             "start the protocol again in a new --out")
+
     def _check_pretraining(self) -> None:
         if self.text is None:
             raise ValueError("minift pretrain needs --text, a plain-text file (one document per line)")
@@ -244,6 +309,19 @@ class FinetuneConfig:
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}  # `minift finetune`'s
+DEFAULTS_SEED = DEFAULTS["seed"]
+
+
+def few_shot_seeds(text: str | None) -> list[int]:
+    """--seeds "13,21,42" -> [13, 21, 42]; None -> LM-BFF's five."""
+    text = LM_BFF_SEEDS if text is None else text
+    try:
+        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected integers separated by commas, e.g. {LM_BFF_SEEDS}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give one or more distinct integers, e.g. {LM_BFF_SEEDS}")
+    return seeds
 
 
 def flag(name: str) -> str:
@@ -277,16 +355,7 @@ def _one_of(name: str, value, options) -> None:
         raise ValueError(f"unknown {flag(name)} {value!r}; choose one of {', '.join(sorted(options))}")
 
 
-# --- the run directory ----------------------------------------------------------------------------
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any work if the run directory cannot be written (not after an hour of training)."""
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise NotADirectoryError(f"--out {out}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK):
-        raise PermissionError(f"--out {out}: {probe} is not writable")
+# --- what makes two runs the same run ----------------------------------------------------------------
 
 
 def run_identity(cfg: FinetuneConfig) -> dict:
@@ -309,27 +378,28 @@ def run_identity(cfg: FinetuneConfig) -> dict:
 _DEFAULTS = DEFAULTS | {"processes": 1}
 
 
+def identity_differences(cfg: FinetuneConfig, saved: dict) -> dict[str, tuple]:
+    """{field: (value in run.json, value now)} for each part of the identity that differs."""
+    then = {k: saved.get(k, _DEFAULTS.get(k)) for k in run_identity(cfg)}
+    return {k: (then[k], now) for k, now in run_identity(cfg).items() if then[k] != now}
+
+
 def check_run_identity(cfg: FinetuneConfig) -> None:
-    """--resume continues only the same run; a new run never overwrites another run's checkpoints."""
+    """--resume continues only the same run: RUN_DIR/run.json and a checkpoint must be there, and the
+    flags must be the ones run.json holds (minift/train/rundir.py decides everything else about --out)."""
     run_file = cfg.out / "run.json"
-    identity = run_identity(cfg)
-    if cfg.resume:
-        if not run_file.is_file() or not checkpoint_dirs(cfg.out):
-            raise FileNotFoundError(f"--resume: {cfg.out} holds no resumable run (no run.json and "
-                                    "checkpoints/step-*); start it without --resume")
-        saved = read_json(run_file)  # a damaged file is an error naming it, line and column
-        differ = [k for k in identity if saved.get(k, _DEFAULTS.get(k)) != identity[k]]
-        if differ:
-            details = "; ".join(f"{k}: run has {saved.get(k, _DEFAULTS.get(k))!r}, now {identity[k]!r}"
-                                for k in differ)
-            raise ValueError(f"--resume: {cfg.out} holds a different run ({details}). Use the same flags, "
-                             "or another --out for a new run")
-        return
-    if checkpoint_dirs(cfg.out):
-        raise ValueError(f"{cfg.out} already holds a run with resumable checkpoints; continue it with "
-                         "--resume, or choose another --out (nothing was overwritten)")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_json(identity, run_file)  # atomically, as every file of a run
+    if run_file.is_file() and not checkpoint_dirs(cfg.out):
+        raise FileNotFoundError(f"--resume: the run in {cfg.out} saved no resumable checkpoint (checkpoints/step-*; "
+                                "--save-every K writes them); start it again with --overwrite")
+    if not run_file.is_file():
+        raise FileNotFoundError(f"--resume: {cfg.out} holds no resumable run (no run.json and "
+                                "checkpoints/step-*); start it without --resume")
+    saved = read_json(run_file)  # a damaged file is an error naming it, line and column
+    differ = identity_differences(cfg, saved)
+    if differ:
+        details = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (old, new) in differ.items())
+        raise ValueError(f"--resume: {cfg.out} holds a different run ({details}). Use the same flags, "
+                         "or another --out for a new run")
 
 
 def _sha256(path: Path) -> str:

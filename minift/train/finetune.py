@@ -1,7 +1,9 @@
 """`minift finetune` and `minift pretrain`: one path for every run (lessons 12, 21 and 18).
 
     FinetuneConfig (the flags, each checked once: minift/train/config.py)
-      -> RUN_DIR/run.json: a new run writes its identity; --resume continues only the same run
+      -> the run directory (minift/train/rundir.py): refused if it holds another run, locked, cleaned
+         of debris; once the task is built, the free space checked and RUN_DIR/run.json written (a
+         new run's identity; --resume continues only the same run)
       -> a Task: model + tokenizer + train loader + dev evaluation, built by the task's module
          (minift/train/tasks/: classification, ner, causal_lm, pretraining)
       -> freezing or one PEFT method (minift/peft/), the trainable-parameter count printed
@@ -25,24 +27,28 @@ import torch
 
 from minift.checkpoint.files import CONFIG_NAME
 from minift.data import demo_path
-from minift.io import read_json, write_json
+from minift.io import DiskFullError, human_bytes, read_json, write_json
 from minift.models.pretrained import count_parameters
 from minift.optim import AdamW, param_groups
 from minift.optim.schedules import make_scheduler
 from minift.peft import MERGEABLE, active_method, merge_and_unload, save_peft_adapter, setup_peft, unload
 from minift.train import distributed
-from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig, check_run_identity, check_writable
+from minift.train.config import PRETRAIN_DEFAULTS, FinetuneConfig
 from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
+from minift.train.few_shot import run_few_shot
 from minift.train.loop import TrainArgs, total_steps, train
 from minift.train.precision import autocast_dtype
-from minift.train.tasks import Task, causal_lm, classification, ner, pretraining
+from minift.train.rundir import RunDirectory, checkpoint_bytes
+from minift.train.state import checkpoint_dirs
+from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based
 
 # FinetuneConfig.task -> the function that builds it. Plain data: every task a run can be.
 BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]] = {
     "classification": classification.build,
     "ner": ner.build,
     "causal-lm": causal_lm.build,
+    "prompt-based": prompt_based.build,
     "pretrain": pretraining.build,
 }
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -50,8 +56,11 @@ ADAPTER_FOLDER = "adapter"  # RUN_DIR/adapter: the PEFT adapter in peft's layout
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Runs the training that ``cfg`` describes; returns the JSON-able result (the command's last line)."""
+    """Runs the training that ``cfg`` describes; returns the JSON-able result (the command's last line).
+    With ``cfg.shots`` it is the few-shot protocol: one such run per seed (minift/train/few_shot.py)."""
     cfg.check()
+    if cfg.shots is not None:
+        return run_few_shot(cfg, finetune)
     world, device_name = distributed.setup(cfg.device)
     try:
         device = select_device(device_name)
@@ -66,9 +75,19 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
         if world.is_main:
             print("no --train given: using the built-in demo sentiment set (minift/data/demo)", file=sys.stderr)
         cfg.train, cfg.dev = demo_path("train"), cfg.dev or demo_path("dev")
-    if world.is_main:
-        check_writable(cfg.out)
-        check_run_identity(cfg)
+    # Only the process that writes files (rank 0) looks at --out: refusals, the lock, stale debris.
+    run_dir = RunDirectory(cfg).open() if world.is_main else None
+    failed = True
+    try:
+        result = _run(cfg, world, device, run_dir)
+        failed = False
+        return result
+    finally:
+        if run_dir is not None:
+            run_dir.close(failed)
+
+
+def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir: RunDirectory | None) -> dict:
     set_seed(cfg.seed)
     task = BUILDERS[cfg.task](cfg, device, world)
     summary_line = setup_peft(task.model, freeze=cfg.freeze, freeze_n=cfg.freeze_n, peft=cfg.peft, lora_r=cfg.lora_r,
@@ -85,6 +104,8 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
     say = _sayer(world.is_main)
     say(f"{task.describe}; on {device}" + (f", {world.world_size} processes" if world.enabled else ""))
     say(summary_line)
+    if run_dir is not None:
+        run_dir.begin(model)  # --overwrite clears the old run only now, once the new one has started
 
     best_metric = cfg.metric or task.best_metric
     args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, max_grad_norm=cfg.max_grad_norm,
@@ -99,12 +120,16 @@ def _finetune(cfg: FinetuneConfig, world: Distributed, device: torch.device) -> 
         log_path.unlink(missing_ok=True)
     base_name = task.about.get("model")
 
-    summary = train(model, optimizer, scheduler, task.train_loader, device=device, args=args,
-                    evaluate_fn=task.evaluate, log_path=log_path, objective=task.objective, world=world,
-                    save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", base_name),
-                    run_dir=cfg.out, resume=cfg.resume)
-    if world.is_main:
-        _save_final(model, task.tokenizer, cfg.out, base_name)
+    try:
+        summary = train(model, optimizer, scheduler, task.train_loader, device=device, args=args,
+                        evaluate_fn=task.evaluate, log_path=log_path, objective=task.objective, world=world,
+                        save_best=lambda metrics: _save_final(model, task.tokenizer, cfg.out / "best", base_name),
+                        run_dir=cfg.out, resume=cfg.resume, tokenizer=task.tokenizer)
+        if world.is_main:
+            _save_final(model, task.tokenizer, cfg.out, base_name)
+    except DiskFullError as err:
+        raise DiskFullError(f"{err}. One checkpoint of this run needs about {human_bytes(checkpoint_bytes(model))}; "
+                            f"{_what_is_left(cfg.out)}") from None
     result = {"task": cfg.task, **task.about, "out": str(cfg.out), "steps": summary["steps"],
               "train_seconds": round(summary["seconds"], 1), "peft": active_method(model),
               "trainable_parameters": count_parameters(model, trainable_only=True),
@@ -152,6 +177,15 @@ def _save_final(model: torch.nn.Module, tokenizer, folder: Path, base_name: str 
     save_run(model, tokenizer, folder)
     config = read_json(Path(folder) / CONFIG_NAME)
     write_json({**config, "peft_adapter": {"method": method, "folder": ADAPTER_FOLDER}}, Path(folder) / CONFIG_NAME)
+
+
+def _what_is_left(out: Path) -> str:
+    """After a failed save: where the work is, and how to go on."""
+    complete = checkpoint_dirs(out)
+    if complete:
+        return (f"the newest complete checkpoint, {complete[-1]}, is intact: free some space and continue the run "
+                "with --resume")
+    return "the run saved no resumable checkpoint (--save-every K writes them): free some space and run it again"
 
 
 def _sayer(enabled: bool) -> Callable[[str], None]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from minift.io import disk_full_error, is_disk_full, json_line
 from minift.optim import clip_grad_norm_
 from minift.train import state
 from minift.train.device import to_device
@@ -88,8 +89,13 @@ class JsonlLog:
 
     def write(self, record: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json_line(record) + "\n")  # strict JSON: a NaN is null
+                self.file.flush()
+            except OSError as err:
+                if is_disk_full(err):
+                    raise disk_full_error(Path(self.file.name), err) from None
+                raise
 
     def close(self) -> None:
         if self.file is not None:
@@ -132,6 +138,7 @@ def train(
     resume: bool = False,
     objective: Objective | None = None,
     world: Distributed | None = None,
+    tokenizer=None,
 ) -> dict:
     """Runs the optimisation; returns {"steps", "seconds", "before", "history", "best", "stopped_early"}.
 
@@ -144,7 +151,10 @@ def train(
     evaluations without improvement stop the run. With ``run_dir``, ``args.save_every`` steps write a
     resumable checkpoint (minift/train/state.py), Ctrl-C writes one and stops, and ``resume=True``
     first restores the newest one: the run then continues from that step exactly as if it had never
-    stopped (same batches, same dropout masks, same masked-LM masks, same updates).
+    stopped (same batches, same dropout masks, same masked-LM masks, same updates). A checkpoint holds
+    ``tokenizer``'s files too, so that it is a model folder `minift predict` can read. A NaN or infinite
+    loss or gradient norm stops the run before the update, a NaN or infinite dev metric (a diverged
+    model) before the model is saved as the best.
     """
     objective = objective or Objective()
     world = world or Distributed()
@@ -173,7 +183,7 @@ def train(
         if collate is not None:
             extra["collate"] = collate.state_dict()
         return state.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     progress=progress, keep=args.keep, extra=extra)
+                                     progress=progress, keep=args.keep, extra=extra, tokenizer=tokenizer)
 
     if resume:
         restored = state.resume(run_dir, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -190,6 +200,7 @@ def train(
 
     if evaluate_fn is not None and progress["before"] is None:
         progress["before"] = metrics = evaluate_fn()
+        check_finite(metrics, "on dev before training")
         log.write({"event": "eval", "epoch": 0, "step": 0, **_scalars(metrics)})
 
     stop = _StopOnSigint(enabled=run_dir is not None)  # Ctrl-C saves only where there is a run_dir
@@ -209,12 +220,14 @@ def train(
                 micro = [to_device(batch, device) for batch in micro]
                 loss = _accumulate(forward_model, micro, objective, world, autocast, scaler, device)
                 if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss is {loss} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
-                        "Try a lower --lr; the checkpoints saved before this step are intact."
-                    )
+                    raise TrainingError(f"the loss is {loss} at step {progress['step'] + 1} (epoch {epoch}); stopping. "
+                                        "Try a lower --lr; the checkpoints saved before this step are intact.")
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (fp16)
                 grad_norm = clip_grad_norm_(params, args.max_grad_norm)
+                if not scaler.enabled and not math.isfinite(float(grad_norm)):  # fp16's scaler skips such steps
+                    raise TrainingError(f"the gradient norm is {float(grad_norm)} at step {progress['step'] + 1} "
+                                        f"(epoch {epoch}); stopping before the update. Try a lower --lr; the "
+                                        "checkpoints saved before this step are intact.")
                 if scaler.step(optimizer):  # False only in fp16, on an inf/NaN gradient: step skipped
                     scheduler.step()
                 scaler.update()
@@ -246,6 +259,7 @@ def train(
                 # Every process evaluates (same model, same dev set, same numbers), so that every
                 # process takes the same early-stopping decision without communicating; rank 0 writes.
                 metrics = evaluate_fn()
+                check_finite(metrics, f"on dev after epoch {epoch} (step {progress['step']})")
                 record = {"event": "eval", "epoch": epoch, "step": progress["step"], **_scalars(metrics)}
                 log.write(record)
                 progress["history"].append(record)
@@ -274,6 +288,15 @@ def train(
     summary["seconds"] = time.perf_counter() - start
     log.close()
     return summary
+
+
+def check_finite(metrics: dict, when: str, then: str = "stopping before it is saved. Try a lower --lr; the "
+                 "checkpoints and best/ saved before are intact.") -> None:
+    """A NaN or infinite evaluation number (the loss, or a perplexity past exp(700)) means a model that
+    diverged or whose weights are broken: an error naming the metric, not a number logged and saved."""
+    bad = ", ".join(f"{k} {v}" for k, v in _scalars(metrics).items() if not math.isfinite(v))
+    if bad:
+        raise TrainingError(f"{bad} {when}: the model diverged or its weights are not finite; {then}")
 
 
 def _windows(loader, size: int):

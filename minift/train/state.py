@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minift.checkpoint import CheckpointError, load_into, load_state_dict
-from minift.io import atomic_folder, write_text
+from minift.io import atomic_folder, json_line, write_text
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -103,19 +103,22 @@ def set_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 # --- save / load ---------------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, *, model, optimizer, scheduler, progress: dict, extra: dict | None = None,
-                    keep: int | None = None) -> Path:
-    """Writes ``checkpoints/step-XXXXXXXX`` atomically; then prunes all but the newest ``keep``."""
+                    keep: int | None = None, tokenizer=None) -> Path:
+    """Writes ``checkpoints/step-XXXXXXXX`` atomically; then prunes all but the newest ``keep``. With
+    ``tokenizer``, its files too: the folder is then a model folder of its own (`minift predict`)."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{progress['step']:08d}"
     # Assembled in a hidden folder, fsynced, renamed into place (minift/io.py); the same step saved
     # again (e.g. Ctrl-C right after a periodic save) replaces the earlier copy.
     with atomic_folder(final) as tmp:
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         opt_tensors, opt_meta = optimizer_state(optimizer)
         rng_tensors, rng_meta = rng_state()
         save_file({**opt_tensors, **rng_tensors}, str(tmp / TENSORS), metadata={"format": "pt"})
         state = {"progress": progress, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "rng": rng_meta, "extra": extra or {}}
-        write_text(tmp / STATE, json.dumps(state))
+        write_text(tmp / STATE, json_line(state))
     if keep is not None:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

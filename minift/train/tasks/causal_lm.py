@@ -18,14 +18,16 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from minift.checkpoint import read_config
 from minift.data.collate import make_loader
 from minift.data.lm import causal_lm_collate, encode_documents, pack_blocks, read_documents
-from minift.hub import resolve
+from minift.hub import WeightsNotFoundError, resolve, weights_root
 from minift.losses import IGNORE_INDEX, cross_entropy
 from minift.models.architectures import ARCHITECTURES, architecture, architecture_of
-from minift.tokenizer import load_tokenizer
+from minift.peft import load_peft_adapter
+from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig, check_block_size
 from minift.train.device import to_device
 from minift.train.distributed import Distributed
@@ -39,6 +41,7 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     model = causal_lm_class(folder).from_pretrained(folder, attn_impl=cfg.attn_impl).to(device)
     arch = architecture_of(model)
     tokenizer = load_lm_tokenizer(arch.model_type, folder, fast=cfg.fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
     block_size = cfg.max_length  # --max-length is the packed block length; longer than the positions is an error
     check_block_size(block_size, arch.max_positions(model.config), arch.positions)
     blocks = causal_lm_blocks(tokenizer, cfg.train, block_size)
@@ -47,7 +50,8 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     loader = make_loader(list(blocks), causal_lm_collate, cfg.batch_size, shuffle=True, seed=cfg.seed,
                          pin_memory=device.type == "cuda", rank=world.rank, world_size=world.world_size)
     return Task(model=model, tokenizer=tokenizer, train_loader=loader,
-                evaluate=(lambda: evaluate_lm(model, dev_batches, device, causal=True)) if dev_batches else None,
+                evaluate=(lambda: evaluate_lm(model, dev_batches, device, causal=True,
+                                              progress=cfg.progress and world.is_main)) if dev_batches else None,
                 objective=Objective("next-tokens"), best_metric="loss", finish=report_perplexity,
                 about={"model": str(folder)},
                 describe=f"model {folder} ({type(model).__name__}); {len(blocks)} blocks of {block_size} tokens "
@@ -70,11 +74,27 @@ def load_lm_tokenizer(model_type: str, name_or_folder: str | Path | None = None,
     """The tokenizer for a language model of ``model_type``: a folder as is (e.g. ../shared/data/gpt2
     with vocab.json + merges.txt, which needs no config.json), else a name resolved by
     `minift.hub.resolve` (default: the architecture's, "gpt2" for GPT-2, "all-MiniLM-L6-v2" for BERT).
-    Its special tokens must be those the architecture's objective uses."""
+    Its special tokens must be those the architecture's objective uses.
+
+    The default is used only when it is already under weights/: fetching it would download a whole
+    checkpoint (GPT-2's is 500 MB) for a few files, which nobody asked for; an error says what to pass."""
     arch = architecture(model_type, "--arch")
     name = arch.default_tokenizer if name_or_folder is None else name_or_folder
     folder = Path(name).expanduser()
-    tokenizer = load_tokenizer(folder if folder.is_dir() else resolve(str(name)), fast=fast)
+    if folder.is_dir():
+        source = folder
+    elif name_or_folder is None:
+        try:
+            source = resolve(str(name), download=False)
+        except WeightsNotFoundError:
+            raise WeightsNotFoundError(
+                f"no --tokenizer given, and the default for {model_type}, {name}'s, is not under "
+                f"{weights_root()}/ (getting it would download the whole {name} checkpoint). Pass --tokenizer "
+                "FOLDER (gpt2: vocab.json + merges.txt, e.g. ../shared/data/gpt2; bert: vocab.txt), or fetch it "
+                f"once with `minift weights pull {name}`") from None
+    else:
+        source = resolve(str(name))
+    tokenizer = load_tokenizer(source, fast=fast)
     if arch.pretraining == "causal-lm" and tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name}: a causal LM ({model_type}) needs an end-of-text token to separate "
                          "documents")
@@ -103,7 +123,8 @@ def fixed_batches(items, collate, batch_size: int) -> list[dict]:
 
 
 @torch.no_grad()
-def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal: bool) -> dict[str, float]:
+def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal: bool,
+                progress: bool = False) -> dict[str, float]:
     """{"loss": mean NLL per scored token, "perplexity": exp(loss), "tokens": tokens scored}.
 
     causal=True scores position t on token t + 1 (GPT-2); False scores the labelled positions
@@ -113,7 +134,7 @@ def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal
     was_training = model.training
     model.eval()
     nll, tokens = 0.0, 0
-    for batch in batches:
+    for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
         batch = to_device(batch, device)
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -128,6 +149,25 @@ def evaluate_lm(model: torch.nn.Module, batches, device: torch.device, *, causal
         raise ValueError("the evaluation data has no scored token (every label is -100)")
     loss = nll / tokens
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf, "tokens": tokens}
+
+
+def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
+                  attn_impl: str = "sdpa", fast_tokenizer: bool = False, adapter: str | Path | None = None,
+                  progress: bool = False) -> dict:
+    """`minift evaluate --task causal-lm`: loss and perplexity of a causal LM on a text file, packed into
+    blocks of ``max_length`` tokens as in training; with `adapter`, ``model_dir`` is the base model of
+    that PEFT adapter folder."""
+    folder = resolve(model_dir)
+    model = causal_lm_class(folder, "evaluating a causal LM").from_pretrained(folder, attn_impl=attn_impl)
+    if adapter is not None:
+        load_peft_adapter(model, adapter)
+    model.to(device)
+    arch = architecture_of(model)
+    tokenizer = load_lm_tokenizer(arch.model_type, folder, fast=fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    check_block_size(max_length, arch.max_positions(model.config), arch.positions)
+    batches = fixed_batches(causal_lm_blocks(tokenizer, data, max_length), causal_lm_collate, batch_size)
+    return evaluate_lm(model, batches, device, causal=True, progress=progress)
 
 
 def report_perplexity(summary: dict, result: dict) -> None:

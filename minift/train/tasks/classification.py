@@ -17,16 +17,17 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from minift.checkpoint import read_config
-from minift.data import LabelMap, make_classification_collate, make_loader, read_classification
+from minift.data import DataError, LabelMap, make_classification_collate, make_loader, read_classification
 from minift.data.collate import MODEL_INPUTS
 from minift.hub import resolve
 from minift.io import read_json
 from minift.metrics import classification_report
 from minift.models.architectures import Architecture, architecture
 from minift.peft import adapter_head_rows, load_peft_adapter
-from minift.tokenizer import load_tokenizer
+from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
 from minift.train.distributed import Distributed
@@ -38,6 +39,9 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     """A pretrained encoder or decoder with a fresh classification head, on --train's labels."""
     train_examples = read_classification(cfg.train)
     labels = LabelMap.from_labels([e.label for e in train_examples])
+    if len(labels) < 2:  # a model that always answers the one label, with dev accuracy 1.0
+        raise DataError(f"{cfg.train}: every training example has the label {labels.names[0]!r}; a classifier "
+                        "learns to tell at least two labels apart (is the label column the right one?)")
     dev_examples = read_classification(cfg.dev) if cfg.dev else None
     if dev_examples is not None:
         labels.check(dev_examples)
@@ -48,6 +52,7 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
                                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
                                             device=device, rank=world.rank, world_size=world.world_size)
     weights = class_weights(cfg.class_weights, labels.names, [labels.label2id[e.label] for e in train_examples])
+    bar = cfg.progress and world.is_main
 
     def finish(summary: dict, result: dict) -> None:
         if summary["before"] is None:
@@ -62,7 +67,8 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
                        "best_epoch": best["epoch"]})
 
     return Task(model=model, tokenizer=tokenizer, train_loader=train_loader,
-                evaluate=(lambda: evaluate(model, dev_loader, device, labels.id2label)) if dev_loader else None,
+                evaluate=(lambda: evaluate(model, dev_loader, device, labels.id2label, progress=bar))
+                if dev_loader else None,
                 objective=Objective("examples", class_weights=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing),
                 best_metric="accuracy", finish=finish, about={"model": str(folder)},
@@ -88,24 +94,29 @@ def build_classifier(name_or_folder: str, labels: LabelMap, *, attn_impl: str = 
         folder, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id, attn_impl=attn_impl,
         **_pad_override(config, folder))
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
     align_padding(model, tokenizer, folder)
     return model, tokenizer, folder
 
 
 def load_classifier(name_or_folder: str, *, attn_impl: str = "sdpa", fast_tokenizer: bool = False,
-                    adapter: str | Path | None = None):
+                    adapter: str | Path | None = None, allow_untrained_head: bool = False):
     """A fine-tuned classifier (e.g. a run directory) with the label names saved in its config; with
     `adapter`, the base model `name_or_folder` plus that PEFT adapter folder (peft's layout or minift's),
-    whose saved head sets the number of labels (`adapter_labels`)."""
+    whose saved head sets the number of labels (`adapter_labels`). A checkpoint without a trained
+    classification head is an error unless ``allow_untrained_head`` (with `adapter`, the head is the
+    adapter's)."""
     folder = resolve(name_or_folder)
     config = read_config(folder)
     overrides = {} if adapter is None else adapter_labels(adapter, config)
-    model = classifier_class(folder, config).from_pretrained(folder, attn_impl=attn_impl,
+    new_head = "warn" if allow_untrained_head or adapter is not None else "error"
+    model = classifier_class(folder, config).from_pretrained(folder, attn_impl=attn_impl, new_head=new_head,
                                                              **_pad_override(config, folder), **overrides)
     if adapter is not None:
         load_peft_adapter(model, adapter)
     labels = LabelMap.from_config(model.config.id2label)
     tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
     align_padding(model, tokenizer, folder)
     return model, tokenizer, labels
 
@@ -194,12 +205,14 @@ def make_loaders(tokenizer, labels: LabelMap, train_examples, dev_examples, *, b
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dict[int, str]) -> dict:
-    """Mean loss, accuracy, macro-F1 and the per-class report of a classifier over ``loader``."""
+def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dict[int, str], *,
+             progress: bool = False) -> dict:
+    """Mean loss, accuracy, macro-F1 and the per-class report of a classifier over ``loader``
+    (with ``progress``, a progress bar on stderr)."""
     was_training = model.training
     model.eval()
     losses, n_examples, y_true, y_pred = 0.0, 0, [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
         batch = to_device(batch, device)
         out = model(**batch)
         n = batch["labels"].shape[0]
@@ -223,11 +236,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, id2label: dic
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], id2label: dict[int, str], *, device: torch.device,
-            max_length: int = 128, batch_size: int = 64) -> list[dict]:
+            max_length: int = 128, batch_size: int = 64, progress: bool = False) -> list[dict]:
     """Label and probability of the most likely class for each text."""
     model.eval()
     out = []
-    for i in range(0, len(texts), batch_size):
+    starts = range(0, len(texts), batch_size)
+    for i in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
         batch = tokenizer(texts[i:i + batch_size], max_length=max_length, padding="longest",
                           truncation=True, return_tensors="pt")
         batch = to_device({k: batch[k] for k in MODEL_INPUTS if k in batch}, device)  # GPT-2: no token_type_ids
@@ -235,6 +249,20 @@ def predict(model, tokenizer, texts: list[str], id2label: dict[int, str], *, dev
         score, index = probs.max(dim=-1)
         out += [{"label": id2label[int(j)], "score": float(s)} for s, j in zip(score, index)]
     return out
+
+
+def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
+                  attn_impl: str = "sdpa", fast_tokenizer: bool = False, allow_untrained_head: bool = False,
+                  adapter: str | Path | None = None, progress: bool = False) -> dict:
+    """`minift evaluate`: a fine-tuned classifier on a labelled file (the formats of --train)."""
+    model, tokenizer, labels = load_classifier(model_dir, attn_impl=attn_impl, fast_tokenizer=fast_tokenizer,
+                                               adapter=adapter, allow_untrained_head=allow_untrained_head)
+    model.to(device)
+    examples = read_classification(data)
+    labels.check(examples)
+    collate = make_classification_collate(tokenizer, labels, max_length=max_length)
+    loader = make_loader(examples, collate, batch_size=batch_size, shuffle=False)
+    return evaluate(model, loader, device, labels.id2label, progress=progress)
 
 
 def _print_examples(predictions: list[dict], examples) -> None:

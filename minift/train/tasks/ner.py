@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from minift.checkpoint import read_config
 from minift.data import DataError, LabelMap, make_loader, read_conll
@@ -36,7 +37,7 @@ from minift.losses import IGNORE_INDEX
 from minift.metrics import AVERAGE_ROWS, entity_report, extract_entities, format_report, token_report
 from minift.models.architectures import ARCHITECTURES, architecture
 from minift.peft import load_peft_adapter
-from minift.tokenizer import load_tokenizer
+from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.device import to_device
 from minift.train.distributed import Distributed
@@ -55,9 +56,11 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     """A pretrained encoder with a fresh tagging head on --train's CoNLL tags; dev entity F1."""
     train_sentences = read_ner(cfg.train)
     labels = ner_labels(train_sentences)
+    if len(labels) < 2:  # a tagger that answers "O" everywhere, with a token accuracy near 1.0
+        raise DataError(f"{cfg.train}: every tag is 'O'; a tagger needs entity tags (B-type, I-type) to learn")
     dev_sentences = read_ner(cfg.dev) if cfg.dev is not None else None
     if dev_sentences is not None:
-        check_tags(labels, dev_sentences, cfg.dev)
+        dev_sentences = check_tags(labels, dev_sentences, cfg.dev, unknown=cfg.unknown_tags)
     model, tokenizer, folder = build_token_classifier(cfg.model, labels, attn_impl=cfg.attn_impl,
                                                       fast_tokenizer=cfg.fast_tokenizer)
     model.to(device)
@@ -70,7 +73,8 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     evaluations: list[dict] = []  # kept so the last per-type report can be printed
 
     def evaluate_dev() -> dict:
-        evaluations.append(evaluate_ner(model, dev_loader, device, labels.id2label))
+        evaluations.append(evaluate_ner(model, dev_loader, device, labels.id2label,
+                                        progress=cfg.progress and world.is_main))
         return evaluations[-1]
 
     def finish(summary: dict, result: dict) -> None:
@@ -133,13 +137,26 @@ def ner_labels(sentences: Sequence[Sentence]) -> LabelMap:
     return LabelMap(["O", *sorted(tags - {"O"})])
 
 
-def check_tags(labels: LabelMap, sentences: Sequence[Sentence], path: str | Path) -> None:
-    """Fails on the first tag (e.g. of the dev set) the model was not given a label for."""
+def check_tags(labels: LabelMap, sentences: Sequence[Sentence], path: str | Path, *,
+               unknown: str = "error") -> list[Sentence]:
+    """The sentences (e.g. of the dev set), checked against the labels the model has. A tag it has no
+    label for is an error naming its file and line (``unknown="error"``), or is read as "O"
+    (``unknown="o"``: the entities of that type are then not scored), with one warning counting them."""
+    unseen: dict[str, int] = {}
     for s, (_, tags) in enumerate(sentences):
         for i, tag in enumerate(tags):
             if tag not in labels.label2id:
-                raise DataError(f"{conll_line(path, sentences, s, i)}: tag {tag!r} does not occur in the "
-                                f"training data, so the model has no label for it (labels: {labels.names})")
+                if unknown == "error":
+                    raise DataError(f"{conll_line(path, sentences, s, i)}: tag {tag!r} does not occur in the "
+                                    f"training data, so the model has no label for it (labels: {labels.names}); "
+                                    "--unknown-tags o reads such tags as O")
+                unseen[tag] = unseen.get(tag, 0) + 1
+    if not unseen:
+        return list(sentences)
+    counts = ", ".join(f"{tag} x{n}" for tag, n in sorted(unseen.items()))
+    warnings.warn(f"{path}: {sum(unseen.values())} tags the model has no label for were read as O "
+                  f"(--unknown-tags o): {counts}", stacklevel=2)
+    return [(words, [t if t in labels.label2id else "O" for t in tags]) for words, tags in sentences]
 
 
 def make_ner_loaders(tokenizer, labels: LabelMap, train_sentences: Sequence[Sentence],
@@ -188,19 +205,27 @@ def build_token_classifier(name_or_folder: str | Path, labels: LabelMap, *, attn
     model = token_classifier_class(folder).from_pretrained(
         folder, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id,
         attn_impl=attn_impl)
-    return model, load_tokenizer(folder, fast=fast_tokenizer), folder
+    tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    return model, tokenizer, folder
 
 
 def load_token_classifier(name_or_folder: str | Path, *, attn_impl: str = "sdpa",
-                          fast_tokenizer: bool = False, adapter: str | Path | None = None):
+                          fast_tokenizer: bool = False, adapter: str | Path | None = None,
+                          allow_untrained_head: bool = False):
     """A fine-tuned tagger (e.g. a run directory), with the label names saved in its config; with
-    `adapter`, the base model plus that PEFT adapter folder (see classification.load_classifier)."""
+    `adapter`, the base model plus that PEFT adapter folder (see classification.load_classifier). A
+    checkpoint without a trained tagging head is an error unless ``allow_untrained_head``."""
     folder = resolve(str(name_or_folder))
     overrides = {} if adapter is None else adapter_labels(adapter, read_config(folder))
-    model = token_classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, **overrides)
+    new_head = "warn" if allow_untrained_head or adapter is not None else "error"
+    model = token_classifier_class(folder).from_pretrained(folder, attn_impl=attn_impl, new_head=new_head,
+                                                           **overrides)
     if adapter is not None:
         load_peft_adapter(model, adapter)
-    return model, load_tokenizer(folder, fast=fast_tokenizer), LabelMap.from_config(model.config.id2label)
+    tokenizer = load_tokenizer(folder, fast=fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    return model, tokenizer, LabelMap.from_config(model.config.id2label)
 
 
 # --- predictions on words, and the evaluation -----------------------------------------------------------
@@ -221,7 +246,8 @@ def word_predictions(predicted: Sequence[int], word_ids: Sequence[int | None], n
 
 
 @torch.no_grad()
-def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label: Mapping[int, str]) -> dict:
+def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label: Mapping[int, str], *,
+                 progress: bool = False) -> dict:
     """Entity-level and token-level scores of a tagger on the words of ``loader``'s sentences.
 
     Keys: "f1", "precision", "recall" (entity micro average, the CoNLL score), "macro_f1", "accuracy"
@@ -231,7 +257,7 @@ def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label:
     was_training = model.training
     model.eval()
     loss_sum, n_labelled, gold, predicted = 0.0, 0, [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
         if "word_ids" not in batch or "tags" not in batch:
             raise ValueError("evaluate_ner needs batches with 'word_ids' and 'tags': build the loader with "
                              "make_token_classification_collate(..., keep_words=True)")
@@ -259,6 +285,21 @@ def evaluate_ner(model: torch.nn.Module, loader, device: torch.device, id2label:
         "token_report": tokens,
         "sentences": len(gold),
     }
+
+
+def evaluate_file(model_dir: str, data: Path, *, device: torch.device, batch_size: int, max_length: int,
+                  unknown_tags: str = "error", attn_impl: str = "sdpa", fast_tokenizer: bool = False,
+                  allow_untrained_head: bool = False, adapter: str | Path | None = None,
+                  progress: bool = False) -> dict:
+    """`minift evaluate --task ner`: a fine-tuned tagger on a CoNLL file; tags the model has no label
+    for are an error or read as O (``unknown_tags``, `check_tags`)."""
+    model, tokenizer, labels = load_token_classifier(model_dir, attn_impl=attn_impl, fast_tokenizer=fast_tokenizer,
+                                                     adapter=adapter, allow_untrained_head=allow_untrained_head)
+    model.to(device)
+    sentences = check_tags(labels, read_ner(data), data, unknown=unknown_tags)
+    collate = make_token_classification_collate(tokenizer, labels, max_length=max_length, keep_words=True)
+    loader = make_loader(sentences, collate, batch_size=batch_size, shuffle=False)
+    return evaluate_ner(model, loader, device, labels.id2label, progress=progress)
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:

@@ -70,7 +70,8 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     dev_batches = fixed_batches(dev_items, dev_collate, cfg.batch_size)
     parameters = count_parameters(model)
     return Task(model=model, tokenizer=tokenizer, train_loader=loader,
-                evaluate=lambda: evaluate_lm(model, dev_batches, device, causal=causal),
+                evaluate=lambda: evaluate_lm(model, dev_batches, device, causal=causal,
+                                             progress=cfg.progress and world.is_main),
                 objective=Objective("next-tokens" if causal else "tokens"), best_metric="loss",
                 finish=report_perplexity, about={"arch": cfg.arch, "size": cfg.size, "parameters": parameters},
                 describe=f"pretraining a {cfg.size} {cfg.arch} ({parameters:,} parameters) from random init on "
@@ -91,11 +92,12 @@ def lm_config(arch: str, size: str, tokenizer, *, attn_impl: str = "eager",
         return GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=shape["positions"], n_embd=shape["hidden"],
                           n_layer=shape["layers"], n_head=shape["heads"], bos_token_id=eos, eos_token_id=eos,
                           attn_impl=attn_impl, **drop)
+    # BERT's fields, for BERT and for RoBERTa (whose config is BERT's plus the ids of <s> and </s>).
     drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    return BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=shape["hidden"],
-                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-                      intermediate_size=4 * shape["hidden"], max_position_embeddings=shape["positions"],
-                      pad_token_id=tokenizer.pad_token_id, attn_impl=attn_impl, **drop)
+    return config_class(vocab_size=tokenizer.vocab_size, hidden_size=shape["hidden"],
+                        num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                        intermediate_size=4 * shape["hidden"], max_position_embeddings=shape["positions"],
+                        pad_token_id=tokenizer.pad_token_id, attn_impl=attn_impl, **drop)
 
 
 def mlm_sequences(tokenizer, path: str | Path, max_length: int) -> list[list[int]]:

@@ -1,7 +1,9 @@
-"""Read a lesson's fenced blocks, run its ```python blocks, and compare what they print with the
-```output blocks that show it. `tests/test_lessons.py` is the test; this module is the machinery.
+"""What a lesson file holds, and how it runs: the one reader of lessons/NN-*.md, used by the test
+suite (tests/test_lessons.py), `make figures`, `make notebooks` and `make site`.
 
-The syntax (also in CONTRIBUTING.md, "Lessons"):
+A lesson's ```python blocks run in order, in one namespace, from the repository root, as a reader
+following along would; ```text, ```bash and other blocks are only shown. The syntax (also in
+CONTRIBUTING.md, "Lessons"):
 
 - A ```python block may be followed (blank lines between, nothing else) by an ```output block that
   holds exactly what the block prints to stdout. Text compares exactly, line by line; trailing spaces
@@ -15,11 +17,15 @@ The syntax (also in CONTRIBUTING.md, "Lessons"):
   - `data`: the output is what the block prints with the public data (../shared/data). Without the
     data the lesson runs on its fixtures (lessons/fixtures/) and prints something else, so the block
     is compared only when the data is there.
+- A *figure block* is a python block that calls `save_figure(fig, "lessons/figures/NAME.png")`
+  (minift/plot.py). The first line after it (after its output block, if it prints) is the image link
+  that shows the file, `![what it shows](figures/NAME.png)`. A figure block may use what the lesson
+  computed before it, so drawing a figure means running its lesson up to that block.
 
 Run it on one lesson to see what each block prints, or to write the printed text into the lesson's
 plain ```output blocks (blocks with options are left for you to edit):
 
-    PYTHONPATH=$PWD .venv/bin/python tests/lesson_runner.py lessons/04-attention.md [--write]
+    PYTHONPATH=$PWD .venv/bin/python -m course.lessons lessons/04-attention.md [--write]
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LESSONS_DIR = REPO / "lessons"
+FIGURES_DIR = LESSONS_DIR / "figures"
 # Where the lessons look for the public data; the lessons read the same variable (see lessons/README.md).
 DATA_VARIABLE = "MINIFT_SHARED_DATA"
 DEFAULT_DATA = "../shared/data"  # relative to the repository root, where lessons run
@@ -41,6 +49,13 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^`]*)$")
 NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 WILDCARD = "{*}"
 OUTPUT_OPTIONS = {"abs", "rel", "volatile", "data"}
+FIGURE_CALL = re.compile(r"""save_figure\(\s*\w+\s*,\s*["'](lessons/figures/[^"']+\.png)["']""")
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def lesson_files() -> list[Path]:
+    """lessons/NN-*.md in reading order (not README.md, teaching.md or solutions/)."""
+    return sorted(LESSONS_DIR.glob("[0-9][0-9]-*.md"))
 
 
 class LessonFormatError(ValueError):
@@ -58,6 +73,8 @@ class Block:
     end: int  # 1-based line of the closing fence
     section: str  # the "## " heading the block sits under ("" before the first)
     output: Block | None = None  # for a python block: the output block that follows it
+    figure: str | None = None  # for a figure block: the file it saves, lessons/figures/NAME.png
+    image: str | None = None  # ... and the image link right after it (relative to lessons/), if any
 
 
 @dataclass
@@ -72,6 +89,11 @@ class Lesson:
     @property
     def python(self) -> list[Block]:
         return [b for b in self.blocks if b.lang == "python"]
+
+    @property
+    def figures(self) -> list[Block]:
+        """The figure blocks, in order."""
+        return [b for b in self.python if b.figure]
 
     def where(self, block: Block) -> str:
         return f"{self.name}:{block.line}"
@@ -98,9 +120,10 @@ def parse_options(info: str, where: str) -> tuple[str, dict]:
     return lang, options
 
 
-def read_lesson(path: Path) -> Lesson:
-    """The fenced blocks of a Markdown file, each python block paired with the output block after it."""
-    lines = path.read_text(encoding="utf-8").split("\n")
+def read_lesson(path: Path, text: str | None = None) -> Lesson:
+    """The fenced blocks of a Markdown file, each python block paired with the output block after it.
+    `text`, when given, is read instead of the file (MkDocs hands its hooks a page's Markdown)."""
+    lines = (path.read_text(encoding="utf-8") if text is None else text).split("\n")
     blocks: list[Block] = []
     section, i = "", 0
     previous_python, blank_since = None, True  # the last python block, and only blank lines after it?
@@ -139,7 +162,24 @@ def read_lesson(path: Path) -> Lesson:
         blank_since = True
         blocks.append(block)
         i += 1
-    return Lesson(path, blocks)
+    lesson = Lesson(path, blocks)
+    _find_figures(lesson, lines)
+    return lesson
+
+
+def _find_figures(lesson: Lesson, lines: list[str]) -> None:
+    """Marks the figure blocks: the file each saves, and the image link on the first line after it."""
+    for block in lesson.python:
+        targets = FIGURE_CALL.findall(block.body)
+        if not targets:
+            continue
+        if len(targets) > 1:
+            raise LessonFormatError(f"{lesson.where(block)}: a figure block saves one figure, this one saves {targets}")
+        block.figure = targets[0]
+        after = (block.output or block).end  # 1-based line of the closing fence = index of the next line
+        following = next((line.strip() for line in lines[after:] if line.strip()), "")
+        image = IMAGE_LINK.fullmatch(following)
+        block.image = image.group(1) if image else None
 
 
 def static_problems(lesson: Lesson) -> list[str]:
@@ -218,14 +258,17 @@ class LessonRun:
     printed: dict[int, str] = field(default_factory=dict)  # python block line -> its stdout
     current: Block | None = None  # the block running now, or the one that raised
 
-    def run(self) -> LessonRun:
-        """Run every python block from the repository root; raises what the lesson raises, and then
-        `current` is the block that raised."""
+    def run(self, until: Block | None = None) -> LessonRun:
+        """Run the python blocks from the repository root, every one or up to and including `until`;
+        raises what the lesson raises, and then `current` is the block that raised."""
         namespace: dict = {"__name__": f"lesson_{self.lesson.path.stem.replace('-', '_')}"}
+        blocks = self.lesson.python
+        if until is not None:
+            blocks = blocks[: blocks.index(until) + 1]
         previous = Path.cwd()
         os.chdir(REPO)
         try:
-            for block in self.lesson.python:
+            for block in blocks:
                 self.current = block
                 code = compile(block.body, f"{self.lesson.name}:{block.line} [{block.section or 'top'}]", "exec")
                 buffer = io.StringIO()
