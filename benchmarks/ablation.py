@@ -1,15 +1,19 @@
 """Which layers to train: all-MiniLM-L6-v2 on CFIMDB with the head only, the last block, all layers, LoRA.
 
-    python benchmarks/ablation.py [--rows head-only,last-block,all,lora] [--epochs 2] [--max-length 128]
-                                  [--max-steps N] [--out runs/ablation]
+    python benchmarks/ablation.py [--rows head-only,last-block,all,lora] [--seeds 42,43,44] [--epochs 2]
+                                  [--max-length 128] [--max-steps N] [--out runs/ablation]
 
-Each row is one `minift finetune ... --quiet` command, run as a subprocess exactly as printed (the
-interpreter aside), so the table is what a reader gets by typing the command. From each run it reads the
-final JSON line (stdout: trainable parameters, steps) and metrics.jsonl (dev accuracy before training
-and after each epoch), and it times the whole command (model loading and the dev evaluations included).
+Each row is one `minift finetune ... --quiet` command per seed, run as a subprocess exactly as printed
+(the interpreter aside), so the table is what a reader gets by typing the commands. From each run it
+reads the final JSON line (stdout: trainable parameters, steps) and metrics.jsonl (dev accuracy before
+training and after each epoch); the table gives each number as mean ± sample std over the seeds, with n
+(lesson 13: one seed cannot tell two methods apart when they differ by less than the seed's spread).
+Times are in the JSON lines only, not in the table: measured on a shared machine they are not a speed
+comparison.
 
-Budget: max length 128, 2 epochs, batch 32 (about 110 optimizer steps per row), so that the four rows
-take about 15 minutes on 2 CPU cores. Learning rates differ per row, as each method is normally run:
+Budget: max length 128, 2 epochs, batch 32 (about 110 optimizer steps per run), so that the four rows
+take about 15 minutes per seed on 2 CPU cores. Learning rates differ per row, as each method is
+normally run:
 - head only, 1e-3: only a freshly initialised linear layer trains, as in a linear probe; at 5e-5 it
   would barely move in 110 steps;
 - last block and all layers, 5e-5: pretrained weights train, and Devlin et al. (2019, "BERT", sec. A.3)
@@ -17,7 +21,7 @@ take about 15 minutes on 2 CPU cores. Learning rates differ per row, as each met
 - LoRA r=8 (alpha 16, query and value), 5e-4: the rate Hu et al. (2021, "LoRA", table 9) used for
   RoBERTa-base on most GLUE tasks.
 None of them was tuned on this data. Everything else is `minift finetune`'s default recipe (AdamW with
-weight decay 0.01, linear schedule with 10% warmup, clipping at 1.0, seed 42).
+weight decay 0.01, linear schedule with 10% warmup, clipping at 1.0).
 
 Data: ../shared/data/minbert (the dev set is the evaluation set: CFIMDB's test file carries no labels).
 Without it the script says so and exits with status 0.
@@ -36,6 +40,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from seeds import mean_std, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "minbert"
@@ -57,20 +63,20 @@ ROWS = {
 }
 
 
-def command(row: Row, args: argparse.Namespace, out: Path) -> list[str]:
+def command(row: Row, args: argparse.Namespace, seed: int, out: Path) -> list[str]:
     """The `minift finetune` command of one row; paths relative to the repository, where it runs."""
     data = Path(os.path.relpath(DATA, REPO))
     cmd = ["python", "-m", "minift", "finetune", "--model", "all-MiniLM-L6-v2", "--train", str(data / TRAIN),
            "--dev", str(data / DEV), "--out", os.path.relpath(out, REPO), "--epochs", str(args.epochs),
            "--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--lr", f"{row.lr:g}",
-           "--seed", str(args.seed), *row.flags]
+           "--seed", str(seed), *row.flags]
     if args.max_steps is not None:
         cmd += ["--max-steps", str(args.max_steps)]
-    return [*cmd, "--quiet"]
+    return [*cmd, "--quiet", "--overwrite"]  # a rerun replaces the previous one
 
 
-def run(row: Row, args: argparse.Namespace, out: Path) -> dict:
-    cmd = command(row, args, out)
+def run(row: Row, args: argparse.Namespace, seed: int, out: Path) -> dict:
+    cmd = command(row, args, seed, out)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume of an older one
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, cwd=REPO, check=False)
@@ -85,7 +91,7 @@ def run(row: Row, args: argparse.Namespace, out: Path) -> dict:
     if len(accuracy) < 2:
         raise SystemExit(f"{out / 'metrics.jsonl'}: expected a dev evaluation before training and after each "
                          f"epoch, found {len(accuracy)}")
-    return {"row": row.label, "command": shlex.join(cmd), "lr": row.lr,
+    return {"row": row.label, "seed": seed, "command": shlex.join(cmd), "lr": row.lr,
             "trainable": trainable(result, proc.stderr), "steps": result["steps"], "before": accuracy[0],
             "epochs": accuracy[1:], "best": max(accuracy[1:]), "train_seconds": result["train_seconds"],
             "wall_seconds": round(seconds, 1)}
@@ -104,16 +110,20 @@ def trainable(result: dict, stderr: str) -> tuple[int, int | None]:
     return int(match.group(1).replace(",", "")), total
 
 
-def table(results: list[dict]) -> str:
-    header = ("| what trains | trainable parameters | lr | dev acc. before → per epoch | best dev acc. "
-              "| train time (s) | wall time (s) |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
-    for r in results:
-        n, total = r["trainable"]
+def table(results: dict[str, list[dict]]) -> str:
+    """One line per row: each dev accuracy as mean ± std over that row's seeds (n in the header)."""
+    runs = next(iter(results.values()))
+    epochs = len(runs[0]["epochs"])
+    lines = ["| what trains | trainable parameters | lr | dev acc. before | "
+             + " | ".join(f"epoch {e}" for e in range(1, epochs + 1)) + " | best epoch's dev acc. |",
+             "|---|---|---|---|" + "---|" * (epochs + 1)]
+    for runs in results.values():
+        n, total = runs[0]["trainable"]
         share = f" ({100 * n / total:.2f}%)" if total else ""
-        curve = " → ".join(f"{a:.3f}" for a in [r["before"], *r["epochs"]])
-        lines.append(f"| {r['row']} | {n:,}{share} | {r['lr']:g} | {curve} | **{r['best']:.3f}** "
-                     f"| {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+        columns = [[r["before"] for r in runs], *([r["epochs"][e] for r in runs] for e in range(epochs)),
+                   [r["best"] for r in runs]]
+        lines.append(f"| {runs[0]['row']} | {n:,}{share} | {runs[0]['lr']:g} | "
+                     + " | ".join(mean_std(c) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -124,28 +134,35 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-steps", type=int, help="stop every row after N steps (a smoke test)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", default="42,43,44", help="comma-separated; one run per row and seed (default %(default)s)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
     args = p.parse_args()
     names = args.rows.split(",")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         p.error(f"--rows: unknown row(s) {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
     if not (DATA / TRAIN).is_file() or not (DATA / DEV).is_file():
         print(f"{DATA}/{TRAIN} or {DEV} not found: this benchmark needs the public minBERT data; skipping",
               file=sys.stderr)
         return
-    results = []
-    for name in names:
-        print(f"{ROWS[name].label} ...", file=sys.stderr, flush=True)
-        results.append(run(ROWS[name], args, args.out.resolve() / name))
-        print(json.dumps(results[-1]), flush=True)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in seeds:  # every row once before any row twice: a partial log already compares the rows
+        for name in names:
+            print(f"{ROWS[name].label}, seed {seed} ...", file=sys.stderr, flush=True)
+            results[name].append(run(ROWS[name], args, seed, args.out.resolve() / f"{name}-seed{seed}"))
+            print(json.dumps(results[name][-1]), flush=True)
     print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {args.epochs} epochs, "
-          f"max length {args.max_length}, batch {args.batch_size}, seed {args.seed}:\n")
+          f"max length {args.max_length}, batch {args.batch_size}; dev accuracy, mean ± std over "
+          f"n = {len(seeds)} seeds ({', '.join(map(str, seeds))}):\n")
     print(table(results))
     print("\n```text")
-    for r in results:
-        print(r["command"])
+    for runs in results.values():
+        for r in runs:
+            print(r["command"])
     print("```")
 
 

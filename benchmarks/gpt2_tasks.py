@@ -1,7 +1,7 @@
 """A tiny GPT-2 from nothing: pretrain it, fine-tune it as a language model and as a classifier.
 
-    python benchmarks/gpt2_tasks.py [--out runs/gpt2_tasks] [--pretrain-steps 300] [--lm-epochs 10]
-                                    [--cls-epochs 3] [--smoke]
+    python benchmarks/gpt2_tasks.py [--out runs/gpt2_tasks] [--seeds 0,1,2] [--pretrain-steps 300]
+                                    [--lm-epochs 10] [--cls-epochs 3] [--smoke]
 
 Three steps, each one `minift` command run as a user types it (subprocess), on ../shared/data only:
 
@@ -15,9 +15,11 @@ Three steps, each one `minift` command run as a user types it (subprocess), on .
    (GPT2ForSequenceClassification: the last real token's state, right padding with <|endoftext|>),
    dev accuracy on cfimdb-dev.txt before and after, and the wall time.
 
-It ends with a Markdown table. --smoke runs every step for a few optimizer steps only (a check that
-the pipeline works, in about a minute; its numbers mean nothing). Without ../shared/data it says so and
-exits 0.
+The three steps run once per seed (`--seed` of every command: the fresh model's initialisation, the
+dropout masks, the batch order, the classifier head), and the Markdown table at the end gives every
+number as mean ± sample std over the seeds, with n (lesson 13). --smoke runs every step for a few
+optimizer steps only (a check that the pipeline works, in about a minute; its numbers mean nothing).
+Without ../shared/data it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from seeds import mean_std, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -59,53 +63,65 @@ def split_tinystories(folder: Path) -> tuple[Path, Path]:
     return train, dev
 
 
+def run_seed(seed: int, args: argparse.Namespace) -> dict:
+    """The three stages with ``seed``; their JSON lines."""
+    # --max-steps caps every stage in a smoke run; otherwise each stage runs its epochs.
+    cap = ["--max-steps", "3"] if args.smoke else []
+    out = args.out / f"seed{seed}"
+    pretrained = out / "pretrained"
+    pre, _ = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
+                    "--tokenizer", DATA / "gpt2", "--out", pretrained,
+                    "--max-steps", 5 if args.smoke else args.pretrain_steps,
+                    "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", seed, "--quiet", "--overwrite")
+
+    train, dev = split_tinystories(out / "data")
+    lm, _ = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
+                   "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
+                   "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", seed, "--quiet")
+
+    cls, _ = minift("finetune", "--task", "classification", "--model", pretrained,
+                    "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
+                    "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
+                    "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", seed,
+                    "--quiet", "--overwrite")
+    return {"pretrain": pre, "lm": lm, "cls": cls}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "gpt2_tasks")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated; the three stages run once per seed")
     p.add_argument("--pretrain-steps", type=int, default=300, help="optimizer steps of 8 blocks of 64 tokens")
     p.add_argument("--lm-epochs", type=int, default=10, help="causal-LM fine-tuning epochs on TinyStories")
     p.add_argument("--cls-epochs", type=int, default=3, help="classification epochs on CFIMDB")
     p.add_argument("--cls-max-length", type=int, default=128, help="CFIMDB reviews are cut to this many tokens")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the pipeline only")
     args = p.parse_args()
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
     if not DATA.is_dir():
         print(f"{DATA} not found: this benchmark needs the public data (text/, minbert/, gpt2/); skipping")
         return
-    # --max-steps caps every stage in a smoke run; otherwise each stage runs its epochs.
-    cap = ["--max-steps", "3"] if args.smoke else []
-    pretrain_steps = 5 if args.smoke else args.pretrain_steps
-    out = args.out
-    pretrained = out / "pretrained"
-    t_total = time.perf_counter()
+    runs = [run_seed(seed, args) for seed in seeds]
+    pre, lm, cls = ([r[k] for r in runs] for k in ("pretrain", "lm", "cls"))
 
-    pre, pre_s = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
-                        "--tokenizer", DATA / "gpt2", "--out", pretrained, "--max-steps", pretrain_steps,
-                        "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", 0, "--quiet", "--overwrite")
-
-    train, dev = split_tinystories(out / "data")
-    lm, lm_s = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
-                      "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
-                      "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", 42, "--quiet",
-                      "--overwrite")
-
-    cls, cls_s = minift("finetune", "--task", "classification", "--model", pretrained,
-                        "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
-                        "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
-                        "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", 42,
-                        "--quiet", "--overwrite")
-    total = time.perf_counter() - t_total
+    def cell(results: list[dict], key: str, digits: int) -> str:
+        return mean_std([r[key] for r in results], digits)
 
     note = " (SMOKE RUN: a few steps only, numbers meaningless)" if args.smoke else ""
-    print(f"\nTiny GPT-2 (4 layers, 128 hidden, {pre['parameters'] / 1e6:.1f}M parameters, GPT-2 BPE), "
-          f"every stage through the `minift` CLI; total wall time {total / 60:.1f} min{note}.\n")
-    print("| stage | data | steps | metric | before | after | wall time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| pretrain from random init | corpus.en (last 5% of blocks held out) | {pre['steps']} | dev perplexity "
-          f"| {pre['dev_perplexity_before']:.0f} | {pre['dev_perplexity']:.1f} | {pre_s:.0f} |")
-    print(f"| causal-LM fine-tune | tinystories_sample.txt (20 lines train, last {DEV_LINES} dev) | {lm['steps']} "
-          f"| dev perplexity | {lm['dev_perplexity_before']:.1f} | {lm['dev_perplexity']:.1f} | {lm_s:.0f} |")
-    print(f"| classification fine-tune | cfimdb train / dev (max {args.cls_max_length} tokens) | {cls['steps']} "
-          f"| dev accuracy | {cls['dev_accuracy_before']:.3f} | {cls['dev_accuracy']:.3f} | {cls_s:.0f} |")
+    print(f"\nTiny GPT-2 (4 layers, 128 hidden, {pre[0]['parameters'] / 1e6:.1f}M parameters, GPT-2 BPE), "
+          f"every stage through the `minift` CLI; n = {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+          f"mean ± std{note}.\n")
+    print("| stage | data | steps | metric | before | after |")
+    print("|---|---|---|---|---|---|")
+    print(f"| pretrain from random init | corpus.en (last 5% of blocks held out) | {pre[0]['steps']} | dev perplexity "
+          f"| {cell(pre, 'dev_perplexity_before', 0)} | {cell(pre, 'dev_perplexity', 0)} |")
+    print(f"| causal-LM fine-tune | tinystories_sample.txt (20 lines train, last {DEV_LINES} dev) | {lm[0]['steps']} "
+          f"| dev perplexity | {cell(lm, 'dev_perplexity_before', 0)} | {cell(lm, 'dev_perplexity', 0)} |")
+    print(f"| classification fine-tune | cfimdb train / dev (max {args.cls_max_length} tokens) | {cls[0]['steps']} "
+          f"| dev accuracy | {cell(cls, 'dev_accuracy_before', 3)} | {cell(cls, 'dev_accuracy', 3)} |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Fine-tune all-MiniLM-L6-v2 for NER on WNUT-17 with minift and with transformers, in one run.
+"""Fine-tune all-MiniLM-L6-v2 for NER on WNUT-17 with minift and with transformers, over several seeds.
 
-    python benchmarks/ner_wnut17.py [--libs minift,transformers] [--epochs 3] [--max-steps N]
+    python benchmarks/ner_wnut17.py [--libs minift,transformers] [--seeds 42,43,44] [--epochs 3] [--max-steps N]
 
 Both sides use the same recipe — AdamW lr 5e-5 (no decay on biases and LayerNorm), weight decay 0.01,
-batch 32, linear schedule with 10% warmup, clipping at 1.0, max length 128, seed 42, the label on the
-first sub-token of each word — select the epoch with the best dev entity F1 and report the entity F1
-(seqeval's micro average, scored on whole words) of that epoch's model on the test set, plus the wall
-time. minift runs `minift.train.finetune.finetune_ner` (the recipe behind `minift finetune --task ner`);
+batch 32, linear schedule with 10% warmup, clipping at 1.0, max length 128, the label on the first
+sub-token of each word — select the epoch with the best dev entity F1 and report the entity F1
+(seqeval's micro average, scored on whole words) of that epoch's model on the test set. Each library
+runs once per seed (head initialisation, dropout, batch order); the table gives mean ± sample std with
+n (lesson 13), the training times only the JSON lines (a shared machine makes them no comparison). minift runs `minift.train.finetune.finetune_ner` (the recipe behind `minift finetune --task ner`);
 transformers runs a plain PyTorch loop over `transformers.BertForTokenClassification` with
 `BertTokenizerFast(is_split_into_words=True)` and run_ner.py's label alignment (no Trainer).
 `--max-steps 3` checks that both sides start and run. Data: ../shared/data/wnut17.
@@ -23,30 +24,29 @@ import time
 from pathlib import Path
 
 import torch
+from seeds import mean_std, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "wnut17"
 RECIPE = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "warmup_ratio": 0.1, "max_grad_norm": 1.0,
-          "seed": 42, "max_length": 128}
+          "max_length": 128}
 
 
-def run_minift(model_dir: Path, epochs: int, max_steps: int | None, out: Path) -> dict:
+def run_minift(model_dir: Path, seed: int, epochs: int, max_steps: int | None, out: Path) -> dict:
     from minift.data import make_loader
     from minift.data.collate import make_token_classification_collate
     from minift.train.finetune import finetune_ner
     from minift.train.tasks.ner import evaluate_ner, load_token_classifier, read_ner
 
     result = finetune_ner(model_dir, DATA / "train.conll", DATA / "dev.conll", out, epochs=epochs,
-                          max_steps=max_steps, device="cpu", progress=False, overwrite=True, **{
-                              k: RECIPE[k] for k in ("lr", "weight_decay", "batch_size", "warmup_ratio",
-                                                     "max_grad_norm", "seed", "max_length")})
+                          max_steps=max_steps, device="cpu", progress=False, seed=seed, overwrite=True, **RECIPE)
     model, tokenizer, labels = load_token_classifier(out / "best")
     collate = make_token_classification_collate(tokenizer, labels, max_length=RECIPE["max_length"],
                                                 keep_words=True)
     test = make_loader(read_ner(DATA / "test.conll"), collate, batch_size=64)
     metrics = evaluate_ner(model, test, torch.device("cpu"), labels.id2label)
-    return {"lib": "minift", "best_dev_f1": result.get("best_dev_f1"), "test_f1": metrics["f1"],
+    return {"lib": "minift", "seed": seed, "best_dev_f1": result.get("best_dev_f1"), "test_f1": metrics["f1"],
             # the loop's time: the steps and the dev evaluation after each epoch, as timed for transformers
             "steps": result["steps"], "train_seconds": result["train_seconds"]}
 
@@ -91,13 +91,13 @@ def hf_entity_f1(model, tokenizer, sentences, label2id, id2label) -> float:
     return f1_score(y_true, y_pred)
 
 
-def run_transformers(model_dir: Path, epochs: int, max_steps: int | None) -> dict:
+def run_transformers(model_dir: Path, seed: int, epochs: int, max_steps: int | None) -> dict:
     import transformers
 
     from minift.data import read_conll
 
     transformers.logging.set_verbosity_error()
-    transformers.set_seed(RECIPE["seed"])
+    transformers.set_seed(seed)
     train, dev, test = (read_conll(DATA / f"{s}.conll") for s in ("train", "dev", "test"))
     names = ["O", *sorted({t for _, tags in train for t in tags} - {"O"})]
     label2id, id2label = {n: i for i, n in enumerate(names)}, dict(enumerate(names))
@@ -117,8 +117,7 @@ def run_transformers(model_dir: Path, epochs: int, max_steps: int | None) -> dic
     t, step, best, best_state = time.perf_counter(), 0, -1.0, None
     model.train()
     for epoch in range(-(-total // per_epoch)):
-        for batch, _, _ in hf_batches(tokenizer, train, label2id, RECIPE["batch_size"], True,
-                                      RECIPE["seed"] + epoch):
+        for batch, _, _ in hf_batches(tokenizer, train, label2id, RECIPE["batch_size"], True, seed + epoch):
             model(**batch).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["max_grad_norm"])
             optimizer.step()
@@ -135,34 +134,43 @@ def run_transformers(model_dir: Path, epochs: int, max_steps: int | None) -> dic
     seconds = time.perf_counter() - t
     model.load_state_dict(best_state)
     test_f1 = hf_entity_f1(model, tokenizer, test, label2id, id2label)
-    return {"lib": "transformers", "best_dev_f1": best, "test_f1": test_f1,
+    return {"lib": "transformers", "seed": seed, "best_dev_f1": best, "test_f1": test_f1,
             "steps": step, "train_seconds": round(seconds, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--libs", default="minift,transformers")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated; one run per library and seed")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-steps", type=int, help="stop each run after this many steps (a smoke test)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint name or folder")
     args = parser.parse_args()
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        parser.error(str(e))
+    libs = args.libs.split(",")
+    unknown = [lib for lib in libs if lib not in ("minift", "transformers")]
+    if unknown:
+        parser.error(f"unknown lib(s) {', '.join(unknown)}: use minift and/or transformers")
     from minift.hub import resolve
 
     model_dir = Path(resolve(args.model))
-    rows = []
+    rows: dict[str, list[dict]] = {lib: [] for lib in libs}
     with tempfile.TemporaryDirectory() as tmp:
-        for lib in args.libs.split(","):
-            if lib == "minift":
-                rows.append(run_minift(model_dir, args.epochs, args.max_steps, Path(tmp) / "minift"))
-            elif lib == "transformers":
-                rows.append(run_transformers(model_dir, args.epochs, args.max_steps))
-            else:
-                parser.error(f"unknown lib {lib!r}: use minift and/or transformers")
-            print(json.dumps(rows[-1]), file=sys.stderr)
-    print(f"{'lib':<14}{'steps':>7}{'best dev F1':>13}{'test F1':>9}{'train s':>9}")
-    for r in rows:
-        print(f"{r['lib']:<14}{r['steps']:>7}{r['best_dev_f1']:>13.4f}{r['test_f1']:>9.4f}"
-              f"{r['train_seconds']:>9}")
+        for seed in seeds:  # both libraries for a seed before the next seed: a partial log compares them
+            for lib in libs:
+                rows[lib].append(run_minift(model_dir, seed, args.epochs, args.max_steps, Path(tmp) / f"minift-{seed}")
+                                 if lib == "minift" else run_transformers(model_dir, seed, args.epochs, args.max_steps))
+                print(json.dumps(rows[lib][-1]), file=sys.stderr, flush=True)
+    print(f"\nWNUT-17 entity F1 (seqeval, micro), n = {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+          "mean ± std; the epoch chosen on dev:\n")
+    print("| library | steps | best dev entity F1 | test entity F1 (epoch chosen on dev) |")
+    print("|---|---|---|---|")
+    for lib, runs in rows.items():
+        print(f"| {lib} | {runs[0]['steps']} | {mean_std([r['best_dev_f1'] for r in runs])} "
+              f"| {mean_std([r['test_f1'] for r in runs])} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What bf16 autocast does to MiniLM fine-tuning on this machine, measured in one run (lesson 20).
 
     python benchmarks/precision.py [--steps 6] [--batch-size 32] [--seq-len 128] [--epochs 2] [--device cpu]
+                                   [--seeds 42,43,44] [--skip-speed]
 
 (a) Speed: the training step (forward + backward + AdamW step) of minift's and transformers'
     BertForSequenceClassification on all-MiniLM-L6-v2, fp32 against bf16 autocast (and, on CUDA, fp16
@@ -9,9 +10,11 @@
     other load on the machine hits all of them alike. The reference side is transformers +
     torch.optim.AdamW + torch.amp.GradScaler; the minift side is minift's model, AdamW and LossScaler.
 (b) Accuracy: `python -m minift finetune` on the built-in demo set with `--precision fp32` and
-    `--precision bf16` (same seed, `--epochs 2`), its final JSON line; then the fine-tuned fp32 model
-    evaluated on the dev set with and without bf16 autocast: how far apart its logits are and how many
-    predictions change.
+    `--precision bf16` (`--epochs 2`), once per seed of `--seeds`, its final JSON line; then each
+    fine-tuned fp32 model evaluated on the dev set with and without bf16 autocast: how far apart its
+    logits are and how many predictions change. Accuracies are mean ± sample std over the seeds, with
+    n (lesson 13); train times stay in the JSON lines. `--skip-speed` runs (b) alone, e.g. on a machine
+    too busy for (a)'s timings to mean anything.
 
 Prints Markdown tables (reproduced in lessons/20-mixed-precision.md and README.md).
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 from bert_vs_transformers import REPO, describe, load, make_batch, minilm_folder, time_pairs
+from seeds import mean_std, parse_seeds
 
 from minift.train.device import select_device
 from minift.train.precision import LossScaler, autocast_context
@@ -116,10 +120,10 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
 
-def finetune(precision: str, out: Path, device: torch.device, args: argparse.Namespace) -> dict:
+def finetune(precision: str, seed: int, out: Path, device: torch.device, args: argparse.Namespace) -> dict:
     """`python -m minift finetune` on the demo set; its final JSON line, plus the wall time."""
     cmd = [sys.executable, "-m", "minift", "finetune", "--precision", precision, "--epochs", str(args.epochs),
-           "--seed", "42", "--device", str(device), "--out", str(out), "--quiet"]
+           "--seed", str(seed), "--device", str(device), "--out", str(out), "--quiet", "--overwrite"]
     if args.max_steps is not None:
         cmd += ["--max-steps", str(args.max_steps)]
     print("  " + " ".join(cmd[1:]), flush=True)
@@ -173,16 +177,20 @@ def compare_logits(run_dir: Path, device: torch.device, precision: str) -> dict:
             "changed_predictions": int((low.argmax(-1) != full.argmax(-1)).sum())}
 
 
-def print_accuracy(results: dict, logits: list[dict]) -> None:
-    print("\n| --precision | dev accuracy (last epoch) | best dev accuracy | train seconds | steps |")
-    print("|---|---|---|---|---|")
-    for precision, r in results.items():
-        print(f"| {precision} | {r['dev_accuracy']:.4f} | {r['best_dev_accuracy']:.4f} "
-              f"| {r['train_seconds']:.1f} | {r['steps']} |")
-    for c in logits:
-        print(f"\nfp32 fine-tuned model, {c['examples']} dev examples evaluated under {c['precision']} "
-              f"autocast: max |logit difference| {c['max_abs_diff']:.4f} (logits up to "
-              f"{c['max_abs_logit']:.2f}); {c['changed_predictions']} of {c['examples']} predictions change")
+def print_accuracy(results: dict[str, list[dict]], logits: list[dict], seeds: list[int]) -> None:
+    print(f"\nn = {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std:\n")
+    print("| --precision | steps | dev accuracy (last epoch) | best dev accuracy |")
+    print("|---|---|---|---|")
+    for precision, runs in results.items():
+        print(f"| {precision} | {runs[0]['steps']} | {mean_std([r['dev_accuracy'] for r in runs], 4)} "
+              f"| {mean_std([r['best_dev_accuracy'] for r in runs], 4)} |")
+    for precision in sorted({c["precision"] for c in logits}):
+        mine = [c for c in logits if c["precision"] == precision]
+        examples = mine[0]["examples"]
+        print(f"\nthe {len(mine)} fp32 fine-tuned models, {examples} dev examples each, evaluated under {precision} "
+              f"autocast: max |logit difference| {max(c['max_abs_diff'] for c in mine):.4f} (logits up to "
+              f"{max(c['max_abs_logit'] for c in mine):.2f}); "
+              f"{sum(c['changed_predictions'] for c in mine)} of {examples * len(mine)} predictions change")
 
 
 def main() -> None:
@@ -193,7 +201,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="epochs of each `minift finetune` run (default 2)")
     p.add_argument("--max-steps", type=int, help="cut each finetune run to this many steps (smoke tests)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--seeds", default="42,43,44", help="comma-separated; (b) fine-tunes once per seed and precision")
+    p.add_argument("--skip-speed", action="store_true", help="run (b), the accuracy part, alone")
     args = p.parse_args()
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
     device = select_device(args.device)
     check_cli_has_precision()
 
@@ -204,20 +218,29 @@ def main() -> None:
     # plain AVX2 does not), so the header names the level torch dispatches to.
     hardware = describe(device) + (f", CPU capability {torch.backends.cpu.get_cpu_capability()}"
                                    if device.type == "cpu" else "")
+    timing = ("speed not measured (--skip-speed)" if args.skip_speed else
+              f"batch {args.batch_size} x seq {args.seq_len}; median of {args.steps} interleaved steps")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {hardware}; "
-          f"MiniLM-L6 ({folder}); batch {args.batch_size} x seq {args.seq_len}; median of {args.steps} "
-          "interleaved steps", flush=True)
-    speed = bench_speed(folder, device, args)
+          f"MiniLM-L6 ({folder}); {timing}", flush=True)
+    speed = None if args.skip_speed else bench_speed(folder, device, args)
 
     print("\nfine-tuning on the built-in demo set:", flush=True)
+    runs: dict[str, list[dict]] = {precision: [] for precision in precisions_for(device)}
+    logits = []
     with tempfile.TemporaryDirectory(prefix="minift-precision-") as tmp:
-        runs = {precision: finetune(precision, Path(tmp) / precision, device, args)
-                for precision in precisions_for(device)}
-        check_precisions_differ(runs)
-        logits = [compare_logits(Path(tmp) / "fp32", device, precision)
-                  for precision in precisions_for(device)[1:]]
-    print_speed(speed)
-    print_accuracy(runs, logits)
+        for seed in seeds:
+            of_seed = {precision: finetune(precision, seed, Path(tmp) / f"{precision}-{seed}", device, args)
+                       for precision in precisions_for(device)}
+            check_precisions_differ(of_seed)
+            for precision, run in of_seed.items():
+                runs[precision].append(run)
+                print(json.dumps({"seed": seed, "precision": precision,
+                                  **{k: v for k, v in run.items() if k != "train_losses"}}), flush=True)
+            logits += [compare_logits(Path(tmp) / f"fp32-{seed}", device, precision)
+                       for precision in precisions_for(device)[1:]]
+    if speed is not None:
+        print_speed(speed)
+    print_accuracy(runs, logits, seeds)
 
 
 if __name__ == "__main__":

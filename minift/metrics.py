@@ -10,6 +10,10 @@ A ratio whose denominator is 0 (no predictions of c, or no true c) is 0 — scik
 seqeval's ``zero_division`` default, without their warning. lessons/11-metrics.md derives the
 averages (micro, macro, weighted) and the entity-level scores of NER.
 
+`seed_summary` summarises one number measured over several runs that differ only in their seed
+(mean, sample standard deviation, standard error, 95% t-interval); lessons/13-evaluation-pitfalls.md
+says why a fine-tuning result needs it.
+
 Two reports mirror the references key for key: `classification_report` is
 ``sklearn.metrics.classification_report(..., output_dict=True)`` (rows with "precision", "recall",
 "f1-score", "support") and `entity_report` is ``seqeval.metrics.classification_report(...,
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import statistics
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 AVERAGE_ROWS = ("accuracy", "micro avg", "macro avg", "weighted avg")
 SKLEARN_KEYS = ("precision", "recall", "f1-score", "support")
@@ -303,3 +309,46 @@ def format_report(report: Mapping, digits: int | None = None) -> str:
         elif name in report:
             lines.append(line(name, report[name]))
     return "\n".join(lines) + "\n"
+
+
+# --- over seeds (lesson 13) -------------------------------------------------------------------------
+
+# t_{0.975}(df) for df = 1..30: the 97.5% quantile of Student's t distribution, so that
+# mean ± t * s / sqrt(n) is a 95% confidence interval for the mean of n runs (df = n - 1) when the runs
+# are independent draws of a roughly normal number. Values of scipy.stats.t.ppf(0.975, df), to 4
+# decimals (tests/test_metrics.py compares them); beyond 30 runs we do not go.
+T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """One number over n runs: mean, sample std (divisor n - 1), standard error of the mean
+    (std / sqrt(n)) and the 95% t-interval of the mean. Prints as "0.912 ± 0.008 (n=5)"."""
+
+    n: int
+    mean: float
+    std: float
+    sem: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def format(self, digits: int = 3) -> str:
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+
+
+def seed_summary(values: Iterable[float]) -> SeedSummary:
+    """Mean ± sample std of a metric over runs with different seeds, with its 95% t-interval.
+    Needs 2 to 31 values: one run has no spread to report."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if not 2 <= n <= len(T_975) + 1:
+        raise ValueError(f"seed_summary: expected 2 to {len(T_975) + 1} values (one per seed), got {n}")
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    sem = std / math.sqrt(n)
+    half = T_975[n - 2] * sem
+    return SeedSummary(n=n, mean=mean, std=std, sem=sem, low=mean - half, high=mean + half)

@@ -89,7 +89,7 @@ def manifest(shared_data) -> dict[str, tuple[int, dict]]:
     return rows
 
 
-@pytest.mark.parametrize("name", ["sst-train", "sst-dev", "sst-test", "cfimdb-train", "cfimdb-dev"])
+@pytest.mark.parametrize("name", ["sst-train", "sst-dev", "sst-test", "cfimdb-train", "cfimdb-dev", "cfimdb-test"])
 def test_minbert_files_match_the_manifest(shared_data, name):
     lines, labels = manifest(shared_data)[f"minbert/{name}.txt"]
     examples = read_classification(shared_data / "minbert" / f"{name}.txt")

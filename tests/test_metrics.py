@@ -23,7 +23,9 @@ from minift.metrics import (
     extract_entities,
     format_report,
     macro_f1,
+    T_975,
     precision_recall_fscore,
+    seed_summary,
     token_report,
 )
 
@@ -233,3 +235,38 @@ def test_entity_errors():
         entity_report([], [])
     with pytest.raises(ValueError, match="expected a sequence of tags"):
         extract_entities("B-PER")
+
+
+# --- seed_summary: mean ± std over seeds (lesson 13) --------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_seed_summary_matches_numpy_statistics_and_scipy(seed):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    for n in range(2, len(T_975) + 2):
+        values = rng.normal(0.8, 0.05, size=n).tolist()
+        s = seed_summary(values)
+        assert s.n == n
+        assert s.mean == pytest.approx(np.mean(values), abs=TOL)
+        assert s.std == pytest.approx(np.std(values, ddof=1), abs=TOL)  # sample std: divisor n - 1
+        assert s.sem == pytest.approx(scipy_stats.sem(values), abs=TOL)
+        low, high = scipy_stats.t.interval(0.95, n - 1, loc=np.mean(values), scale=scipy_stats.sem(values))
+        # T_975 holds t to 4 decimals: the interval's ends move by at most 5e-5 * SE
+        assert (s.low, s.high) == pytest.approx((low, high), abs=5e-5 * s.sem + TOL)
+
+
+def test_t_quantiles_are_scipys():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df, t in enumerate(T_975, 1):
+        assert t == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=5e-5), df
+
+
+def test_seed_summary_prints_mean_std_and_n_and_refuses_one_run():
+    s = seed_summary([0.90, 0.91, 0.93])
+    assert str(s) == "0.913 ± 0.015 (n=3)"
+    assert s.format(digits=4) == "0.9133 ± 0.0153 (n=3)"
+    assert seed_summary(torch.tensor([1.0, 3.0])).std == pytest.approx(math.sqrt(2), abs=TOL)
+    for values in ([0.9], [], [0.5] * (len(T_975) + 2)):
+        with pytest.raises(ValueError, match=f"got {len(values)}"):
+            seed_summary(values)
