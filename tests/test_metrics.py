@@ -17,13 +17,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from sklearn.metrics import classification_report as sklearn_report
 
 from minift.metrics import (
+    T_975,
     accuracy,
     classification_report,
     entity_report,
     extract_entities,
     format_report,
     macro_f1,
-    T_975,
     precision_recall_fscore,
     seed_summary,
     token_report,
