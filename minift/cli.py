@@ -152,16 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
                     "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
-                    "masked-LM or LM head; lesson 35); default %(default)s")
+                    "masked-LM or LM head; lesson 35) or sft (instruction tuning of a GPT-2 checkpoint on a "
+                    "JSONL of {\"instruction\", \"input\", \"output\"} or {\"messages\": [{\"role\", \"content\"}]} "
+                    "records, the loss on the replies only); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
                     help="checkpoint folder or name (see `minift weights list`); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
-                    "`label ||| text` lines; default: the built-in demo set")
+                    "`label ||| text` lines (sft: a .jsonl of instruction records); default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch (default: none, no evaluation and no best/)")
     ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
     ft.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
-                    help="truncate inputs to this many tokens; causal-lm: the packed block length (default "
+                    help="truncate inputs to this many tokens; causal-lm: the packed block length; sft: the "
+                    "longest example (cut on the right, with a warning) and the --packing block (default "
                     "%(default)s)")
     _add_training(ft, DEFAULTS)
     ft.add_argument("--class-weights", metavar="W",
@@ -178,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--demonstrations", action="store_true",
                     help="prompt-based: append one training example per label, filled with its label word "
                     "(LM-BFF's demonstrations)")
+    ft.add_argument("--chat-template", metavar="NAME|FILE",
+                    help="sft: how a record becomes text: 'alpaca' (Alpaca's prompt), 'chat' (<|user|> / "
+                    "<|assistant|> markers) or a file holding a Jinja chat template (default: alpaca when every "
+                    "record is an Alpaca one, else chat); saved in the run's tokenizer_config.json")
+    ft.add_argument("--train-on-prompt", action="store_true",
+                    help="sft: take the loss on every token, the prompt's too (default: the replies and their "
+                    "end-of-text token only)")
+    ft.add_argument("--packing", action="store_true",
+                    help="sft: pack several short examples into each block of --max-length tokens, positions "
+                    "restarting and attention kept inside each example (the same loss, fewer padded positions)")
     ft.add_argument("--shots", type=int, metavar="K",
                     help="few-shot protocol: K examples per label from --train (and from --dev), one run per "
                     "--seeds seed, mean and std over the seeds (classification, prompt-based; default: one run on all of --train)")
