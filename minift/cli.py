@@ -4,6 +4,8 @@
     minift evaluate --model runs/x --data F                                     metrics on a labelled file
     minift predict  --model runs/x "text" ...                                   label new texts
     minift pretrain --arch gpt2 --size tiny --text F --out runs/lm              a fresh model on a text file
+    minift finetune --task sft --model runs/lm --train F.jsonl --out runs/sft  instruction tuning
+    minift chat --model runs/sft [--system TEXT] [--message TEXT]               talk with it (stdin, or one message)
     minift weights pull all-MiniLM-L6-v2 | minift weights list                  checkpoints in weights/
     minift verify weights/...MiniLM... [--json]                                 every module against transformers
     minift assignment list | make NAME DIR | check DIR [--json]                 assignments for a course
@@ -38,8 +40,10 @@ from minift import hub
 from minift.assignments import ASSIGNMENTS
 from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
+from minift.chat import ChatSession
 from minift.data import make_loader, read_classification
 from minift.data.prompts import Template
+from minift.data.sft import load_template
 from minift.generation.streamer import TextStreamer
 from minift.io import json_line, read_json
 from minift.metrics import format_report
@@ -267,6 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapter(ge)
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
+
+    ch = sub.add_parser("chat", help="talk with an instruction-tuned GPT-2 (a --task sft run)",
+                        description="A conversation with a `minift finetune --task sft` run: each user line is "
+                        "added to the conversation, the run's chat template (tokenizer_config.json) renders it "
+                        "with the start of an assistant turn, and the reply is streamed to stderr until the "
+                        "end-of-text token. Reads lines from stdin until end of input or /exit; --message "
+                        "answers one message and exits. The conversation ends as one JSON line on stdout.")
+    ch.add_argument("--model", required=True, help="the run folder (or a GPT-2 checkpoint with a chat template)")
+    ch.add_argument("--system", metavar="TEXT", help="a system message at the start of the conversation")
+    ch.add_argument("--message", metavar="TEXT", help="one-shot: answer this one message and exit (for scripts)")
+    ch.add_argument("--chat-template", metavar="NAME|FILE", help="'alpaca', 'chat' or a Jinja file (default: "
+                    "the run's own)")
+    ch.add_argument("--max-new-tokens", type=int, default=CHAT_NEW_TOKENS,
+                    help="longest reply in tokens (default %(default)s)")
+    ch.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    ch.add_argument("--temperature", type=float, help="divide the logits by this before sampling (default 1.0)")
+    ch.add_argument("--top-k", type=int, help="sampling: keep the k most probable tokens (default 50)")
+    ch.add_argument("--top-p", type=float, help="sampling: nucleus probability mass (default 1.0: all)")
+    ch.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default %(default)s)")
+    _add_common(ch)
+    ch.set_defaults(run=cmd_chat)
 
     pt = sub.add_parser("pretrain", help="train a tiny GPT-2 or BERT from scratch on a text file",
                         description="Train a fresh model of a named size from random init on a text file, "
@@ -626,6 +651,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("\n---\n".join(texts), file=sys.stderr)
     print(json_line({"prompt": args.prompt, "text": texts[0], "texts": texts,
                      "new_tokens": out.shape[1] - ids.shape[1]}))
+    return 0
+
+
+CHAT_NEW_TOKENS = 100  # `minift chat`'s longest reply
+EXIT_COMMAND = "/exit"  # ends an interactive `minift chat`, as end of input does
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    folder = hub.resolve(args.model)
+    model = causal_lm_class(folder, "chat").from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    template = None if args.chat_template is None else load_template(args.chat_template)
+    session = ChatSession(model, tokenizer, template=template, system=args.system,
+                          max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p,
+                          generator=torch.Generator(device=device).manual_seed(args.seed))
+    if args.message is not None:
+        reply = session.reply(args.message)
+        print(reply, file=sys.stderr)
+        print(json_line({"reply": reply, "messages": session.messages}))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            _write_stderr("you> ")
+        line = sys.stdin.readline()
+        if not line or line.strip() == EXIT_COMMAND:
+            break
+        if not line.strip():
+            continue
+        _write_stderr("assistant> ")
+        session.reply(line.rstrip("\n"), streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                               on_text=_write_stderr))
+        _write_stderr("\n")
+    print(json_line({"messages": session.messages}))
     return 0
 
 

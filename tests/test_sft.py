@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 import transformers
+from conftest import shared_data_or_skip
+from tests_support import max_diff, write_byte_bpe
 
 from minift.data.readers import DataError
 from minift.data.sft import (
@@ -23,8 +25,6 @@ from minift.data.sft import (
 from minift.losses import IGNORE_INDEX
 from minift.models.gpt2 import GPT2LMHeadModel
 from minift.tokenizer import load_tokenizer
-from tests.conftest import shared_data_or_skip
-from tests.tests_support import max_diff, write_byte_bpe
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 

@@ -217,6 +217,22 @@ def resolve_template(template: str | None) -> str:
     return TEMPLATES.get(template, template)
 
 
+def load_template(option: str, flag: str = "--chat-template") -> str:
+    """A template named on the command line: "alpaca" or "chat" (TEMPLATES), or a file holding a Jinja
+    chat template (checked by compiling it); ``flag`` names the option in errors."""
+    if option in TEMPLATES:
+        return TEMPLATES[option]
+    path = Path(option)
+    if not path.is_file():
+        raise ValueError(f"{flag} {option!r}: neither {' nor '.join(TEMPLATES)} nor a file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        _compile(text)
+    except ValueError as err:
+        raise ValueError(f"{flag} {path}: {err}") from None
+    return text
+
+
 # ----------------------------------------------------------------------------------------------------
 # Examples: ids, labels, truncation
 # ----------------------------------------------------------------------------------------------------

@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from minift.data.collate import make_loader
 from minift.data.readers import DataError
-from minift.data.sft import TEMPLATES, build_examples, pack_examples, read_sft_records, sft_collate
+from minift.data.sft import (
+    TEMPLATES,
+    build_examples,
+    load_template,
+    pack_examples,
+    read_sft_records,
+    sft_collate,
+)
 from minift.hub import resolve
 from minift.models.architectures import architecture_of
 from minift.tokenizer import check_vocab_size
@@ -79,12 +85,7 @@ def chat_template(option: str | None, records: list[dict]) -> str:
     None: "alpaca" when every record is an Alpaca one (instruction/input/output), else "chat"."""
     if option is None:
         return TEMPLATES["alpaca" if all(r.get("format") == "alpaca" for r in records) else "chat"]
-    if option in TEMPLATES:
-        return TEMPLATES[option]
-    path = Path(option)
-    if not path.is_file():
-        raise ValueError(f"--chat-template {option!r}: neither {' nor '.join(TEMPLATES)} nor a file")
-    return path.read_text(encoding="utf-8")
+    return load_template(option)
 
 
 def _examples(records: list[dict], tokenizer, options: dict, say: bool) -> list[dict]:
