@@ -4,6 +4,7 @@ command (scripted stdin, one-shot) against `generate` on the rendered prompt, an
 
 import io
 import json
+import math
 import subprocess
 import sys
 
@@ -105,13 +106,28 @@ def test_one_step_equals_the_transformers_loop(base, tmp_path, packing):
 
 
 @pytest.fixture(scope="module")
-def run(base, tmp_path_factory):
+def trained(base, tmp_path_factory):
     """A --task sft run (default template: the file mixes formats, so "chat")."""
     folder, data = base
     out = tmp_path_factory.mktemp("sft") / "run"
-    finetune(FinetuneConfig(task="sft", model=str(folder), train=data, out=out, max_length=128, batch_size=2,
-                            max_steps=2, lr=LR, device="cpu", progress=False))
-    return out
+    result = finetune(FinetuneConfig(task="sft", model=str(folder), train=data, dev=data, out=out, max_length=128,
+                                     batch_size=2, max_steps=2, lr=LR, device="cpu", progress=False))
+    return out, result
+
+
+def test_dev_loss_is_per_reply_token(trained, base):
+    """The dev evaluation scores the replies only: its token count is the number of reply tokens (each
+    reply's content and end-of-text token, as bytes here), and perplexity is exp of the mean loss."""
+    _, result = trained
+    replies = [m["content"] for r in read_sft_records(base[1]) for m in r["messages"] if m["role"] == "assistant"]
+    assert result["dev_tokens"] == sum(len(text.encode()) + 1 for text in replies)
+    assert result["dev_perplexity"] == pytest.approx(math.exp(result["dev_loss"]), rel=1e-12)
+    assert result["dev_loss"] < result["dev_loss_before"]
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    return trained[0]
 
 
 def test_chat_template_saved_where_transformers_reads_it(run, base):
