@@ -230,3 +230,18 @@ def test_packed_logits_match_transformers(byte_tokenizer, tiny_lm, seed):
             got = model(**batch)
             assert max_diff(got.logits, expected.logits) <= 1e-5
             assert abs(got.loss.item() - expected.loss.item()) <= 1e-5
+
+
+def test_a_token_merging_across_the_prompt_end_is_warned(gpt2_tokenizers):
+    """A template whose prompt ends in a space: the whole text encodes " yes" as one token, the pieces as
+    " " and "yes". build_example says so, naming the record, and keeps the pieces (labels and ids agree)."""
+    ours, _ = gpt2_tokenizers
+    template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + ' A: ' }}"
+                "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}{% endif %}")
+    record = {"messages": [{"role": "user", "content": "ok?"}, {"role": "assistant", "content": "yes"}],
+              "source": "data.jsonl:7"}
+    with pytest.warns(UserWarning, match=r"data.jsonl:7: the template's pieces encode to other ids"):
+        example = build_example(record, ours, template=template)
+    assert ours.decode([i for i, label in zip(example["input_ids"], example["labels"], strict=True)
+                        if label != IGNORE_INDEX]) == "yes<|endoftext|>"

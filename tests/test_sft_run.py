@@ -205,3 +205,9 @@ def test_finetune_names_the_bad_line(base, tmp_path, capsys, line, message):
 def test_sft_flags_belong_to_sft(tmp_path, capsys):
     assert main(["finetune", "--task", "causal-lm", "--train", str(tmp_path / "x.txt"), "--packing"]) == 1
     assert "--packing is not used by --task causal-lm; it applies to --task sft" in capsys.readouterr().err
+
+
+def test_packing_refuses_virtual_tokens(base, tmp_path, capsys):
+    code = main(["finetune", "--task", "sft", "--model", str(base[0]), "--train", str(base[1]), "--packing",
+                 "--peft", "prompt", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert code == 1 and "--packing cannot be combined with --peft prompt" in capsys.readouterr().err

@@ -190,6 +190,9 @@ class FinetuneConfig:
         self._check_peft()
         self._check_prompt()
         self._check_few_shot()
+        if self.packing and method_of(self.peft, self.lora_r) in ("prompt", "prefix"):
+            raise ValueError(f"--packing cannot be combined with --peft {self.peft}: its virtual tokens belong to one "
+                             "sequence, and a packed row holds several; drop one")
         if self.task in PRETRAINING:
             self._check_pretraining()
 
