@@ -31,6 +31,7 @@ from minift.data.sft import (
     sft_collate,
 )
 from minift.hub import resolve
+from minift.losses import IGNORE_INDEX
 from minift.models.architectures import architecture_of
 from minift.tokenizer import check_vocab_size
 from minift.train.config import FinetuneConfig, check_block_size
@@ -69,7 +70,7 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
     if dev_records is not None:  # the dev set is never packed: the same numbers either way, and simpler
         dev_batches = fixed_batches(_examples(dev_records, tokenizer, options, world.is_main), collate,
                                     2 * cfg.batch_size)
-    scored = sum(sum(1 for label in e["labels"][1:] if label != -100) for e in examples)
+    scored = sum(sum(1 for label in e["labels"][1:] if label != IGNORE_INDEX) for e in examples)
     return Task(model=model, tokenizer=tokenizer, train_loader=loader,
                 evaluate=(lambda: evaluate_lm(model, dev_batches, device, causal=True,
                                               progress=cfg.progress and world.is_main)) if dev_batches else None,
@@ -95,6 +96,6 @@ def _examples(records: list[dict], tokenizer, options: dict, say: bool) -> list[
         if not say:
             warnings.simplefilter("ignore")
         examples = build_examples(records, tokenizer, **options)
-    if not any(label != -100 for e in examples for label in e["labels"][1:]):
+    if not any(label != IGNORE_INDEX for e in examples for label in e["labels"][1:]):
         raise DataError("no token to train on: every label is -100")
     return examples
