@@ -30,7 +30,14 @@ from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.gpt2_fast import use_fast_path
 from minift.models.heads import sequence_classification_loss, token_classification_loss
 from minift.models.pretrained import PretrainedModel
-from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
+from minift.nn.attention import (
+    attention,
+    merge_heads,
+    packed_sequence_ids,
+    padding_mask,
+    same_sequence_mask,
+    split_heads,
+)
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
 from minift.outputs import ModelOutput, refuse_unsupported
 
@@ -306,6 +313,7 @@ class GPT2Model(GPT2PretrainedModel):
         use_cache: also return the updated cache (the past plus these tokens' k and v)."""
         refuse_unsupported(self, unsupported)
         _check_ids(input_ids, self.config.vocab_size)
+        packed = self._packed(input_ids, attention_mask, position_ids, past_key_values)
         prompt, past_key_values, attention_mask, position_ids = self._virtual_tokens(
             input_ids.shape[0], past_key_values, attention_mask, position_ids)
         length = input_ids.shape[1] + (0 if prompt is None else prompt.shape[1])
@@ -319,11 +327,28 @@ class GPT2Model(GPT2PretrainedModel):
         # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
         # `attention` (is_causal=True), which lets sdpa use its fused causal kernel when there is no padding.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
+        if packed is not None:  # several examples in a row: each attends only to itself, (B, 1, T, T)
+            mask = same_sequence_mask(packed, x.dtype)
         presents = []
         for i, block in enumerate(self.h):
             x, present = block(x, mask, None if past_key_values is None else past_key_values[i])
             presents.append(present)
         return GPT2ModelOutput(last_hidden_state=self.ln_f(x), past_key_values=presents if use_cache else None)
+
+    def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None, past: KVCache | None) -> torch.Tensor | None:
+        """(B, T) packed-example index of each token when position_ids restart inside a row (several
+        examples packed, minift/data/sft.py), else None. As in transformers 5 (masking_utils), only
+        without attention_mask and cache: a training batch of packed examples."""
+        if position_ids is None or attention_mask is not None or past is not None or input_ids.shape[1] == 0:
+            return None
+        if position_ids.dim() != 2 or position_ids.shape[1] != input_ids.shape[1]:
+            return None  # _check_inputs says what is wrong
+        packed = packed_sequence_ids(position_ids.expand(input_ids.shape[0], -1))
+        if packed is not None and (self.prompt_encoder is not None or self.prefix_encoder is not None):
+            raise ValueError("packed examples (position_ids restarting inside a row) cannot take prompt or prefix "
+                             "tuning's virtual tokens, which belong to one sequence; train without packing")
+        return packed
 
     def _virtual_tokens(self, batch: int, past: KVCache | None, attention_mask: torch.Tensor | None,
                         position_ids: torch.Tensor | None):

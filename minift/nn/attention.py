@@ -60,6 +60,29 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return mask.masked_fill_(~keep, torch.finfo(dtype).min)
 
 
+def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """position_ids (B, T) -> (B, T): which of the examples packed into a row each token belongs to,
+    counted from 0; None when every row holds one sequence (positions go up by 1 all along).
+
+    A new example starts wherever the position does not follow the previous one (it restarts, at 0
+    for `minift.data.sft.pack_examples`): the rule of transformers' masking_utils
+    `find_packed_sequence_indices`, so the same position_ids mean the same packing in both.
+    """
+    previous = position_ids[:, :1] - 1  # the first token continues an imaginary one before it
+    starts = torch.diff(position_ids, prepend=previous, dim=-1) != 1  # (B, T)
+    ids = starts.cumsum(-1)  # (B, T)
+    return None if not bool(ids[:, -1].any()) else ids
+
+
+def same_sequence_mask(sequence_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sequence_ids (B, T) -> additive (B, 1, T, T): 0 where query and key belong to the same packed
+    example, the finite minimum elsewhere. With the causal mask on top, each example attends only to
+    its own earlier tokens: a block-diagonal causal mask, so a packed example is computed as if alone."""
+    same = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]  # (B, 1, T, T)
+    mask = torch.zeros(same.shape, dtype=dtype, device=sequence_ids.device)
+    return mask.masked_fill_(~same, torch.finfo(dtype).min)
+
+
 def causal_mask(
     q_len: int, k_len: int, dtype: torch.dtype, device: torch.device | None = None
 ) -> torch.Tensor:

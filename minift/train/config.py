@@ -44,7 +44,7 @@ from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs
 
-FINETUNING = ("classification", "ner", "causal-lm", "prompt-based")  # `minift finetune --task`
+FINETUNING = ("classification", "ner", "causal-lm", "prompt-based", "sft")  # `minift finetune --task`
 PRETRAINING = ("pretrain",)  # `minift pretrain`: a fresh model of a named size on a text file
 TASKS = FINETUNING + PRETRAINING
 
@@ -70,6 +70,7 @@ METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
     "ner": ("f1", "precision", "recall", "macro_f1", "accuracy", "loss"),
     "causal-lm": ("loss", "perplexity"),
+    "sft": ("loss", "perplexity"),  # per reply token
     "pretrain": ("loss", "perplexity"),
 }
 # --unknown-tags: what a dev (or evaluation) tag the training data never had becomes.
@@ -79,6 +80,7 @@ UNKNOWN_TAGS = ("error", "o")
 FINETUNING_ONLY = {"tasks": FINETUNING}
 PRETRAINING_ONLY = {"tasks": PRETRAINING}
 PROMPT_BASED = {"tasks": ("prompt-based",)}
+SFT = {"tasks": ("sft",)}
 FEW_SHOT = {"tasks": ("classification", "prompt-based")}
 LM_BFF_SEEDS = "13,21,42,87,100"  # the five seeds of LM-BFF's few-shot protocol (Gao et al. 2021, sec. 3)
 HOW = {"how": True}
@@ -146,6 +148,12 @@ class FinetuneConfig:
     template: str | None = field(default=None, metadata=PROMPT_BASED)
     verbalizer: str | None = field(default=None, metadata=PROMPT_BASED)
     demonstrations: bool = field(default=False, metadata=PROMPT_BASED)
+    # Instruction tuning (minift/data/sft.py): the chat template ("alpaca", "chat" or a Jinja file;
+    # default: "alpaca" when every record is Alpaca's, else "chat"), the loss on every token rather than
+    # the replies only, and several short examples packed into one block of --max-length tokens.
+    chat_template: str | None = field(default=None, metadata=SFT)
+    train_on_prompt: bool = field(default=False, metadata=SFT)
+    packing: bool = field(default=False, metadata=SFT)
     # The few-shot protocol (minift/train/few_shot.py): K examples per label, one run per seed, the
     # mean and std over the seeds; --test is scored by each seed's selected model.
     shots: int | None = field(default=None, metadata=FEW_SHOT)
@@ -182,6 +190,9 @@ class FinetuneConfig:
         self._check_peft()
         self._check_prompt()
         self._check_few_shot()
+        if self.packing and method_of(self.peft, self.lora_r) in ("prompt", "prefix"):
+            raise ValueError(f"--packing cannot be combined with --peft {self.peft}: its virtual tokens belong to one "
+                             "sequence, and a packed row holds several; drop one")
         if self.task in PRETRAINING:
             self._check_pretraining()
 
