@@ -7,7 +7,7 @@ Two families, each deterministic given its seed, each written as Alpaca-style re
 
 - `instruction_split`: four instructions (reverse, sort, count, list) over a few random words from
   WORDS. What is held out: every test input (the word sequence) appears in no training record under
-  any instruction, and one instruction x input length (by default sort on 6 words) appears only in
+  any instruction, and one instruction x input length (by default sort on 4 words) appears only in
   the test set, so that a model must combine an instruction with a length it saw only for the others.
 - `last_letter_split`: last-letter concatenation (Wei et al. 2022, sec. 4; Zhou et al. 2023, sec. 3.1),
   the compositional task of Least-to-Most prompting: "apex,bird,calm" -> "xdm". The answer is written
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from minift.io import dumps_json, write_text
@@ -50,37 +50,41 @@ def instruction_record(task: str, words: Sequence[str]) -> dict:
     return {"instruction": instruction, "input": " ".join(words), "output": answer(list(words))}
 
 
-def instruction_split(seed: int, n_train: int, n_test: int, *, lengths: Sequence[int] = (3, 4, 5, 6),
-                      held_out: tuple[str, int] | None = ("sort", 6)) -> tuple[list[dict], list[dict]]:
+def instruction_split(seed: int, n_train: int, n_test: int, *, lengths: Sequence[int] = (2, 3, 4),
+                      held_out: tuple[str, int] | None = ("sort", 4)) -> tuple[list[dict], list[dict]]:
     """(train, test) records of the four INSTRUCTIONS tasks on ``lengths`` words drawn without
-    repetition from WORDS. Every test input (word sequence) is absent from the training records; the
-    ``held_out`` (task, length) combination is in the test set only. Tasks and lengths are drawn
-    uniformly (the test set round-robin, so each pair has about n_test / 16 records)."""
+    repetition from WORDS. No test input (word sequence) appears in a training record, under any
+    instruction; the ``held_out`` (task, length) combination is in the test set only. The test set
+    goes round-robin over the (task, length) pairs, each test input distinct; training pairs are drawn
+    uniformly among the others."""
     rng = random.Random(seed)
     tasks = list(INSTRUCTIONS)
     if held_out is not None and (held_out[0] not in INSTRUCTIONS or held_out[1] not in lengths):
         raise ValueError(f"held_out={held_out!r}: expected (task, length) with a task of {', '.join(tasks)} and a "
                          f"length of {list(lengths)}")
-    seen: set[tuple[str, ...]] = set()
-
-    def fresh_words(length: int) -> tuple[str, ...]:
-        for _ in range(1000):
-            words = tuple(rng.sample(WORDS, length))
-            if words not in seen:
-                seen.add(words)
-                return words
-        raise ValueError(f"instruction_split: too few distinct inputs of {length} words for {n_train} + {n_test} "
-                         "records; use longer lengths or fewer records")
-
     pairs = [(t, n) for t in tasks for n in lengths]
-    test = [instruction_record(*pairs[i % len(pairs)][:1], fresh_words(pairs[i % len(pairs)][1]))
-            for i in range(n_test)]
+    test_inputs: set[tuple[str, ...]] = set()
+    test = []
+    for i in range(n_test):
+        task, length = pairs[i % len(pairs)]
+        words = _draw(rng, length, lambda w: w not in test_inputs)
+        test_inputs.add(words)
+        test.append(instruction_record(task, words))
     allowed = [(t, n) for t, n in pairs if (t, n) != held_out]
     train = []
     for _ in range(n_train):
         task, length = rng.choice(allowed)
-        train.append(instruction_record(task, fresh_words(length)))
+        train.append(instruction_record(task, _draw(rng, length, lambda w: w not in test_inputs)))
     return train, test
+
+
+def _draw(rng: random.Random, length: int, keep: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
+    for _ in range(1000):
+        words = tuple(rng.sample(WORDS, length))
+        if keep(words):
+            return words
+    raise ValueError(f"instruction_split: too few distinct inputs of {length} words for the test set; use longer "
+                     "inputs or fewer test records")
 
 
 def task_of(record: dict) -> str:
@@ -123,24 +127,31 @@ def random_word(rng: random.Random, min_letters: int = 3, max_letters: int = 5) 
 
 
 def last_letter_split(seed: int, n_train: int, n_test_per_length: int, *, train_lengths: Sequence[int] = (1, 2, 3, 4),
-                      test_lengths: Sequence[int] = (2, 3, 4, 5, 6), style: str = "direct"
+                      test_lengths: Sequence[int] = (2, 3, 4, 5, 6), style: str = "direct",
+                      train_letters: tuple[int, int] = (3, 10), test_letters: tuple[int, int] = (3, 5)
                       ) -> tuple[list[dict], list[dict]]:
     """(train, test): training lists of ``train_lengths`` words (uniformly), ``n_test_per_length`` test
-    lists of each of ``test_lengths`` words; random lower-case words of 3 to 5 letters, no list in both.
-    The same seed gives the same words for either style, so the two styles differ only in the answer."""
+    lists of each of ``test_lengths`` words; random lower-case words of ``train_letters`` /
+    ``test_letters`` letters (inclusive), no list in both. The same seed gives the same words for
+    either style, so the two styles differ only in the answer.
+
+    Why longer training words: a GPT-2's positions are learned, and a position no training example
+    reached keeps its random vector. Training words of up to 10 letters make the training examples as
+    long, in tokens, as the test lists of 5 and 6 shorter words, so a longer *list* is tested at
+    positions that training reached (lesson 38, exercise 3)."""
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
 
-    def fresh(length: int) -> tuple[str, ...]:
+    def fresh(length: int, letters: tuple[int, int]) -> tuple[str, ...]:
         for _ in range(1000):
-            words = tuple(random_word(rng) for _ in range(length))
+            words = tuple(random_word(rng, *letters) for _ in range(length))
             if words not in seen:
                 seen.add(words)
                 return words
         raise ValueError(f"last_letter_split: too few distinct lists of {length} words")
 
-    test = [last_letter_record(fresh(n), style) for n in test_lengths for _ in range(n_test_per_length)]
-    train = [last_letter_record(fresh(rng.choice(list(train_lengths))), style) for _ in range(n_train)]
+    test = [last_letter_record(fresh(n, test_letters), style) for n in test_lengths for _ in range(n_test_per_length)]
+    train = [last_letter_record(fresh(rng.choice(list(train_lengths)), train_letters), style) for _ in range(n_train)]
     return train, test
 
 
@@ -149,7 +160,7 @@ def last_letter_split(seed: int, n_train: int, n_test_per_length: int, *, train_
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     """One JSON object per line (atomically, minift/io.py), as `read_sft_records` reads them."""
-    return write_text(path, "".join(dumps_json(r, indent=None) + "\n" for r in records))
+    return write_text(path, "".join(dumps_json(r, indent=None) for r in records))  # each ends with "\n"
 
 
 def tiny_bpe(folder: str | Path, texts: Iterable[str], vocab_size: int = 1000):
