@@ -143,22 +143,32 @@ def test_generation_prompt_is_the_text_before_the_reply(tokenizer_dir):
     assert whole == prompt + "egg sun" + eos
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_answers_are_transformers_greedy_generate(checkpoint, tokenizer_dir, batch_size):
-    """Left-padded batches of prompts of different lengths give, row by row, what transformers' greedy
-    generate gives for the prompt alone, cut at the first end-of-text token."""
+@pytest.fixture(scope="module")
+def prompts_and_reference(checkpoint, tokenizer_dir):
+    """Seven prompts of different lengths and transformers' greedy continuation of each alone, cut at the
+    first end-of-text token."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = GPT2LMHeadModel.from_pretrained(checkpoint)
     reference = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).eval()
     _, test = instruction_split(5, 0, 7)
     prompts = [generation_prompt({"messages": read_sft_records_of(r)}, tokenizer, TEMPLATES["chat"]) for r in test]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=batch_size)
-    eos = tokenizer.eos_token_id
-    for prompt, answer in zip(prompts, answers, strict=True):
+    eos, expected = tokenizer.eos_token_id, []
+    for prompt in prompts:
         ids = torch.tensor([tokenizer.encode(prompt)])
-        out = reference.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-        new = out[0, ids.shape[1]:].tolist()
-        assert answer == tokenizer.decode(new[: new.index(eos)] if eos in new else new)
+        new = reference.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos)[0, ids.shape[1]:].tolist()
+        expected.append(tokenizer.decode(new[: new.index(eos)] if eos in new else new))
+    return prompts, expected
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_answers_are_transformers_greedy_generate(checkpoint, tokenizer_dir, prompts_and_reference, batch_size):
+    """Left-padded batches of prompts of different lengths (three batches, or one) give, row by row, what
+    transformers' greedy generate gives for the prompt alone."""
+    prompts, expected = prompts_and_reference
+    model = GPT2LMHeadModel.from_pretrained(checkpoint)
+    answers = generate_answers(model, load_tokenizer(tokenizer_dir), prompts, max_new_tokens=12, batch_size=batch_size)
+    assert answers == expected
+    assert len({len(p) for p in prompts}) > 1  # the batches do hold prompts of different lengths
 
 
 def test_exact_match():
