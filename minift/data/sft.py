@@ -368,3 +368,13 @@ def sft_collate(examples: Sequence[dict], pad_token_id: int) -> dict:
         else:
             rows["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)
     return {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
+
+
+def generation_prompt(record: dict, tokenizer, template: str | None = None) -> str:
+    """The text a model continues to answer a record: the conversation before its last assistant reply,
+    with the start of an assistant turn (as `minift chat` renders it). For exact-match evaluation on
+    held-out records (minift/generation/answers.py)."""
+    messages = check_messages(record.get("messages"), record.get("source", "record"))
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return render_chat(messages[:last], resolve_template(template), add_generation_prompt=True,
+                       **template_variables(tokenizer))
