@@ -1,5 +1,6 @@
 """The models, with the class names `transformers` uses: BERT (bert.py, lesson 05), GPT-2
-(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34), and transformers' Auto classes, which pick
+(gpt2.py, lesson 15) and RoBERTa (roberta.py, lesson 34), the original encoder-decoder Transformer
+(transformer.py, lesson 39), and transformers' Auto classes, which pick
 one by config.json's model_type through the table of architectures (auto.py, lesson 33)."""
 
 from minift.models.auto import (
@@ -31,6 +32,7 @@ from minift.models.roberta import (
     RobertaForTokenClassification,
     RobertaModel,
 )
+from minift.models.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "AutoConfig",
@@ -54,4 +56,6 @@ __all__ = [
     "RobertaForSequenceClassification",
     "RobertaForTokenClassification",
     "RobertaModel",
+    "Transformer",
+    "TransformerConfig",
 ]
