@@ -243,3 +243,22 @@ def test_bad_input_names_the_value():
         Transformer(tiny())(torch.tensor([[50]]), labels=torch.tensor([[5]]))
     with pytest.raises(ValueError, match="eos_token_id must be null or a token id in \\[0, vocab_size=50\\)"):
         tiny(eos_token_id=50)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_smoothed_loss_over_target_tokens_matches_torch(seed):
+    """Sec. 5.4's label smoothing (eps_ls = 0.1) as seq2seq uses it: (B, T, V) logits, padded targets
+    -100, a mean over the scored tokens; minift's cross_entropy against torch's, loss and gradient."""
+    from minift.losses import cross_entropy
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 7, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[1, 4:], labels[2, 1:] = -100, -100
+    ours = cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), label_smoothing=0.1)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), label_smoothing=0.1)
+    (grad_theirs,) = torch.autograd.grad(theirs, logits)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-12, rtol=0)
+    assert not grad_ours[2, 1:].any()  # padding gets no gradient
