@@ -151,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenizer files) and metrics.jsonl.")
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
-                    "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
-                    "masked-LM or LM head; lesson 35); default %(default)s")
+                    "file, GPT-2), prompt-based (text -> a label word at --template's {mask}, scored by the "
+                    "masked-LM or LM head; lesson 35) or seq2seq (source -> target text, an encoder-decoder; "
+                    "lesson 39); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
-                    help="checkpoint folder or name (see `minift weights list`); default %(default)s")
+                    help="checkpoint folder or name (see `minift weights list`); seq2seq: also transformer:SIZE, "
+                    "a fresh original Transformer (nano, tiny, small, base, big); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
-                    "`label ||| text` lines; default: the built-in demo set")
+                    "`label ||| text` lines (seq2seq: .tsv/.jsonl with source,target); default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch (default: none, no evaluation and no best/)")
     ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "'label=w,...' (default: none, every class weighs 1)")
     ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
+    ft.add_argument("--tokenizer", help="seq2seq with --model transformer:SIZE: a tokenizer folder (vocab.txt with "
+                    "[PAD], [CLS], [SEP]); default: a WordPiece vocabulary trained on the --train pairs")
+    ft.add_argument("--dropout", type=float, help="seq2seq with --model transformer:SIZE: the fresh model's dropout "
+                    "(default: the size's, 0.1 for tiny, small and base)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
