@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from minift.models.transformer import Transformer, TransformerConfig, shift_tokens_right
+from minift.models.transformer import (
+    Transformer,
+    TransformerConfig,
+    copy_from_torch_transformer,
+    shift_tokens_right,
+)
 from minift.nn.positions import sinusoidal_positions
 
 TOL = {"atol": 1e-5, "rtol": 0}  # float32 activations and gradients (the project's standard)
@@ -20,36 +25,6 @@ def tiny(**overrides) -> TransformerConfig:
     return TransformerConfig(**{"vocab_size": 50, "d_model": 16, "encoder_layers": 2, "decoder_layers": 2,
                                 "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 32,
                                 "decoder_ffn_dim": 32, "dropout": 0.0, "max_position_embeddings": 32, **overrides})
-
-
-def copy_attention(ours, theirs: nn.MultiheadAttention) -> None:
-    d = ours.q_proj.weight.shape[0]
-    for i, proj in enumerate((ours.q_proj, ours.k_proj, ours.v_proj)):  # in_proj is [W_q; W_k; W_v]
-        proj.weight.copy_(theirs.in_proj_weight[i * d:(i + 1) * d])
-        proj.bias.copy_(theirs.in_proj_bias[i * d:(i + 1) * d])
-    ours.out_proj.load_state_dict(theirs.out_proj.state_dict())
-
-
-@torch.no_grad()
-def copy_from_torch(model: Transformer, reference: nn.Transformer) -> None:
-    """torch.nn.Transformer's weights into ours: the mapping of the module docstring."""
-    for ours, theirs in zip(model.encoder.layers, reference.encoder.layers):
-        copy_attention(ours.self_attn, theirs.self_attn)
-        ours.ffn.fc1.load_state_dict(theirs.linear1.state_dict())
-        ours.ffn.fc2.load_state_dict(theirs.linear2.state_dict())
-        ours.self_attn_layer_norm.load_state_dict(theirs.norm1.state_dict())
-        ours.final_layer_norm.load_state_dict(theirs.norm2.state_dict())
-    for ours, theirs in zip(model.decoder.layers, reference.decoder.layers):
-        copy_attention(ours.self_attn, theirs.self_attn)
-        copy_attention(ours.encoder_attn, theirs.multihead_attn)
-        ours.ffn.fc1.load_state_dict(theirs.linear1.state_dict())
-        ours.ffn.fc2.load_state_dict(theirs.linear2.state_dict())
-        ours.self_attn_layer_norm.load_state_dict(theirs.norm1.state_dict())
-        ours.encoder_attn_layer_norm.load_state_dict(theirs.norm2.state_dict())
-        ours.final_layer_norm.load_state_dict(theirs.norm3.state_dict())
-    if model.config.norm_first:
-        model.encoder.layer_norm.load_state_dict(reference.encoder.norm.state_dict())
-        model.decoder.layer_norm.load_state_dict(reference.decoder.norm.state_dict())
 
 
 def torch_twin(config: TransformerConfig) -> nn.Transformer:
@@ -81,7 +56,7 @@ def test_matches_torch_transformer(norm_first, shape):
     config = tiny(d_model=d, encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_layers=n_enc,
                   decoder_layers=n_dec, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, norm_first=norm_first)
     reference, model = torch_twin(config), Transformer(config).train()
-    copy_from_torch(model, reference)
+    copy_from_torch_transformer(model, reference)
     g = torch.Generator().manual_seed(seed)
     src, tgt = torch.randn(batch, src_len, d, generator=g), torch.randn(batch, tgt_len, d, generator=g)
     src_mask, tgt_mask = right_padded_mask(batch, src_len, g), right_padded_mask(batch, tgt_len, g)

@@ -68,7 +68,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "big": {"layers": 6, "d_model": 1024, "ffn": 4096, "heads": 16, "dropout": 0.3},
     "base": {"layers": 6, "d_model": 512, "ffn": 2048, "heads": 8, "dropout": 0.1},
     "small": {"layers": 3, "d_model": 256, "ffn": 1024, "heads": 4, "dropout": 0.1},
-    "tiny": {"layers": 2, "d_model": 128, "ffn": 512, "heads": 4, "dropout": 0.1},
+    "tiny": {"layers": 2, "d_model": 64, "ffn": 256, "heads": 4, "dropout": 0.1},
     "nano": {"layers": 1, "d_model": 32, "ffn": 64, "heads": 2, "dropout": 0.0},
 }
 
@@ -475,6 +475,35 @@ class Transformer(PretrainedModel):
                                  f"{tuple(decoder_input_ids.shape)}: one target id (or -100) per decoder position")
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory)
+
+
+@torch.no_grad()
+def copy_from_torch_transformer(model: Transformer, reference: nn.Transformer) -> None:
+    """Copy a `torch.nn.Transformer`'s (batch_first or not) layer weights into ``model``'s stacks: the
+    mapping of the module docstring, as code. Embeddings and the output projection are ours alone."""
+    for stack in ("encoder", "decoder"):
+        ours, theirs = getattr(model, stack).layers, getattr(reference, stack).layers
+        if len(ours) != len(theirs):
+            raise ValueError(f"{stack}: {len(theirs)} torch layers for {len(ours)} of ours")
+        for layer, other in zip(ours, theirs):
+            attentions = [(layer.self_attn, other.self_attn)]
+            norms = [layer.self_attn_layer_norm]
+            if stack == "decoder":
+                attentions.append((layer.encoder_attn, other.multihead_attn))
+                norms.append(layer.encoder_attn_layer_norm)
+            for mine, torch_attention in attentions:  # in_proj is [W_q; W_k; W_v], stacked by rows
+                for proj, weight, bias in zip((mine.q_proj, mine.k_proj, mine.v_proj),
+                                              torch_attention.in_proj_weight.chunk(3),
+                                              torch_attention.in_proj_bias.chunk(3)):
+                    proj.weight.copy_(weight)
+                    proj.bias.copy_(bias)
+                mine.out_proj.load_state_dict(torch_attention.out_proj.state_dict())
+            layer.ffn.fc1.load_state_dict(other.linear1.state_dict())
+            layer.ffn.fc2.load_state_dict(other.linear2.state_dict())
+            for i, norm in enumerate([*norms, layer.final_layer_norm], start=1):  # norm1, norm2 (, norm3)
+                norm.load_state_dict(getattr(other, f"norm{i}").state_dict())
+        if model.config.norm_first:
+            getattr(model, stack).layer_norm.load_state_dict(getattr(reference, stack).norm.state_dict())
 
 
 def _check_ids(name: str, ids: Any, vocab_size: int) -> None:
