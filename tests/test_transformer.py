@@ -237,3 +237,31 @@ def test_label_smoothed_loss_over_target_tokens_matches_torch(seed):
     torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
     torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-12, rtol=0)
     assert not grad_ours[2, 1:].any()  # padding gets no gradient
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_generate_greedy_and_beam_through_the_shared_seq2seq_decoding(norm_first):
+    """generate (minift/generation/seq2seq.py) on the Transformer: greedy equals an argmax loop over
+    the whole target recomputed each step (no cache); beam search gives the same with and without the
+    cache (the cache reordered with the beams), and one beam is greedy."""
+    torch.manual_seed(6)
+    model = Transformer(tiny(norm_first=norm_first, eos_token_id=None)).eval()
+    src = torch.randint(3, 50, (3, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3])
+    greedy = model.generate(src, mask, max_new_tokens=7)
+    target = torch.full((3, 1), model.config.decoder_start_token_id)
+    with torch.no_grad():
+        for _ in range(7):
+            logits, _ = model.decode(target, model.encode(src, mask), mask)
+            target = torch.cat([target, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(greedy, target)
+    assert torch.equal(model.generate(src, mask, max_new_tokens=7, num_beams=1), greedy)
+    beams = model.generate(src, mask, max_new_tokens=7, num_beams=3)
+    assert torch.equal(beams, model.generate(src, mask, max_new_tokens=7, num_beams=3, use_cache=False))
+    assert beams.shape == (3, 8) and (beams[:, 0] == model.config.decoder_start_token_id).all()
+
+
+def test_generation_stops_at_the_position_limit():
+    model = Transformer(tiny(max_position_embeddings=8)).eval()
+    with pytest.raises(ValueError, match="exceeds the decoder's 8 positions"):
+        model.generate(torch.randint(3, 50, (1, 4)), max_new_tokens=8)

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from minift.data.readers import DataError, _lines, _read_text
+from minift.generation.seq2seq import shift_tokens_right
 from minift.losses import IGNORE_INDEX
-from minift.models.transformer import shift_tokens_right
 
 PAIR_FORMATS = (".tsv", ".jsonl")
 COLUMNS = ("source", "target")

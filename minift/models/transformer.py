@@ -49,7 +49,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from minift.losses import IGNORE_INDEX, cross_entropy
+from minift.generation.mixin import GenerationMixin
+from minift.generation.seq2seq import generate, shift_tokens_right
+from minift.losses import cross_entropy
 from minift.models.config import Check, ConfigError, PretrainedConfig, is_int
 from minift.models.pretrained import PretrainedModel
 from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
@@ -373,26 +375,11 @@ class TransformerDecoder(Stack):
 # ----------------------------------------------------------------------------------------------------
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
-    """The decoder's input for teacher forcing: labels (B, T) one to the right, decoder_start_token_id
-    first, -100 (not scored) replaced by pad_token_id (transformers' function of this name)."""
-    if decoder_start_token_id is None:
-        raise ValueError("config.decoder_start_token_id is None: the decoder's first input token is unknown; set it "
-                         "(e.g. to the tokenizer's [CLS] or <s> id) to build decoder_input_ids from labels")
-    if pad_token_id is None:
-        raise ValueError("config.pad_token_id is None: the -100 of labels cannot become decoder input; set it to the "
-                         "tokenizer's padding id")
-    shifted = labels.new_full(labels.shape, pad_token_id)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
-
-
-class Transformer(PretrainedModel):
+class Transformer(GenerationMixin, PretrainedModel):
     """The encoder-decoder of Vaswani et al. 2017 with its output projection: source -> target logits.
 
     `encode` / `decode` / `forward` are the seq2seq interface every minift encoder-decoder shares;
-    `generate` comes from minift/generation/seq2seq.py."""
+    `generate` is minift/generation/seq2seq.py's (greedy, sampling, beam search)."""
 
     config_class = TransformerConfig
     base_model_prefix = ""
@@ -412,6 +399,12 @@ class Transformer(PretrainedModel):
         self.decoder = TransformerDecoder(config, nn.Embedding(config.vocab_size, config.d_model))
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
+        self._init_generation_config()  # generation_config.json: eos and pad from config.json
+
+    @property
+    def decoder_max_positions(self) -> int:
+        """The longest target the sinusoid table covers (generation checks it before decoding)."""
+        return self.config.max_position_embeddings
 
     def _init_weights(self, module: nn.Module) -> None:
         """Xavier-uniform projections and zero biases (as torch.nn.Transformer and tensor2tensor);
@@ -475,6 +468,15 @@ class Transformer(PretrainedModel):
                                  f"{tuple(decoder_input_ids.shape)}: one target id (or -100) per decoder position")
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int | None = None, num_beams: int | None = None, do_sample: bool | None = None,
+                 **options: Any) -> Any:
+        """Targets for the sources input_ids (B, S), starting with decoder_start_token_id: greedy,
+        sampling or beam search with every setting of `minift.generation.seq2seq.generate`; defaults
+        from `self.generation_config` (end of sequence and padding from config.json)."""
+        return generate(self, input_ids, attention_mask, max_new_tokens, do_sample, num_beams=num_beams,
+                        generation_config=options.pop("generation_config", self.generation_config), **options)
 
 
 @torch.no_grad()
