@@ -248,13 +248,17 @@ def test_generate_greedy_and_beam_through_the_shared_seq2seq_decoding(norm_first
     model = Transformer(tiny(norm_first=norm_first, eos_token_id=None)).eval()
     src = torch.randint(3, 50, (3, 6))
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3])
-    greedy = model.generate(src, mask, max_new_tokens=7)
-    target = torch.full((3, 1), model.config.decoder_start_token_id)
+    out = model.generate(src, mask, max_new_tokens=7, return_dict_in_generate=True, output_logits=True)
+    greedy = out.sequences
+    target, steps = torch.full((3, 1), model.config.decoder_start_token_id), []
     with torch.no_grad():
         for _ in range(7):
             logits, _ = model.decode(target, model.encode(src, mask), mask)
+            steps.append(logits[:, -1])
             target = torch.cat([target, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(greedy, target)
+    for step, (theirs, ours) in enumerate(zip(out.logits, steps)):  # every step's logits, not only the argmax
+        torch.testing.assert_close(theirs, ours, **TOL, msg=lambda m, s=step: f"step {s}: {m}")
     assert torch.equal(model.generate(src, mask, max_new_tokens=7, num_beams=1), greedy)
     beams = model.generate(src, mask, max_new_tokens=7, num_beams=3)
     assert torch.equal(beams, model.generate(src, mask, max_new_tokens=7, num_beams=3, use_cache=False))
