@@ -3,13 +3,18 @@ transformers shifts labels), a fresh Transformer trained from a WordPiece vocabu
 and that run's folder fine-tuned again as --model DIR."""
 
 import json
+import warnings
 
 import pytest
 import torch
+from tests_support import FILLER, write_tiny_bert
 
 from minift.data import DataError
 from minift.data.pairs import EncodedPair, Seq2SeqCollate, read_pairs
-from minift.models.transformer import Transformer, shift_tokens_right
+from minift.generation.seq2seq import shift_tokens_right
+from minift.models import EncoderDecoderModel
+from minift.models.transformer import Transformer
+from minift.tokenizer import load_tokenizer
 from minift.train.config import FinetuneConfig
 from minift.train.finetune import finetune
 
@@ -62,6 +67,7 @@ def test_fresh_transformer_trains_and_its_run_is_a_model_folder(tmp_path):
                                      dev=tmp_path / "dev.tsv", out=tmp_path / "run", max_steps=12, batch_size=16,
                                      lr=3e-3, max_length=16, label_smoothing=0.1, progress=False))
     assert result["dev_loss"] < result["dev_loss_before"]  # it learns something in 12 steps
+    assert 0 <= result["dev_exact_match"] <= 1 and result["dev_exact_match_before"] == 0  # random init writes nothing right
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     vocab = (tmp_path / "run" / "vocab.txt").read_text().split("\n")
     assert config["model_type"] == "transformer" and config["max_position_embeddings"] == 16
@@ -89,3 +95,23 @@ def test_errors_name_the_flag_file_and_line(tmp_path):
         finetune(FinetuneConfig(model="transformer:nano", dropout=1.5, **run))
     with pytest.raises(ValueError, match="--template is not used by --task seq2seq"):
         finetune(FinetuneConfig(model="transformer:nano", template="{text} {mask}", **run))
+
+
+def test_a_warm_started_encoder_decoder_folder_trains_too(tmp_path):
+    """--model DIR with model_type "encoder-decoder": BERT + BERT with new cross-attention."""
+    bert = write_tiny_bert(tmp_path / "bert", dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the new cross-attention weights are listed in a warning
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert, bert, decoder_start_token_id=2,
+                                                                    pad_token_id=0, eos_token_id=3)
+    model.save_pretrained(tmp_path / "pair")
+    load_tokenizer(bert).save_pretrained(tmp_path / "pair")
+    rows = ["source\ttarget"] + [f"{a} {b}\t{b} {a}" for a, b in zip(FILLER, FILLER[1:] + FILLER[:1])]
+    (tmp_path / "swap.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = finetune(FinetuneConfig(task="seq2seq", model=str(tmp_path / "pair"), train=tmp_path / "swap.tsv",
+                                     dev=tmp_path / "swap.tsv", out=tmp_path / "run", max_steps=2, batch_size=5,
+                                     lr=1e-3, progress=False))
+    assert result["model"] == str(tmp_path / "pair") and result["steps"] == 2
+    assert result["dev_loss"] < result["dev_loss_before"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "encoder-decoder"
+    assert isinstance(EncoderDecoderModel.from_pretrained(tmp_path / "run"), EncoderDecoderModel)

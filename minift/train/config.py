@@ -71,7 +71,7 @@ METRICS = {
     "ner": ("f1", "precision", "recall", "macro_f1", "accuracy", "loss"),
     "causal-lm": ("loss", "perplexity"),
     "pretrain": ("loss", "perplexity"),
-    "seq2seq": ("loss", "token_accuracy"),
+    "seq2seq": ("exact_match", "loss", "token_accuracy"),
 }
 # --unknown-tags: what a dev (or evaluation) tag the training data never had becomes.
 UNKNOWN_TAGS = ("error", "o")

@@ -2,14 +2,16 @@
 lessons/39-the-transformer.md).
 
     --train pairs.tsv|.jsonl (source, target)      minift/data/pairs.py
-    --model DIR              a seq2seq checkpoint (config.json's model_type: "transformer")
+    --model DIR              a seq2seq checkpoint (config.json's model_type: "transformer", or
+                             "encoder-decoder", the warm-started EncoderDecoderModel)
     --model transformer:SIZE a fresh original Transformer of a named size (SIZES in
                              minift/models/transformer.py: nano, tiny, small, base, big), with a
                              WordPiece vocabulary trained on the training pairs (or --tokenizer FOLDER),
                              positions for --max-length tokens, dropout --dropout (default: the size's)
     -> teacher forcing: the loss is the mean cross-entropy per target token (--label-smoothing 0.1 is
        the paper's, sec. 5.4), the Objective's "tokens"
-    -> dev loss and token accuracy (teacher-forced) before training and after every epoch
+    -> dev exact match (greedy decoding, the whole target right), loss and token accuracy
+       (teacher-forced) before training and after every epoch; best/ keeps the best exact match
 
 Special tokens of a fresh model come from its WordPiece vocabulary: [PAD] pads, [CLS] starts the
 decoder (decoder_start_token_id), [SEP] ends the target (eos_token_id); the source is encoded with
@@ -23,12 +25,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from minift.checkpoint import read_config
 from minift.data.collate import make_loader
 from minift.data.pairs import Pair, Seq2SeqCollate, encode_pairs, read_pairs
 from minift.hub import resolve
 from minift.losses import IGNORE_INDEX, cross_entropy
+from minift.models.encoder_decoder import EncoderDecoderModel
 from minift.models.transformer import SIZES, Transformer, TransformerConfig
 from minift.tokenizer import check_vocab_size, load_tokenizer
 from minift.train.config import FinetuneConfig
@@ -39,7 +43,7 @@ from minift.train.tasks import Task
 
 FRESH = "transformer:"  # --model transformer:SIZE
 # config.json's model_type -> the seq2seq class that loads it.
-SEQ2SEQ_MODELS: dict[str, type] = {"transformer": Transformer}
+SEQ2SEQ_MODELS: dict[str, type] = {"transformer": Transformer, "encoder-decoder": EncoderDecoderModel}
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_VOCAB = 8000  # the largest WordPiece vocabulary trained for a fresh model (small data gives fewer)
 
@@ -72,15 +76,14 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
         if summary["before"] is None:
             return
         before, after = summary["before"], summary["history"][-1]
-        print(f"dev loss before: {before['loss']:.4f}   after: {after['loss']:.4f}; token accuracy before: "
-              f"{before['token_accuracy']:.4f}   after: {after['token_accuracy']:.4f}", file=sys.stderr)
-        result.update({"dev_loss_before": before["loss"], "dev_loss": after["loss"],
-                       "dev_token_accuracy_before": before["token_accuracy"],
-                       "dev_token_accuracy": after["token_accuracy"]})
+        print(f"dev exact match before: {before['exact_match']:.4f}   after: {after['exact_match']:.4f}; loss before: "
+              f"{before['loss']:.4f}   after: {after['loss']:.4f}", file=sys.stderr)
+        result.update({f"dev_{key}{when}": metrics[key] for key in ("exact_match", "loss", "token_accuracy")
+                       for when, metrics in (("_before", before), ("", after))})
 
     return Task(model=model, tokenizer=tokenizer, train_loader=loader,
                 evaluate=(lambda: evaluate_seq2seq(model, dev_batches, device)) if dev_batches else None,
-                objective=Objective("tokens", label_smoothing=cfg.label_smoothing), best_metric="loss",
+                objective=Objective("tokens", label_smoothing=cfg.label_smoothing), best_metric="exact_match",
                 finish=finish, about=about,
                 describe=f"{name} ({type(model).__name__}, {model.num_parameters():,} parameters); "
                          f"{len(train_items)} train / {len(dev_pairs or [])} dev pairs from {cfg.train}")
@@ -89,8 +92,10 @@ def build(cfg: FinetuneConfig, device: torch.device, world: Distributed) -> Task
 # --- the model and its tokenizer ----------------------------------------------------------------------
 
 
-def load_seq2seq(name_or_folder: str, **overrides):
-    """A seq2seq checkpoint (its class by config.json's model_type) and the tokenizer in its folder."""
+def load_seq2seq(name_or_folder: str, attn_impl: str = "sdpa"):
+    """A seq2seq checkpoint (its class by config.json's model_type) and the tokenizer in its folder.
+    attn_impl applies to the Transformer; the warm-started pair's config holds its two halves' configs
+    and no attn_impl of its own."""
     folder = resolve(name_or_folder)
     source = str(folder / "config.json")
     model_type = read_config(folder).get("model_type")
@@ -98,9 +103,11 @@ def load_seq2seq(name_or_folder: str, **overrides):
         raise ValueError(f"{source}: model_type {model_type!r} is not a sequence-to-sequence model minift has "
                          f"(known: {', '.join(SEQ2SEQ_MODELS)}); for a fresh Transformer pass --model {FRESH}SIZE "
                          f"(sizes: {', '.join(SIZES)})")
-    model = SEQ2SEQ_MODELS[model_type].from_pretrained(folder, **overrides)
+    cls = SEQ2SEQ_MODELS[model_type]
+    model = cls.from_pretrained(folder, **({"attn_impl": attn_impl} if cls is Transformer else {}))
     tokenizer = load_tokenizer(folder)
-    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    config = model.config
+    check_vocab_size(tokenizer, config.vocab_size if hasattr(config, "vocab_size") else config.decoder.vocab_size, folder)
     return model, tokenizer, folder
 
 
@@ -140,11 +147,13 @@ def train_wordpiece(texts: list[str], vocab_size: int = MAX_VOCAB):
 
 
 def max_length(model, requested: int) -> tuple[int, str]:
-    """The longest source or target: --max-length, at most the model's position limit."""
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and positions < requested:
-        return positions, "max_position_embeddings"
-    return requested, "--max-length"
+    """The longest source or target: --max-length, at most the model's position limits (the
+    decoder's, `decoder_max_positions`; a warm-started encoder's, its max_position_embeddings)."""
+    limits = [(requested, "--max-length"), (model.decoder_max_positions, "the decoder's position limit")]
+    encoder_config = getattr(model.config, "encoder", None)
+    if encoder_config is not None:
+        limits.append((encoder_config.max_position_embeddings, "the encoder's max_position_embeddings"))
+    return min(limits, key=lambda limit: limit[0])
 
 
 def special_id(config, key: str) -> int:
@@ -160,12 +169,14 @@ def special_id(config, key: str) -> int:
 
 @torch.no_grad()
 def evaluate_seq2seq(model: torch.nn.Module, batches: list[dict], device: torch.device) -> dict[str, float]:
-    """{"loss": mean NLL per target token, "token_accuracy": share of target tokens predicted right,
-    "tokens"}, teacher-forced (each position sees the true target before it). Summed over every token
-    of the dev set, divided once, as `evaluate_lm` does."""
+    """{"exact_match": share of targets that greedy decoding writes exactly (every token, then
+    end-of-sequence), "loss": mean NLL per target token, "token_accuracy": share of target tokens
+    predicted right, "tokens"}. Loss and token accuracy are teacher-forced (each position sees the
+    true target before it), summed over every token of the dev set and divided once, as `evaluate_lm`
+    does; exact match is what the model writes on its own."""
     was_training = model.training
     model.eval()
-    nll, right, tokens = 0.0, 0, 0
+    nll, right, tokens, exact, pairs = 0.0, 0, 0, 0, 0
     for batch in batches:
         batch = to_device(batch, device)
         labels = batch["labels"]
@@ -174,5 +185,11 @@ def evaluate_seq2seq(model: torch.nn.Module, batches: list[dict], device: torch.
         scored = labels != IGNORE_INDEX
         right += int((logits.argmax(-1) == labels)[scored].sum())
         tokens += int(scored.sum())
+        written = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=labels.shape[1],
+                                 num_beams=1, do_sample=False)[:, 1:]  # (B, <= T): after the start token
+        written = F.pad(written, (0, labels.shape[1] - written.shape[1]), value=IGNORE_INDEX)
+        # Right where the target has a token; nothing after end-of-sequence is looked at.
+        exact += int(((written == labels) | ~scored).all(dim=1).sum())
+        pairs += labels.shape[0]
     model.train(was_training)
-    return {"loss": nll / tokens, "token_accuracy": right / tokens, "tokens": tokens}
+    return {"exact_match": exact / pairs, "loss": nll / tokens, "token_accuracy": right / tokens, "tokens": tokens}
