@@ -9,6 +9,7 @@ import pytest
 import torch
 from tests_support import FILLER, write_tiny_bert
 
+from minift.cli import main
 from minift.data import DataError
 from minift.data.pairs import EncodedPair, Seq2SeqCollate, read_pairs
 from minift.generation.seq2seq import shift_tokens_right
@@ -60,7 +61,7 @@ def test_batches_are_teacher_forcing_as_transformers_shifts_labels():
     assert batch["input_ids"].tolist() == [[2, 5, 6, 3], [2, 7, 3, 0]]
 
 
-def test_fresh_transformer_trains_and_its_run_is_a_model_folder(tmp_path):
+def test_fresh_transformer_trains_and_its_run_is_a_model_folder(tmp_path, capsys):
     write_reversal(tmp_path / "train.tsv", 64, 0)
     write_reversal(tmp_path / "dev.tsv", 8, 1)
     result = finetune(FinetuneConfig(task="seq2seq", model="transformer:nano", train=tmp_path / "train.tsv",
@@ -80,6 +81,18 @@ def test_fresh_transformer_trains_and_its_run_is_a_model_folder(tmp_path):
                                     lr=1e-9, max_length=16, progress=False))
     assert again["dev_loss_before"] == pytest.approx(result["dev_loss"], abs=1e-6)  # the same model, reloaded
     assert model.config.d_model == 32
+
+    # `minift generate` on the run: the prompt is the source; greedy and beam search, as generate() writes
+    source = "3 1 4"
+    ids = torch.tensor([load_tokenizer(tmp_path / "run").encode(source)])
+    for beams in (1, 3):
+        code = main(["generate", "--model", tmp_path / "run", source, "--num-beams", beams, "--max-new-tokens", 6])
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        expected = model.generate(ids, max_new_tokens=6, num_beams=beams)[0]
+        assert code == 0 and printed["source"] == source and printed["new_tokens"] == expected.shape[0] - 1
+        assert printed["text"] == load_tokenizer(tmp_path / "run").decode(expected.tolist(), skip_special_tokens=True)
+    assert main(["generate", "--model", tmp_path / "run", source, "--stop", "x"]) != 0
+    assert "--stop is not available for a sequence-to-sequence model" in capsys.readouterr().err
 
 
 def test_errors_name_the_flag_file_and_line(tmp_path):
