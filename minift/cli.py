@@ -41,6 +41,7 @@ from minift.assignments import ASSIGNMENTS
 from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
 from minift.chat import ChatSession
+from minift.checkpoint import read_config
 from minift.data import make_loader, read_classification
 from minift.data.prompts import Template
 from minift.data.sft import load_template
@@ -80,6 +81,7 @@ from minift.train.tasks.prompt_based import (
     load_prompt_classifier,
     predict_prompt,
 )
+from minift.train.tasks.seq2seq import SEQ2SEQ_MODELS, load_seq2seq
 from minift.verify import VerifyError, verify_checkpoint
 
 # `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
@@ -155,14 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenizer files) and metrics.jsonl.")
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
-                    "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
-                    "masked-LM or LM head; lesson 35) or sft (instruction tuning of a GPT-2 checkpoint on a "
+                    "file, GPT-2), prompt-based (text -> a label word at --template's {mask}, scored by the "
+                    "masked-LM or LM head; lesson 35), sft (instruction tuning of a GPT-2 checkpoint on a "
                     "JSONL of {\"instruction\", \"input\", \"output\"} or {\"messages\": [{\"role\", \"content\"}]} "
-                    "records, the loss on the replies only); default %(default)s")
+                    "records, the loss on the replies only; lesson 37) or seq2seq (source -> target text, an "
+                    "encoder-decoder; lesson 39); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
-                    help="checkpoint folder or name (see `minift weights list`); default %(default)s")
+                    help="checkpoint folder or name (see `minift weights list`); seq2seq: also transformer:SIZE, "
+                    "a fresh original Transformer (nano, tiny, small, base, big); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
-                    "`label ||| text` lines (sft: a .jsonl of instruction records); default: the built-in demo set")
+                    "`label ||| text` lines (sft: a .jsonl of instruction records; seq2seq: .tsv/.jsonl with "
+                    "source,target); default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch (default: none, no evaluation and no best/)")
     ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
@@ -176,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "'label=w,...' (default: none, every class weighs 1)")
     ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
+    ft.add_argument("--tokenizer", help="seq2seq with --model transformer:SIZE: a tokenizer folder (vocab.txt with "
+                    "[PAD], [CLS], [SEP]); default: a WordPiece vocabulary trained on the --train pairs")
+    ft.add_argument("--dropout", type=float, help="seq2seq with --model transformer:SIZE: the fresh model's dropout "
+                    "(default: the size's, 0.1 for tiny, small and base)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
@@ -233,12 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
-    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint",
+    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint, or write the target of a "
+                        "source with a seq2seq model",
                         description="Greedy decoding, sampling or beam search, with transformers' settings; "
                         "defaults come from the checkpoint's generation_config.json, then transformers' own "
-                        "(lessons 16 and 32).")
-    ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run)")
-    ge.add_argument("prompt", help="the text to continue")
+                        "(lessons 16 and 32). A sequence-to-sequence model (a `--task seq2seq` run) reads the "
+                        "prompt as its source and writes the target (lesson 39).")
+    ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run), "
+                    "or a seq2seq run (Transformer, EncoderDecoderModel)")
+    ge.add_argument("prompt", help="the text to continue (seq2seq: the source)")
     ge.add_argument("--max-new-tokens", type=int,
                     help=f"tokens to add (default {CLI_NEW_TOKENS} unless --max-length is given)")
     ge.add_argument("--max-length", type=int, help="longest output in tokens, the prompt included (transformers' "
@@ -627,6 +639,8 @@ CLI_NEW_TOKENS = 40  # `minift generate`'s length when neither --max-new-tokens 
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     folder = hub.resolve(args.model)
+    if read_config(folder).get("model_type") in SEQ2SEQ_MODELS:
+        return _generate_seq2seq(args, folder, device)
     model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl)
     if args.adapter is not None:
         load_peft_adapter(model, args.adapter)
@@ -690,6 +704,28 @@ def cmd_chat(args: argparse.Namespace) -> int:
                                                                on_text=_write_stderr))
         _write_stderr("\n")
     print(json_line({"messages": session.messages}))
+    return 0
+
+
+def _generate_seq2seq(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
+    """An encoder-decoder (a `--task seq2seq` run): the prompt is the source, the output its target."""
+    for flag, value in (("--stop", args.stop), ("--stream", args.stream), ("--adapter", args.adapter)):
+        if value:
+            raise ValueError(f"{flag} is not available for a sequence-to-sequence model ({folder})")
+    model, tokenizer, _ = load_seq2seq(str(folder), attn_impl=args.attn_impl)
+    model.to(device)
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
+    new_tokens = CLI_NEW_TOKENS if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
+    early = None if args.early_stopping is None else {"true": True, "false": False}.get(args.early_stopping, "never")
+    out = model.generate(
+        ids, max_new_tokens=new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, use_cache=not args.no_cache, generator=torch.Generator(device=device).manual_seed(args.seed),
+        max_length=args.max_length, min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, early_stopping=early, num_return_sequences=args.num_return_sequences,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+    print("\n---\n".join(texts), file=sys.stderr)
+    print(json_line({"source": args.prompt, "text": texts[0], "texts": texts, "new_tokens": out.shape[1] - 1}))
     return 0
 
 

@@ -194,3 +194,46 @@ def _explicit_attention(
     probs = softmax_fn(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1 over the keys
     probs = dropout(probs, dropout_p, training=dropout_p > 0.0)  # drops a key for one query
     return probs @ v  # (B, H, Tq, D)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cross-attention (Vaswani et al. sec. 3.2.3, the second use of attention: "encoder-decoder attention")
+# ----------------------------------------------------------------------------------------------------
+
+
+def cross_attention_kv(
+    encoder_hidden_states: torch.Tensor,
+    project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    num_heads: int,
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values a decoder layer's cross-attention reads, each (B, H, S, D).
+
+    "the queries come from the previous decoder layer, and the memory keys and values come from the
+    output of the encoder" (sec. 3.2.3): `project(encoder_hidden_states (B, S, C))` gives k and v
+    (B, S, C) with the layer's own weights. The encoder's output does not change while the decoder
+    generates, so neither do they: computed once, on the first step, then `cached` is returned as is
+    (the encoder half of the decoding cache, reordered with the beams like the decoder half).
+    """
+    if cached is not None:
+        return cached
+    k, v = project(encoder_hidden_states)
+    return split_heads(k, num_heads), split_heads(v, num_heads)
+
+
+def cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    encoder_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    impl: str = "eager",
+) -> torch.Tensor:
+    """Queries of the decoder's T positions (B, H, T, D) over the encoder's S positions (B, H, S, D).
+
+    encoder_mask: `padding_mask` of the *encoder's* attention_mask, (B, 1, 1, S): no query may read
+    the source's padding. Never causal: every target position may read the whole source, which the
+    encoder has already seen in full; the decoder's own future is hidden by its self-attention.
+    """
+    return attention(q, k, v, encoder_mask, dropout_p=dropout_p, training=training, is_causal=False, impl=impl)

@@ -41,7 +41,7 @@ from minift.train.loop import TrainArgs, total_steps, train
 from minift.train.precision import autocast_dtype
 from minift.train.rundir import RunDirectory, checkpoint_bytes
 from minift.train.state import checkpoint_dirs
-from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based, sft
+from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based, seq2seq, sft
 
 # FinetuneConfig.task -> the function that builds it. Plain data: every task a run can be.
 BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]] = {
@@ -50,6 +50,7 @@ BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]]
     "causal-lm": causal_lm.build,
     "prompt-based": prompt_based.build,
     "sft": sft.build,
+    "seq2seq": seq2seq.build,
     "pretrain": pretraining.build,
 }
 LOWER_IS_BETTER = ("loss", "perplexity")
