@@ -279,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "end-of-text token. Reads lines from stdin until end of input or /exit; --message "
                         "answers one message and exits. The conversation ends as one JSON line on stdout.")
     ch.add_argument("--model", required=True, help="the run folder (or a GPT-2 checkpoint with a chat template)")
-    ch.add_argument("--system", metavar="TEXT", help="a system message at the start of the conversation")
-    ch.add_argument("--message", metavar="TEXT", help="one-shot: answer this one message and exit (for scripts)")
+    ch.add_argument("--system", metavar="TEXT", help="a system message at the start of the conversation (default: "
+                    "none; the Alpaca template then writes its own preamble)")
+    ch.add_argument("--message", metavar="TEXT", help="one-shot: answer this one message and exit (for scripts; "
+                    "default: read the conversation from stdin)")
     ch.add_argument("--chat-template", metavar="NAME|FILE", help="'alpaca', 'chat' or a Jinja file (default: "
                     "the run's own)")
     ch.add_argument("--max-new-tokens", type=int, default=CHAT_NEW_TOKENS,
