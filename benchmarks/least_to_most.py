@@ -5,19 +5,19 @@ longer than any it was trained on; accuracy by number of words, 3 seeds.
     python benchmarks/least_to_most.py [--seeds 0,1,2] [--out runs/least_to_most] [--smoke]
 
 Per seed: `last_letter_split(seed, 4000, 40, train_lengths=1..4, test_lengths=2..6)`
-(minift/data/synthetic.py): 4,000 training lists of 1 to 4 random lower-case words of 3 to 10 letters,
-40 test lists of each length 2 to 6 of words of 3 to 5 letters, none of them in training. (The longer
-training words make the training examples as long in tokens as the longest test lists: a GPT-2's
-positions are learned, and without them 98% of the 5- and 6-word test lists would reach positions
-that no training example trained; lesson 38, exercise 3.) "direct" trains on the answer alone
-("apex,bird,calm" -> "xdm"); "decompose" on the same lists with the answer written as Least-to-Most
-writes it (Zhou et al. 2023, sec. 3.1): one line per word, "apex: x", "bird: xd", "calm: xdm", each line
-answering the sub-question "the list up to this word" by the previous line's answer plus one letter,
-so generation continues from its own sub-answers. A fresh nano GPT-2 (2 layers, 64 hidden, 256
-positions so that the longest decomposition fits; random weights, the seed's) is fine-tuned by
-`minift finetune --task sft` (minift/train/sft_experiment.py), reply-only loss, chat template,
-6 epochs, batch 32, lr 5e-3, one thread; greedy decoding; a test list counts as right when the final
-answer (the whole reply, or the last line's answer) equals the concatenation.
+(minift/data/synthetic.py): 4,000 training lists of 1 to 4 of the 24 words of WORDS (each one token
+of our vocabulary, as is each letter after a space), 40 test lists of each length 2 to 6, none of them
+in training. "direct" trains on the answer alone ("apple,bird,sun" -> "e d n"); "decompose" on the same
+lists with the answer written as Least-to-Most writes it (Zhou et al. 2023, sec. 3.1): one line per
+word, "apple: e", "bird: e d", "sun: e d n", each line answering the sub-question "the list up to this
+word" by the previous line's answer plus one letter, so generation continues from its own
+sub-answers. Half of the training prompts word the instruction at length (28 tokens more), so that
+training reaches the positions of the longest test lists (a GPT-2's positions are learned; lesson 38,
+exercise 3); the test prompts use the short wording. A fresh nano GPT-2 (2 layers, 64 hidden, 128
+positions; random weights, the seed's) is fine-tuned by `minift finetune --task sft`
+(minift/train/sft_experiment.py), reply-only loss, chat template, 8 epochs, batch 32, lr 5e-3, one
+thread; greedy decoding; a test list counts as right when the final answer (the whole reply, or the
+last line's answer) equals the letters.
 
 Prints a Markdown table (mean ± sample std over the seeds, n = 3; 40 lists per length and seed) and
 writes RESULTS.json. --smoke: one seed, 200 records, 1 epoch (checks the pipeline; numbers mean nothing).
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")][:1 if args.smoke else None]
-    n_train, epochs = (200, 1) if args.smoke else (4000, 6)
+    n_train, epochs = (200, 1) if args.smoke else (4000, 8)
     torch.set_num_threads(1)
     runs = []
     for seed in seeds:
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             train, test = last_letter_split(seed, n_train, 40, train_lengths=TRAIN_LENGTHS,
                                             test_lengths=TEST_LENGTHS, style=style)
             with tempfile.TemporaryDirectory() as work:
-                r = run(train, test, work, seed=seed, positions=256, epochs=epochs, lr=5e-3, batch_size=32,
-                        max_length=256, max_new_tokens=120, score=final_answer)
+                r = run(train, test, work, seed=seed, letters=True, epochs=epochs, lr=5e-3, batch_size=32,
+                        max_length=128, max_new_tokens=64, score=final_answer)
             row = {"seed": seed, "style": style, "exact_match": r["exact_match"],
                    "by_length": by(test, r["answers"], n_words, score=final_answer), "steps": r["steps"],
                    "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"],

@@ -14,6 +14,8 @@ import transformers
 from minift.data.sft import TEMPLATES, generation_prompt, read_sft_records, render_chat
 from minift.data.synthetic import (
     INSTRUCTIONS,
+    LAST_LETTER_INSTRUCTION,
+    LAST_LETTER_LONG,
     WORDS,
     decomposition,
     final_answer,
@@ -75,10 +77,10 @@ def test_instruction_split_bad_held_out():
 
 def test_decomposition_by_hand():
     # Zhou et al. (2023), table 3's example, in our format: each line the previous answer + one letter.
-    assert decomposition(["think", "machine", "learning"]) == "think: k\nmachine: ke\nlearning: keg"
+    assert decomposition(["think", "machine", "learning"]) == "think: k\nmachine: k e\nlearning: k e g"
     record = last_letter_record(["think", "machine", "learning"], "decompose")
-    assert record["input"] == "think,machine,learning" and final_answer(record["output"]) == "keg"
-    assert final_answer(last_letter_record(["think", "machine"], "direct")["output"]) == "ke"
+    assert record["input"] == "think,machine,learning" and final_answer(record["output"]) == "k e g"
+    assert final_answer(last_letter_record(["think", "machine"], "direct")["output"]) == "k e"
     with pytest.raises(ValueError, match="style"):
         last_letter_record(["a"], "cot")
 
@@ -86,13 +88,17 @@ def test_decomposition_by_hand():
 def test_last_letter_split_lengths_and_styles():
     direct = last_letter_split(4, 500, 10, train_lengths=(1, 2), test_lengths=(3, 5), style="direct")
     decomposed = last_letter_split(4, 500, 10, train_lengths=(1, 2), test_lengths=(3, 5), style="decompose")
-    for (train_a, test_a), (train_b, test_b) in [(direct, decomposed)]:
-        assert [r["input"] for r in train_a + test_a] == [r["input"] for r in train_b + test_b]  # same words
-        assert {len(r["input"].split(",")) for r in train_a} == {1, 2}
-        assert [len(r["input"].split(",")) for r in test_a] == [3] * 10 + [5] * 10
-        assert not {r["input"] for r in train_a} & {r["input"] for r in test_a}
-        for a, b in zip(train_a + test_a, train_b + test_b, strict=True):
-            assert final_answer(a["output"]) == final_answer(b["output"]) == "".join(w[-1] for w in a["input"].split(","))
+    (train_a, test_a), (train_b, test_b) = direct, decomposed
+    assert [r["input"] for r in train_a + test_a] == [r["input"] for r in train_b + test_b]  # same words
+    assert {len(r["input"].split(",")) for r in train_a} == {1, 2}
+    assert [len(r["input"].split(",")) for r in test_a] == [3] * 10 + [5] * 10
+    assert not {r["input"] for r in train_a} & {r["input"] for r in test_a}
+    assert len({r["input"] for r in test_a}) == len(test_a)
+    assert {r["instruction"] for r in test_a} == {LAST_LETTER_INSTRUCTION}
+    assert {r["instruction"] for r in train_a} == {LAST_LETTER_INSTRUCTION, LAST_LETTER_LONG}
+    for a, b in zip(train_a + test_a, train_b + test_b, strict=True):
+        expected = " ".join(w[-1] for w in a["input"].split(","))
+        assert final_answer(a["output"]) == final_answer(b["output"]) == expected
 
 
 def test_records_are_read_by_the_sft_reader(tmp_path):
@@ -115,6 +121,12 @@ def test_tiny_bpe_encodes_as_the_trainer_that_learned_it(tokenizer_dir):
         assert ours.encode(text) == reference.encode(text).ids, text
         assert ours.decode(ours.encode(text)) == text
     assert all(len(ours.encode(w)) == 1 for w in WORDS)  # each word of the instructions' inputs: one token
+
+
+def test_letters_are_one_token_each(tmp_path):
+    tokenizer = experiment_tokenizer(tmp_path, letters=True)
+    answer = final_answer(decomposition(WORDS))
+    assert len(tokenizer.encode(" " + answer)) == len(WORDS)
 
 
 def read_sft_records_of(record):

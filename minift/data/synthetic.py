@@ -10,7 +10,7 @@ Two families, each deterministic given its seed, each written as Alpaca-style re
   any instruction, and one instruction x input length (by default sort on 4 words) appears only in
   the test set, so that a model must combine an instruction with a length it saw only for the others.
 - `last_letter_split`: last-letter concatenation (Wei et al. 2022, sec. 4; Zhou et al. 2023, sec. 3.1),
-  the compositional task of Least-to-Most prompting: "apex,bird,calm" -> "xdm". The answer is written
+  the compositional task of Least-to-Most prompting: "apple,bird,sun" -> "e d n". The answer is written
   either directly, or as its decomposition (`decomposition`): one line per word, each line's answer
   the previous line's plus one letter, so the model answers the sub-questions in order and each
   answer is fed to the next. Training uses 1..L words, the test set also longer lists.
@@ -41,6 +41,8 @@ INSTRUCTIONS = {
     "list": ("Write the words as a comma-separated list.", lambda words: ", ".join(words)),
 }
 LAST_LETTER_INSTRUCTION = "Concatenate the last letters of the words."
+LAST_LETTER_LONG = ("Take the last letter of each word in the list below, in the order of the list, and write "
+                    "the letters one after the other, separated by spaces, as one answer.")
 LAST_LETTER_STYLES = ("direct", "decompose")
 
 
@@ -96,23 +98,24 @@ def task_of(record: dict) -> str:
 
 
 def decomposition(words: Sequence[str]) -> str:
-    """The sub-questions and their answers, in order: "apex: x\\nbird: xd\\ncalm: xdm". Line j names the
+    """The sub-questions and their answers, in order: "apple: e\nbird: e d\nsun: e d n". Line j names the
     j-th word (the sub-question: the list up to it) and answers it with line j-1's answer plus the
     word's last letter, as Zhou et al. (2023, sec. 3.1, table 3) answer "think, machine, learning" with
-    "think, machine" outputs "ke", "learning" ends with "g", so "keg"."""
-    lines, answer = [], ""
+    "think, machine" outputs "ke", "learning" ends with "g", so "keg". The letters are separated by
+    spaces, so that each is one token whatever the vocabulary merges."""
+    lines, letters = [], []
     for word in words:
-        answer += word[-1]
-        lines.append(f"{word}: {answer}")
+        letters.append(word[-1])
+        lines.append(f"{word}: {' '.join(letters)}")
     return "\n".join(lines)
 
 
-def last_letter_record(words: Sequence[str], style: str) -> dict:
-    """The record for ``words`` with the answer written directly ("xdm") or decomposed."""
+def last_letter_record(words: Sequence[str], style: str, instruction: str = LAST_LETTER_INSTRUCTION) -> dict:
+    """The record for ``words`` with the answer written directly ("e d n") or decomposed."""
     if style not in LAST_LETTER_STYLES:
         raise ValueError(f"style {style!r}: expected one of {', '.join(LAST_LETTER_STYLES)}")
-    output = "".join(w[-1] for w in words) if style == "direct" else decomposition(words)
-    return {"instruction": LAST_LETTER_INSTRUCTION, "input": ",".join(words), "output": output}
+    output = " ".join(w[-1] for w in words) if style == "direct" else decomposition(words)
+    return {"instruction": instruction, "input": ",".join(words), "output": output}
 
 
 def final_answer(output: str) -> str:
@@ -128,30 +131,38 @@ def random_word(rng: random.Random, min_letters: int = 3, max_letters: int = 5) 
 
 def last_letter_split(seed: int, n_train: int, n_test_per_length: int, *, train_lengths: Sequence[int] = (1, 2, 3, 4),
                       test_lengths: Sequence[int] = (2, 3, 4, 5, 6), style: str = "direct",
-                      train_letters: tuple[int, int] = (3, 10), test_letters: tuple[int, int] = (3, 5)
-                      ) -> tuple[list[dict], list[dict]]:
+                      words: Sequence[str] = WORDS) -> tuple[list[dict], list[dict]]:
     """(train, test): training lists of ``train_lengths`` words (uniformly), ``n_test_per_length`` test
-    lists of each of ``test_lengths`` words; random lower-case words of ``train_letters`` /
-    ``test_letters`` letters (inclusive), no list in both. The same seed gives the same words for
-    either style, so the two styles differ only in the answer.
+    lists of each of ``test_lengths`` words, drawn without repetition from ``words`` (WORDS: each one
+    token, whose last letter the model learns as it learns the token); no test list in training (training
+    lists may repeat: there are only 24 of one word). The same seed
+    gives the same lists for either style, so the two styles differ only in the answer.
 
-    Why longer training words: a GPT-2's positions are learned, and a position no training example
-    reached keeps its random vector. Training words of up to 10 letters make the training examples as
-    long, in tokens, as the test lists of 5 and 6 shorter words, so a longer *list* is tested at
-    positions that training reached (lesson 38, exercise 3)."""
+    The test prompts use LAST_LETTER_INSTRUCTION; half of the training prompts use the longer
+    LAST_LETTER_LONG. Why: a GPT-2's positions are learned, and a position no training example reached
+    keeps its random vector; the longer instruction makes training examples reach the positions of the
+    longest test lists, so a longer list is tested at positions that training reached (lesson 38,
+    exercise 3)."""
     rng = random.Random(seed)
-    seen: set[tuple[str, ...]] = set()
+    test_lists: set[tuple[str, ...]] = set()
 
-    def fresh(length: int, letters: tuple[int, int]) -> tuple[str, ...]:
+    def draw(length: int, keep) -> tuple[str, ...]:
         for _ in range(1000):
-            words = tuple(random_word(rng, *letters) for _ in range(length))
-            if words not in seen:
-                seen.add(words)
-                return words
+            drawn = tuple(rng.sample(list(words), length))
+            if keep(drawn):
+                return drawn
         raise ValueError(f"last_letter_split: too few distinct lists of {length} words")
 
-    test = [last_letter_record(fresh(n, test_letters), style) for n in test_lengths for _ in range(n_test_per_length)]
-    train = [last_letter_record(fresh(rng.choice(list(train_lengths)), train_letters), style) for _ in range(n_train)]
+    test = []
+    for n in test_lengths:
+        for _ in range(n_test_per_length):
+            drawn = draw(n, lambda d: d not in test_lists)
+            test_lists.add(drawn)
+            test.append(last_letter_record(drawn, style))
+    train = []
+    for _ in range(n_train):
+        drawn = draw(rng.choice(list(train_lengths)), lambda d: d not in test_lists)
+        train.append(last_letter_record(drawn, style, rng.choice([LAST_LETTER_INSTRUCTION, LAST_LETTER_LONG])))
     return train, test
 
 

@@ -16,12 +16,20 @@ example, which a CPU feels.
 
 from __future__ import annotations
 
+import string
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from minift.data.sft import TEMPLATES, generation_prompt, read_sft_records, render_chat
-from minift.data.synthetic import INSTRUCTIONS, LAST_LETTER_INSTRUCTION, WORDS, tiny_bpe, write_jsonl
+from minift.data.synthetic import (
+    INSTRUCTIONS,
+    LAST_LETTER_INSTRUCTION,
+    LAST_LETTER_LONG,
+    WORDS,
+    tiny_bpe,
+    write_jsonl,
+)
 from minift.generation.answers import exact_match, generate_answers
 from minift.models.gpt2 import GPT2LMHeadModel
 from minift.tokenizer import load_tokenizer
@@ -32,29 +40,32 @@ from minift.train.tasks.pretraining import fresh_checkpoint
 TEMPLATE = "chat"  # --chat-template of the runs
 
 
-def experiment_tokenizer(folder: str | Path):
+def experiment_tokenizer(folder: str | Path, *, letters: bool = False):
     """The byte-level BPE of the experiments: learned on the template's markers, the instructions and
-    WORDS (each becomes one token); any other text (the random words of the last-letter task) is
-    spelled in the bytes and the few merges it shares with them."""
+    WORDS (each becomes one token); ``letters`` (the last-letter task, lesson 38) adds the long wording
+    of its instruction and makes each letter after a space one token. Any other text is spelled in the
+    bytes and the merges it shares with them."""
     shown = [{"role": "user", "content": instruction, "input": " ".join(WORDS)} for instruction, _ in
-             INSTRUCTIONS.values()] + [{"role": "user", "content": LAST_LETTER_INSTRUCTION}]
-    texts = [render_chat([m, {"role": "assistant", "content": ", ".join(WORDS)}], TEMPLATES[TEMPLATE],
-                         eos_token="") for m in shown]
-    return tiny_bpe(folder, texts + list(WORDS))
+             INSTRUCTIONS.values()]
+    shown += [{"role": "user", "content": c} for c in (LAST_LETTER_INSTRUCTION, *([LAST_LETTER_LONG] if letters else []))]
+    texts = [render_chat([m, {"role": "assistant", "content": ", ".join(WORDS)}], TEMPLATES[TEMPLATE], eos_token="")
+             for m in shown]
+    return tiny_bpe(folder, [*texts, *WORDS, *([" ".join(string.ascii_lowercase)] if letters else [])])
 
 
 def run(train: Sequence[dict], test: Sequence[dict], work: str | Path, *, seed: int, size: str = "nano",
         positions: int | None = None, max_new_tokens: int = 32, score: Callable[[str], str] = str.strip,
-        **options) -> dict:
+        letters: bool = False, **options) -> dict:
     """Fine-tune a fresh model on ``train`` and score its greedy answers to ``test``.
 
     ``options`` are FinetuneConfig's (epochs, lr, batch_size, max_length, train_on_prompt, packing, ...);
     the model's own seed and the run's are ``seed``. ``score`` maps an output to what is compared
-    (the final answer of a decomposition, minift/data/synthetic.py's `final_answer`). Returns
+    (the final answer of a decomposition, minift/data/synthetic.py's `final_answer`); ``letters``: the
+    vocabulary's (`experiment_tokenizer`). Returns
     {"exact_match", "answers", "train_seconds", "eval_seconds", "steps"}."""
     work = Path(work)
     write_jsonl(train, work / "train.jsonl")
-    tokenizer = experiment_tokenizer(work / "tokenizer")
+    tokenizer = experiment_tokenizer(work / "tokenizer", letters=letters)
     base = fresh_checkpoint(work / "base", tokenizer, size=size, seed=seed, positions=positions, dropout=0.0)
     cfg = FinetuneConfig(task="sft", model=str(base), train=work / "train.jsonl", out=work / "run", seed=seed,
                          chat_template=TEMPLATE, device="cpu", progress=False, overwrite=True,
