@@ -75,6 +75,15 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# max(0, x) is the paper's (eq. 2); BERT's and GPT-2's GELUs are allowed too (minift/nn/functional.py).
+ACTIVATIONS = ("relu", *ACTIVATION_NAMES)
+
+
+def feed_forward_activation(name: str, fast: bool):
+    """ReLU (its derivative, 1[x > 0], needs no hand-written backward), or a GELU of minift/nn/functional.py."""
+    return torch.relu if name == "relu" else activation(name, fast=fast)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------
@@ -142,7 +151,7 @@ class TransformerConfig(PretrainedConfig):
                            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings")
         check.probability("dropout", "attention_dropout", "activation_dropout")
         check.non_negative("layer_norm_eps")
-        check.one_of("activation_function", ACTIVATION_NAMES)
+        check.one_of("activation_function", ACTIVATIONS)
         for key in ("norm_first", "scale_embedding", "share_embeddings"):
             check.boolean(key)
         check.divisible("d_model", "encoder_attention_heads")
@@ -210,7 +219,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, ffn_dim: int, config: TransformerConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.act = activation(config.activation_function, fast=config.attn_impl == "sdpa")
+        self.act = feed_forward_activation(config.activation_function, fast=config.attn_impl == "sdpa")
         self.activation_dropout = Dropout(config.activation_dropout)
         self.fc2 = nn.Linear(ffn_dim, d_model)
 

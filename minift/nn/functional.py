@@ -154,8 +154,6 @@ _ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
     "gelu": (gelu, F.gelu),
     "gelu_new": (gelu_tanh, lambda x: F.gelu(x, approximate="tanh")),
     "gelu_pytorch_tanh": (gelu_tanh, lambda x: F.gelu(x, approximate="tanh")),
-    # max(0, x), the original Transformer's (Vaswani et al. 2017, eq. 2): its derivative, 1[x > 0], needs no lesson.
-    "relu": (torch.relu, torch.relu),
 }
 ACTIVATION_NAMES = tuple(_ACTIVATIONS)
 

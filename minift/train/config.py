@@ -207,7 +207,9 @@ class FinetuneConfig:
         for f in dataclasses.fields(self):
             tasks = f.metadata.get("tasks", TASKS)
             if self.task not in tasks and getattr(self, f.name) != f.default:
-                users = "minift pretrain" if tasks == PRETRAINING else "--task " + "/".join(tasks)
+                tuned = [t for t in tasks if t not in PRETRAINING]
+                users = " and ".join([*(["--task " + "/".join(tuned)] if tuned else []),
+                                      *(["minift pretrain"] if set(tasks) & set(PRETRAINING) else [])])
                 raise ValueError(f"{flag(f.name)} is not used by {command}; it applies to {users}")
 
     def _check_optimisation(self) -> None:
