@@ -45,9 +45,14 @@ SPECIAL = {"decoder_start_token_id": 1, "pad_token_id": 0}
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def reference(enc: str, dec: str, seed: int = 0):
-    """transformers' EncoderDecoderModel for the pair, weights drawn far from init (N(0, 0.1^2), LayerNorm
-    near 1) so that scores are spread out and greedy and beam choices are no near-ties."""
+def reference(enc: str, dec: str, spread: bool, seed: int = 0):
+    """transformers' EncoderDecoderModel for the pair, weights drawn away from init. For the forward and
+    backward, N(0, 0.1^2) (LayerNorm gains 1 + that), where logits of a few units compare at 1e-5. For
+    decoding (`spread`), larger, so that scores are spread out (no near-ties) and the output depends on
+    the source and the position: matrices N(0, 0.3^2), cross-attention and position tables N(0, 1),
+    biases N(0, 0.1^2). With the small weights a random tied decoder repeats one token whatever the
+    source, and beam search would not exercise the reordering of its cache; with the large ones float32
+    rounding alone moves logits of tens of units by more than 1e-5."""
     kind, dec_config = DECODERS[dec]
     dec_class = transformers.GPT2Config if kind == "gpt2" else transformers.BertConfig
     config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
@@ -57,20 +62,37 @@ def reference(enc: str, dec: str, seed: int = 0):
     gen = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = 0.1 * torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + noise if ("LayerNorm.weight" in name or ".ln_" in name) and p.dim() == 1 else noise)
+            if not spread:
+                noise = 0.1 * torch.randn(p.shape, generator=gen)
+                p.copy_(1.0 + noise if ("LayerNorm.weight" in name or ".ln_" in name) and p.dim() == 1 else noise)
+            elif p.dim() == 1:
+                gain = "LayerNorm.weight" in name or (".ln_" in name and name.endswith("weight"))
+                p.copy_(float(gain) + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                scale = 1.0 if any(k in name for k in ("cross", "position_embeddings", "wpe")) else 0.3
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
     return model
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
 def pair(request, tmp_path_factory):
-    """(transformers' model, minift's loaded from transformers' files, the folder)."""
+    """(transformers' model, minift's loaded from transformers' files, the folder), with the weights for
+    the forward; `decoding` below has the same with the weights for decoding."""
     enc, dec = request.param
-    ref = reference(enc, dec)
+    ref = reference(enc, dec, spread=False)
     folder = tmp_path_factory.mktemp(f"{enc}-{dec}")
     ref.save_pretrained(folder)
     ours = EncoderDecoderModel.from_pretrained(folder)
     return ref, ours, folder
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
+def decoding(request, tmp_path_factory):
+    enc, dec = request.param
+    ref = reference(enc, dec, spread=True)
+    folder = tmp_path_factory.mktemp(f"{enc}-{dec}-spread")
+    ref.save_pretrained(folder)
+    return ref, EncoderDecoderModel.from_pretrained(folder)
 
 
 def batch(ref, seed: int = 1):
@@ -146,8 +168,8 @@ DECODING = {
 
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("case", DECODING)
-def test_decoding_matches_transformers(pair, case, use_cache):
-    ref, ours, _ = pair
+def test_decoding_matches_transformers(decoding, case, use_cache):
+    ref, ours = decoding
     ids, mask, _ = batch(ref)
     kwargs = {"max_new_tokens": 8, "pad_token_id": 0, "decoder_start_token_id": 1, "use_cache": use_cache,
               **DECODING[case]}

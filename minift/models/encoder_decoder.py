@@ -162,6 +162,10 @@ class EncoderDecoderModel(GenerationMixin, PretrainedModel):
 
     config_class = EncoderDecoderConfig
     base_model_prefix = ""
+    # What older transformers versions also saved: buffers (position ids, GPT-2's causal-mask `attn.bias`,
+    # and its `crossattention.bias`) and the second name of BERT's LM-head bias.
+    _keys_to_ignore_on_load = (r"position_ids$", r"\.attn\.(masked_)?bias$", r"\.crossattention\.(masked_)?bias$",
+                               r"^decoder\.cls\.predictions\.decoder\.bias$")
 
     def __init__(self, config: EncoderDecoderConfig, encoder: nn.Module | None = None,
                  decoder: nn.Module | None = None) -> None:
