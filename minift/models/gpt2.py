@@ -395,8 +395,10 @@ class GPT2Model(GPT2PretrainedModel):
                         else padding_mask(encoder_attention_mask, x.dtype))  # (B, 1, 1, S)
         presents = []
         for i, block in enumerate(self.h):
-            x, present = block(x, mask, None if past_key_values is None else past_key_values[i],
-                               encoder_hidden_states, encoder_mask)
+            past = None if past_key_values is None else past_key_values[i]
+            # A plain GPT-2 calls its blocks as before (lessons patch Block.forward with that signature).
+            cross = () if encoder_hidden_states is None else (encoder_hidden_states, encoder_mask)
+            x, present = block(x, mask, past, *cross)
             presents.append(present)
         return GPT2ModelOutput(last_hidden_state=self.ln_f(x), past_key_values=presents if use_cache else None)
 
