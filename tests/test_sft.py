@@ -139,7 +139,7 @@ def test_truncation_keeps_the_prompt_and_warns_with_the_line(byte_tokenizer, tmp
     ('{"messages": [{"role": "user", "content": "x"}]}', r"no assistant message"),
     ('{"messages": [{"role": "user"}]}', r"'role' and 'content'"),
     ('{"instruction": "x", "output": 3}', r"'output' must be a string"),
-    ("not json", r"not a JSON object"),
+    ("not json", r"bad JSON"),
     ("[1, 2]", r"expected a JSON object"),
 ])
 def test_bad_records_name_file_and_line(tmp_path, line, message):

@@ -17,14 +17,13 @@ forcing, Vaswani et al. 2017, sec. 3.1, "the output embeddings are offset by one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minift.data.readers import DataError, _lines, _read_text
+from minift.data.readers import DataError, _json_lines, _lines, _read_text
 from minift.generation.seq2seq import shift_tokens_right
 from minift.losses import IGNORE_INDEX
 
@@ -89,14 +88,8 @@ def _read_tsv(path: Path, text: str) -> list[Pair]:
 
 def _read_jsonl(path: Path, text: str) -> list[Pair]:
     pairs = []
-    for number, line in _lines(text):
-        if not line.strip():
-            continue
+    for number, record in _json_lines(path, text):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(record, dict) or any(key not in record for key in COLUMNS):
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise DataError(f"{where}: expected an object with keys 'source' and 'target', found {found}")

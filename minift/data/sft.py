@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from minift.data.readers import DataError
+from minift.data.readers import DataError, _json_lines, _read_text
 from minift.losses import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
@@ -103,19 +103,9 @@ def read_sft_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: JSONL file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
     records = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for number, record in _json_lines(path, _read_text(path)):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not a JSON object ({err.msg} at column {err.colno})") from None
         kind = "messages" if isinstance(record, dict) and "messages" in record else "alpaca"
         records.append({"messages": _messages(record, where), "source": where, "format": kind})
     if not records:
