@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [--model minilm|gpt2-small] [--batch-size B] [--seq-len T]
                                       [--steps 10] [--warmup 2] [--repeats 3] [--peak-size 2048]
-                                      [--foreach] [--smoke]
+                                      [--foreach | --fused] [--smoke]
 
 One training step = data (the batch to the device), forward, loss, backward, AdamW step, zero_grad
 (minift/profiling.py's `train_step`; the models are called without labels and each library's own
@@ -14,7 +14,9 @@ loss runs as its own phase). Models:
 - --smoke: a tiny random BERT, batch 2 x 16, one step, one repeat: the whole path in seconds, no
   real weights needed (`make bench-smoke`); its numbers mean nothing.
 Both libraries use sdpa attention (minift's fast path). minift's optimizer is built as the trainer
-builds it (minift/train/finetune.py: `foreach` off unless --foreach); transformers' is torch.optim.AdamW.
+builds it (minift/train/finetune.py: the loop path), or with --foreach / --fused its foreach path or
+torch's fused kernel (`AdamW(fused=True)`, the same update in one pass per tensor); transformers' is
+torch.optim.AdamW with its defaults.
 
 Printed, beside the CPU (torch's vector level, model name, the bf16 flags) and the thread count:
 1. step time: after --warmup steps of every configuration, --repeats rounds; each round times
@@ -87,11 +89,11 @@ def load(lib: str, kind: str, folder: Path, attn: str):
                                                                       attn_implementation=attn).train()
 
 
-def optimizer(lib: str, model, foreach: bool):
+def optimizer(lib: str, model, foreach: bool, fused: bool):
     if lib == "minift":
         from minift.optim import AdamW, param_groups
 
-        return AdamW(param_groups(model, 0.01), lr=5e-5, weight_decay=0.01, foreach=foreach)
+        return AdamW(param_groups(model, 0.01), lr=5e-5, weight_decay=0.01, foreach=foreach, fused=fused)
     return torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
 
 
@@ -157,7 +159,7 @@ def header(args: argparse.Namespace, kind: str, batch_size: int, seq_len: int) -
         print("note: no AVX512-BF16 and no AMX: bf16 matmuls are emulated here and slow for both libraries;"
               " the bf16 rows measure that, not what bf16 hardware does")
     print(f"model {kind}; batch {batch_size} x {seq_len}; sdpa attention; {args.warmup} warm-up steps, "
-          f"{args.repeats} rounds of {args.steps} timed steps (rotated order); minift AdamW foreach={args.foreach}",
+          f"{args.repeats} rounds of {args.steps} timed steps (rotated order); minift AdamW foreach={args.foreach} fused={args.fused}",
           flush=True)
 
 
@@ -170,7 +172,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="rounds (the spread is over these)")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul of the peak")
-    p.add_argument("--foreach", action="store_true", help="minift's AdamW with foreach=True")
+    path = p.add_mutually_exclusive_group()
+    path.add_argument("--foreach", action="store_true", help="minift's AdamW with foreach=True")
+    path.add_argument("--fused", action="store_true", help="minift's AdamW with fused=True (torch's fused kernel)")
     p.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 1 step, 1 round: the path only")
     args = p.parse_args()
@@ -198,7 +202,7 @@ def main() -> None:
     batch, labels = make_batch(kind, batch_size, seq_len, vocab)
     steps = {}
     for lib, model in models.items():
-        opt = optimizer(lib, model, args.foreach)
+        opt = optimizer(lib, model, args.foreach, args.fused)
         for precision in PRECISIONS:
             steps[lib, precision] = profiling.train_step(model, opt, batch, labels, loss_fn(lib, kind, model),
                                                          precision)
