@@ -5,7 +5,7 @@ PEFT methods, K = 16 examples per class, 5 seeds, mean ± std of test accuracy.
     python benchmarks/few_shot.py [--methods zero-shot,head,prompt,lora,...] [--shots 16]
                                   [--seeds 13,21,42,87,100] [--epochs 20] [--test-limit N] [--out runs/few-shot]
     python benchmarks/few_shot.py --merge runs/few-shot-a runs/few-shot-b ...   # one table from several runs
-    python benchmarks/few_shot.py --merge A B --timings T    # ... with the s / step column of run T
+    python benchmarks/few_shot.py --merge A B --timings T U  # ... the s / step column from runs T, U
 
 Data (Gao et al. 2021, "LM-BFF", sec. 3; SST-2 as in Socher et al. 2013): the SST-5 files of
 ../shared/data/minbert with the neutral class dropped, 0-1 negative ("0"), 3-4 positive ("1"): 6920
@@ -242,13 +242,15 @@ def merge(folders: list[Path]) -> list[dict]:
     return out
 
 
-def with_timings(rows: list[dict], folder: Path) -> list[dict]:
-    """The s / step column taken from another run of this script (`--merge A B --timings T`): the
+def with_timings(rows: list[dict], folders: list[Path]) -> list[dict]:
+    """The s / step column taken from other runs of this script (`--merge A B --timings T ...`): the
     accuracies need many seeds but not a quiet machine, a clock needs a quiet machine but not many seeds,
     so a long accuracy run may share the machine while a short run with nothing else running times each
     method. A method the timing run lacks keeps no time ("–") rather than a loaded one."""
-    saved = json.loads((folder / "results.json").read_text())
-    steps = {r["method"]: r.get("seconds_per_step") for r in saved["results"] if "missing" not in r}
+    steps = {}
+    for folder in folders:
+        saved = json.loads((folder / "results.json").read_text())
+        steps.update({r["method"]: r.get("seconds_per_step") for r in saved["results"] if "missing" not in r})
     return [r if "missing" in r else {**r, "seconds_per_step": steps.get(r["method"])} for r in rows]
 
 
@@ -258,15 +260,15 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--merge":
         folders = sys.argv[2:]
-        timings = None
-        if "--timings" in folders:
+        timings: list[Path] = []
+        if "--timings" in folders:  # every folder after it is a timing run
             at = folders.index("--timings")
-            if at + 1 >= len(folders):
-                raise SystemExit("--timings: expected a folder written by this script after it")
-            timings = Path(folders[at + 1])
-            folders = folders[:at] + folders[at + 2:]
+            timings = [Path(f) for f in folders[at + 1:]]
+            if not timings:
+                raise SystemExit("--timings: expected one or more folders written by this script after it")
+            folders = folders[:at]
         rows = merge([Path(f) for f in folders])
-        if timings is not None:
+        if timings:
             rows = with_timings(rows, timings)
         print(table(rows))
         return

@@ -46,7 +46,7 @@ def test_merge_pools_seeds_and_timings_come_from_the_timing_run(few_shot, tmp_pa
     assert head["peak_rss_mb"] == 950.0 and head["seconds_per_step"] == pytest.approx(10.0)
 
     quiet = _run(tmp_path / "quiet", "13", [_row("head", [0.5], 0.57, 880.0)])
-    timed = {r["method"]: r for r in few_shot.with_timings(list(rows.values()), quiet)}
+    timed = {r["method"]: r for r in few_shot.with_timings(list(rows.values()), [quiet])}
     assert timed["head"]["seconds_per_step"] == 0.57
     assert timed["lora"]["seconds_per_step"] is None  # not timed quietly: no loaded time shown instead
     table = few_shot.table(list(timed.values()))
