@@ -5,6 +5,7 @@ PEFT methods, K = 16 examples per class, 5 seeds, mean ± std of test accuracy.
     python benchmarks/few_shot.py [--methods zero-shot,head,prompt,lora,...] [--shots 16]
                                   [--seeds 13,21,42,87,100] [--epochs 20] [--test-limit N] [--out runs/few-shot]
     python benchmarks/few_shot.py --merge runs/few-shot-a runs/few-shot-b ...   # one table from several runs
+    python benchmarks/few_shot.py --merge A B --timings T U  # ... the s / step column from runs T, U
 
 Data (Gao et al. 2021, "LM-BFF", sec. 3; SST-2 as in Socher et al. 2013): the SST-5 files of
 ../shared/data/minbert with the neutral class dropped, 0-1 negative ("0"), 3-4 positive ("1"): 6920
@@ -28,8 +29,10 @@ listed in METHODS. Template and verbalizer: LM-BFF's manual ones for SST-2, "{te
 0 = terrible, 1 = great (their table 1).
 
 Timings (seconds per optimizer step, from each run's train_seconds / steps, which include the per-epoch
-dev evaluation) are measured on whatever machine runs this; the README's were taken on a shared,
-loaded 2-core machine and say so.
+dev evaluation) are measured on whatever machine runs this, and are only worth printing when nothing
+else runs on it. Accuracies do not depend on the load, so the many-seed accuracy runs may share the
+machine; `--merge ... --timings T` then takes the s / step column from a separate one-seed run T made
+on a quiet machine (README's table is made that way).
 """
 
 from __future__ import annotations
@@ -239,12 +242,35 @@ def merge(folders: list[Path]) -> list[dict]:
     return out
 
 
+def with_timings(rows: list[dict], folders: list[Path]) -> list[dict]:
+    """The s / step column taken from other runs of this script (`--merge A B --timings T ...`): the
+    accuracies need many seeds but not a quiet machine, a clock needs a quiet machine but not many seeds,
+    so a long accuracy run may share the machine while a short run with nothing else running times each
+    method. A method the timing run lacks keeps no time ("–") rather than a loaded one."""
+    steps = {}
+    for folder in folders:
+        saved = json.loads((folder / "results.json").read_text())
+        steps.update({r["method"]: r.get("seconds_per_step") for r in saved["results"] if "missing" not in r})
+    return [r if "missing" in r else {**r, "seconds_per_step": steps.get(r["method"])} for r in rows]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         measure_child(sys.argv[2:])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--merge":
-        print(table(merge([Path(f) for f in sys.argv[2:]])))
+        folders = sys.argv[2:]
+        timings: list[Path] = []
+        if "--timings" in folders:  # every folder after it is a timing run
+            at = folders.index("--timings")
+            timings = [Path(f) for f in folders[at + 1:]]
+            if not timings:
+                raise SystemExit("--timings: expected one or more folders written by this script after it")
+            folders = folders[:at]
+        rows = merge([Path(f) for f in folders])
+        if timings:
+            rows = with_timings(rows, timings)
+        print(table(rows))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
