@@ -233,7 +233,7 @@ def main() -> None:
         print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {spread(rate['minift'], '.1f')} "
               f"| {spread(rate['transformers'], '.1f')} | {spread(ratios(rate['minift'], rate['transformers']), '.2f')}x "
               f"| {spread(no_cache, '.1f')} | {spread(ratios(rate['minift'], no_cache), '.1f')}x |")
-    print(f"\nBeam search, {args.beams} beams, the same prompts and lengths, with the cache; tokens/s counts the "
+    print(f"\n{machine}.\nBeam search, {args.beams} beams, the same prompts and lengths, with the cache; tokens/s counts the "
           "returned sequence's new tokens (the beams' work is num_beams times larger); tokens identical:\n")
     print("| model | batch | minift tok/s | transformers tok/s | minift / transformers |")
     print("|---|---|---|---|---|")
@@ -251,7 +251,7 @@ def main() -> None:
     for n_rows, ms in blocks:
         print(f"| {n_rows} | {spread(ms['linear'], '.1f')} | {spread(ms['slabs'], '.1f')} "
               f"| {spread(ratios(ms['linear'], ms['slabs']), '.2f')}x |")
-    print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, ms per call, median [min-max] of 3 "
+    print(f"\n{machine}.\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, ms per call, median [min-max] of 3 "
           f"repeats of rotated rounds, {slabs} thread(s); minift's fast path (few_rows_logits) is 'tall' from 2 to "
           f"{FEW_ROWS} rows and W stored (C, V) in one slab of columns per thread for 1 row (no autograd):\n")
     print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | few_rows_logits (ms) "

@@ -286,6 +286,7 @@ def main() -> None:
                        for precision in precisions_for(device)[1:]]
     if speed is not None:
         print_speed(speed, header)
+    print(f"\n{header}")
     print_accuracy(runs, logits, seeds)
 
 

@@ -182,7 +182,7 @@ def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) ->
                     run_transformers(name, seed, args.epochs, args.max_steps, data)
                 results.setdefault(name, {}).setdefault(lib, []).append(r)
                 print(json.dumps({"dataset": name, "lib": lib, "seed": seed, **r}), flush=True)
-    note = " (SMOKE RUN: a few steps on a few lines, numbers meaningless)" if args.smoke else ""
+    note = "\n\nSMOKE RUN: a few steps on a few lines, numbers meaningless" if args.smoke else ""
     for name, rows in results.items():
         print("\n" + table(name, rows, seeds) + note)
 
