@@ -21,10 +21,12 @@ same rounds) and summarised the same way. The tokenizers get one untimed pass ov
 `--tokenizer-repeats` timed passes in rotated order: median texts/s and min-max. Every table is
 headed by the machine (`machine_line`): torch's CPU capability, the CPU's model name and bf16-relevant
 flags from /proc/cpuinfo, the torch version and the thread count.
---smoke: a batch of 2 x 16, 2 timed steps, 2 repeats, the first comparison only, 40 texts: the whole
-path end to end in seconds; the numbers mean nothing. With --device cuda (or mps) the models and batches live on the GPU and the clock is read
-only after the GPU has finished (kernels are queued asynchronously; without a synchronize the time
-would be that of queueing them). The tokenizers always run on the CPU.
+With --device cuda (or mps) the models and batches live on the GPU and the clock is read only after the
+GPU has finished (kernels are queued asynchronously; without a synchronize the time would be that of
+queueing them). The tokenizers always run on the CPU.
+--smoke (make bench-smoke): a batch of 2 x 16, 1 warm-up and 2 timed steps, 2 repeats, the first
+comparison only (its two memory processes included), 40 texts: the whole path end to end in seconds;
+the numbers mean nothing.
 """
 
 from __future__ import annotations
