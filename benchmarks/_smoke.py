@@ -51,9 +51,10 @@ def every_label(lines: list[str], n: int) -> list[str]:
 def minbert(folder: Path, lines: int = 24) -> Path:
     """sst-{train,dev,test}.txt and cfimdb-{train,dev,test}.txt ("label ||| text" lines, as in
     ../shared/data/minbert) of `lines` lines each, every label present, in `folder`. From the public
-    files when present; else from the built-in demo set (negative 0, positive 1), with
-    cfimdb-test.txt's placeholder labels (all 0, lessons/fixtures/minbert) kept, so that both of the
-    scripts' test-file paths run."""
+    files when present; else from the built-in demo set: CFIMDB's labels 0 (negative) and 1
+    (positive), SST-5's 1 and 3 (negative and positive on its 0-4 scale, so that few_shot.py's SST-2
+    mapping keeps both classes), with cfimdb-test.txt's placeholder labels (all 0,
+    lessons/fixtures/minbert) kept, so that both of the scripts' test-file paths run."""
     folder.mkdir(parents=True, exist_ok=True)
     real = SHARED / "minbert"
     if (real / "sst-train.txt").is_file() and (real / "cfimdb-train.txt").is_file():
@@ -64,13 +65,13 @@ def minbert(folder: Path, lines: int = 24) -> Path:
         return folder
     from minift.data import demo_path, read_classification
 
-    names = sorted({e.label for e in read_classification(demo_path("train"))})
+    names = sorted({e.label for e in read_classification(demo_path("train"))})  # negative, positive
     for split, source in (("train", "train"), ("dev", "dev"), ("test", "dev")):
         examples = read_classification(demo_path(source))
-        text = every_label([f"{names.index(e.label)} ||| {e.text}" for e in examples], 10 * lines)
-        if split == "test":
-            text = text[::-1]  # not the dev lines in the dev order
-        for name in ("sst", "cfimdb"):
+        for name, scale in (("sst", ("1", "3")), ("cfimdb", ("0", "1"))):
+            text = every_label([f"{scale[names.index(e.label)]} ||| {e.text}" for e in examples], 10 * lines)
+            if split == "test":
+                text = text[::-1]  # not the dev lines in the dev order
             (folder / f"{name}-{split}.txt").write_text(_head(text, lines), encoding="utf-8")
     placeholder = (FIXTURES / "minbert" / "cfimdb-test.txt").read_text(encoding="utf-8").splitlines()
     (folder / "cfimdb-test.txt").write_text(_head(placeholder, lines), encoding="utf-8")

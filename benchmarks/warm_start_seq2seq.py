@@ -9,7 +9,8 @@ were shuffled locally, each moved by at most 3 places (Lample et al. 2018, "Unsu
 Translation Using Monolingual Corpora Only", sec. 2.3: key_i = i + U(0, k + 1), k = 3, sort by key);
 the target is the sentence itself. Train: the first --train such sentences of sst-train.txt; test:
 the first --test of sst-dev.txt (held out: other sentences), with the same noise for every seed.
-Without ../shared/data, the 60 lines of lessons/fixtures/text/corpus.en stand in (a smoke run).
+Without ../shared/data, the first 10 words of each of the 60 lines of lessons/fixtures/text/corpus.en
+stand in (a smoke run).
 
 The model: EncoderDecoderModel.from_encoder_decoder_pretrained(MiniLM, MiniLM): the encoder is the
 checkpoint as is; the decoder is the same checkpoint read as a causal BERT decoder, with new
@@ -54,8 +55,8 @@ def sentences(split: str, count: int) -> list[str]:
     """The first `count` sentences of 4..10 words of SST's split (or of the fixture, halves for train/test)."""
     if SST.is_dir():
         lines = [line.split("|||", 1)[1].strip() for line in (SST / f"sst-{split}.txt").read_text().splitlines()]
-    else:
-        lines = FIXTURE.read_text().splitlines()
+    else:  # the fixture's lines are long: each one's first MAX_WORDS words stand in for a sentence
+        lines = [" ".join(line.split()[:MAX_WORDS]) for line in FIXTURE.read_text().splitlines()]
         lines = lines[: len(lines) // 2] if split == "train" else lines[len(lines) // 2:]
     kept = [line for line in lines if MIN_WORDS <= len(line.split()) <= MAX_WORDS]
     return kept[:count]
