@@ -20,7 +20,8 @@ thread; greedy decoding; a test list counts as right when the final answer (the 
 last line's answer) equals the letters.
 
 Prints a Markdown table (mean ± sample std over the seeds, n = 3; 40 lists per length and seed) and
-writes RESULTS.json. --smoke: one seed, 200 records, 1 epoch (checks the pipeline; numbers mean nothing).
+writes RESULTS.json. --smoke: one seed, 200 records, 1 epoch (checks the pipeline; numbers mean nothing);
+RESULTS.json then goes to a temporary folder unless --out is given (make bench-smoke runs it).
 """
 
 from __future__ import annotations
@@ -48,9 +49,21 @@ def n_words(record: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=Path("runs/least_to_most"))
-    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, help="where RESULTS.json goes (default runs/least_to_most; with --smoke a "
+                        "temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "least-to-most") as out:
+            return measure(args, out)
+    return measure(args, args.out or Path("runs/least_to_most"))
+
+
+def measure(args: argparse.Namespace, out: Path) -> int:
+    """Every seed's runs; RESULTS.json in `out`; the table."""
     seeds = [int(s) for s in args.seeds.split(",")][:1 if args.smoke else None]
     n_train, epochs = (200, 1) if args.smoke else (4000, 8)
     torch.set_num_threads(1)
@@ -68,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                    "examples": [{"input": t["input"], "answer": a} for t, a in zip(test[-3:], r["answers"][-3:])]}
             runs.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json({"runs": runs, "seeds": seeds, "n_train": n_train, "epochs": epochs}, args.out / "RESULTS.json")
-    print(table(runs))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"runs": runs, "seeds": seeds, "n_train": n_train, "epochs": epochs}, out / "RESULTS.json")
+    print(table(runs) + ("\n\nSMOKE RUN: a few steps, numbers meaningless" if args.smoke else ""))
     return 0
 
 

@@ -15,7 +15,8 @@ examples, `packed_batch`), lr 5e-3, one thread; then greedy answers to the test 
 share the data and the initial weights; the seeds run one after another.
 
 Prints a Markdown table (mean ± sample std over the seeds, n = 3) and writes RESULTS.json with every
-run. --smoke: one seed, 200 records, 1 epoch (checks the pipeline in seconds; the numbers mean nothing).
+run. --smoke: one seed, 200 records, 1 epoch (checks the pipeline in seconds; the numbers mean nothing);
+RESULTS.json then goes to a temporary folder unless --out is given (make bench-smoke runs it).
 """
 
 from __future__ import annotations
@@ -59,9 +60,21 @@ HELD_OUT = ("sort", 4)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=Path("runs/sft_synthetic"))
-    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, help="where RESULTS.json goes (default runs/sft_synthetic; with --smoke a "
+                        "temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "sft-synthetic") as out:
+            return measure(args, out)
+    return measure(args, args.out or Path("runs/sft_synthetic"))
+
+
+def measure(args: argparse.Namespace, out: Path) -> int:
+    """Every seed's runs; RESULTS.json in `out`; the table."""
     seeds = [int(s) for s in args.seeds.split(",")][:1 if args.smoke else None]
     n_train, epochs = (200, 1) if args.smoke else (4000, 4)
     torch.set_num_threads(1)  # the machine is shared; and the times compare like with like
@@ -81,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                    "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]}
             runs.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json({"runs": runs, "seeds": seeds, "n_train": n_train, "epochs": epochs}, args.out / "RESULTS.json")
-    print(table(runs))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"runs": runs, "seeds": seeds, "n_train": n_train, "epochs": epochs}, out / "RESULTS.json")
+    print(table(runs) + ("\n\nSMOKE RUN: a few steps, numbers meaningless" if args.smoke else ""))
     return 0
 
 

@@ -1,6 +1,6 @@
 """The original Transformer from scratch on a toy task: reverse a sequence of digits.
 
-    python benchmarks/transformer_toy.py [--seeds 13,21,42] [--out runs/transformer-toy] [--steps 1500]
+    python benchmarks/transformer_toy.py [--seeds 13,21,42] [--out runs/transformer-toy] [--steps 1500] [--smoke]
 
 Per seed: write the data (seeded), train a fresh post-norm Transformer with one `minift finetune` command
 run as a subprocess exactly as printed (the interpreter aside), then decode held-out sources greedily with
@@ -18,6 +18,8 @@ root schedule with 100 warmup steps (sec. 5.3), peak lr 1e-3, batch 64, 1500 ste
 decay 0. 4-8 minutes per seed on one loaded CPU core.
 
 Prints one row per length (exact match, mean +- std over the seeds, n per seed) and writes OUT/results.json.
+--smoke (make bench-smoke): one seed, 2,000 training pairs, 20 held-out sequences per length, 4 steps,
+in a temporary folder unless --out is given: the whole path in seconds; the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -47,17 +49,18 @@ def reverse(source: str) -> str:
     return " ".join(reversed(source.split()))
 
 
-def write_data(folder: Path, seed: int) -> dict[int, list[str]]:
+def write_data(folder: Path, seed: int, pairs: int = TRAIN_PAIRS, per_length: int = TEST_PER_LENGTH
+               ) -> dict[int, list[str]]:
     """train.tsv and dev.tsv under folder; returns the held-out test sources by length."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    train = [digits(rng, rng.choice(TRAIN_LENGTHS)) for _ in range(TRAIN_PAIRS)]
+    train = [digits(rng, rng.choice(TRAIN_LENGTHS)) for _ in range(pairs)]
     seen = set(train)
     test: dict[int, list[str]] = {}
     for length in TEST_LENGTHS:
         found: list[str] = []
-        for _ in range(50 * TEST_PER_LENGTH):  # short lengths: most draws are training sources
-            if len(found) == TEST_PER_LENGTH:
+        for _ in range(50 * per_length):  # short lengths: most draws are training sources
+            if len(found) == per_length:
                 break
             source = digits(rng, length)
             if source not in seen and source not in found:
@@ -73,7 +76,8 @@ def write_data(folder: Path, seed: int) -> dict[int, list[str]]:
 def train_command(data: Path, run: Path, seed: int, steps: int) -> list[str]:
     return ["minift", "finetune", "--task", "seq2seq", "--model", "transformer:tiny", "--train", str(data / "train.tsv"),
             "--dev", str(data / "dev.tsv"), "--out", str(run), "--overwrite", "--max-length", "32", "--dropout", "0",
-            "--label-smoothing", "0.1", "--schedule", "inverse_sqrt", "--warmup-ratio", f"{100 / steps:g}",
+            # 100 warmup steps (a ratio of at most 1/2: a --smoke run of a few steps still has steps after it)
+            "--label-smoothing", "0.1", "--schedule", "inverse_sqrt", "--warmup-ratio", f"{min(100 / steps, 0.5):g}",
             "--lr", "1e-3", "--weight-decay", "0", "--batch-size", "64", "--max-steps", str(steps),
             "--seed", str(seed), "--device", "cpu", "--quiet"]
 
@@ -100,16 +104,31 @@ def exact_match(run: Path, test: dict[int, list[str]]) -> dict[int, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="13,21,42")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "transformer-toy")
+    parser.add_argument("--out", type=Path, help="default runs/transformer-toy; with --smoke a temporary folder")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--reuse", action="store_true", help="evaluate the runs already in --out, do not train")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args()
+    if args.smoke:
+        import _smoke
+
+        args.seeds, args.steps = args.seeds.split(",")[0], 4
+        with _smoke.out_folder(args.out, "transformer-toy") as out:
+            args.out = out
+            return measure(args, pairs=2000, per_length=20)
+    args.out = args.out or REPO / "runs" / "transformer-toy"
+    return measure(args)
+
+
+def measure(args: argparse.Namespace, pairs: int = TRAIN_PAIRS, per_length: int = TEST_PER_LENGTH) -> int:
+    """Every seed: data, the training command, exact match; the table; OUT/results.json."""
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(1)
     per_seed = {}
     for seed in seeds:
         data, run = args.out / f"seed-{seed}" / "data", args.out / f"seed-{seed}" / "run"
-        test = write_data(data, seed)
+        test = write_data(data, seed, pairs, per_length)
         command = train_command(data, run, seed, args.steps)
         if not args.reuse:
             print("$ " + shlex.join(command), file=sys.stderr, flush=True)
@@ -120,7 +139,8 @@ def main() -> int:
               file=sys.stderr, flush=True)
 
     rows, seen_lengths = [], [n for n in TRAIN_LENGTHS]
-    print(f"\nexact match of greedy decoding, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+    note = " (SMOKE RUN: numbers meaningless)" if args.smoke else ""
+    print(f"\nexact match of greedy decoding, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}){note}")
     print("| digits | trained on | exact match | held-out sequences per seed |\n|---|---|---|---|")
     for length in TEST_LENGTHS:
         values = [per_seed[s][length]["exact"] for s in seeds if length in per_seed[s]]

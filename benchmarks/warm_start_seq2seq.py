@@ -2,13 +2,15 @@
 cross-attention), fine-tuned to put the words of a locally shuffled SST sentence back in order.
 
     python benchmarks/warm_start_seq2seq.py --seeds 13,21,42 --out DIR [--train 320] [--test 50] [--epochs 2]
+    python benchmarks/warm_start_seq2seq.py --smoke [--out DIR]
 
 The task (carried offline, real text): the source is an SST-5 sentence of 4 to 10 words whose words
 were shuffled locally, each moved by at most 3 places (Lample et al. 2018, "Unsupervised Machine
 Translation Using Monolingual Corpora Only", sec. 2.3: key_i = i + U(0, k + 1), k = 3, sort by key);
 the target is the sentence itself. Train: the first --train such sentences of sst-train.txt; test:
 the first --test of sst-dev.txt (held out: other sentences), with the same noise for every seed.
-Without ../shared/data, the 60 lines of lessons/fixtures/text/corpus.en stand in (a smoke run).
+Without ../shared/data, the first 10 words of each of the 60 lines of lessons/fixtures/text/corpus.en
+stand in (a smoke run).
 
 The model: EncoderDecoderModel.from_encoder_decoder_pretrained(MiniLM, MiniLM): the encoder is the
 checkpoint as is; the decoder is the same checkpoint read as a causal BERT decoder, with new
@@ -23,6 +25,8 @@ chrF (sacrebleu's corpus_chrf, character 6-grams, beta 2; Popovic 2015) and exac
 tokenizer's normalised text (lower case, WordPiece decoded) of the output and the reference. For
 scale, the same scores of the shuffled source itself ("copy the input") are reported too.
 Writes DIR/results.json (every seed, and mean +- std over the seeds) and prints a table.
+--smoke (make bench-smoke): one seed, 16 training and 4 test sentences, 1 epoch, results.json in a
+temporary folder unless --out is given: the whole path in seconds; the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ def sentences(split: str, count: int) -> list[str]:
     """The first `count` sentences of 4..10 words of SST's split (or of the fixture, halves for train/test)."""
     if SST.is_dir():
         lines = [line.split("|||", 1)[1].strip() for line in (SST / f"sst-{split}.txt").read_text().splitlines()]
-    else:
-        lines = FIXTURE.read_text().splitlines()
+    else:  # the fixture's lines are long: each one's first MAX_WORDS words stand in for a sentence
+        lines = [" ".join(line.split()[:MAX_WORDS]) for line in FIXTURE.read_text().splitlines()]
         lines = lines[: len(lines) // 2] if split == "train" else lines[len(lines) // 2:]
     kept = [line for line in lines if MIN_WORDS <= len(line.split()) <= MAX_WORDS]
     return kept[:count]
@@ -149,11 +153,28 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="13,21,42")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where results.json goes (required unless --smoke)")
     parser.add_argument("--train", type=int, default=320)
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args()
+    if args.smoke:
+        import _smoke
+
+        args.seeds, args.train, args.test, args.epochs = args.seeds.split(",")[0], 16, 4, 1
+        with _smoke.out_folder(args.out, "warm-start") as out:
+            args.out = out
+            measure(args)
+        return
+    if args.out is None:
+        parser.error("--out DIR is required (where results.json goes)")
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Every seed's run, results.json in args.out, the table."""
     # One thread: on a shared CPU a second one mostly waits for the first (tests/conftest.py, one_thread).
     torch.set_num_threads(1)
     from minift.io import write_json
@@ -177,6 +198,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(result, args.out / "results.json")
     n = len(seeds)
+    if args.smoke:
+        print("SMOKE RUN: a few steps on a few sentences, numbers meaningless\n")
     print(f"| model (test: {len(test)} shuffled sentences) | chrF | exact match (%) |")
     print("|---|---|---|")
     print(f"| copy the input | {copy['chrf']:.1f} | {copy['exact_match']:.1f} |")
