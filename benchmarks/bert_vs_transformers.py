@@ -146,24 +146,13 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def cpu_identity() -> str:
-    """The CPU as the tables name it: torch's dispatch level (`torch.backends.cpu.get_cpu_capability()`:
-    which vector kernels run), the model name and the flags that decide fp32 and bf16 speed (avx2,
-    avx512f, avx512_bf16, amx_bf16; read from /proc/cpuinfo, absent elsewhere)."""
-    model, flags = "unknown model", None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown model":
-                    model = value.strip()
-                elif key.strip() == "flags" and flags is None:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    have = "flags n/a" if flags is None else "flags: " + (" ".join(w for w in wanted if w in flags) or "none of "
-                                                          + "/".join(wanted))
-    return f"CPU {model} (torch capability {torch.backends.cpu.get_cpu_capability()}; {have})"
+    """The CPU as the tables name it, from `minift.profiling.cpu_identity` (torch's dispatch level, the
+    model name, the flags that decide fp32 and bf16 speed: avx2, avx512f, avx512_bf16, amx_bf16)."""
+    from minift.profiling import cpu_identity as identify
+
+    cpu = identify()
+    have = " ".join(flag for flag, present in cpu["flags"].items() if present) or "none of " + "/".join(cpu["flags"])
+    return f"CPU {cpu['model']} (torch capability {cpu['capability']}; flags: {have})"
 
 
 def machine_line(device: torch.device) -> str:
