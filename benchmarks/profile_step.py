@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [--model minilm|gpt2-small] [--batch-size B] [--seq-len T]
                                       [--steps 10] [--warmup 2] [--repeats 3] [--peak-size 2048]
-                                      [--foreach | --fused] [--smoke]
+                                      [--loop | --foreach | --fused] [--smoke]
 
 One training step = data (the batch to the device), forward, loss, backward, AdamW step, zero_grad
 (minift/profiling.py's `train_step`; the models are called without labels and each library's own
@@ -14,9 +14,9 @@ loss runs as its own phase). Models:
 - --smoke: a tiny random BERT, batch 2 x 16, one step, one repeat: the whole path in seconds, no
   real weights needed (`make bench-smoke`); its numbers mean nothing.
 Both libraries use sdpa attention (minift's fast path). minift's optimizer is built as the trainer
-builds it (minift/train/finetune.py: the loop path), or with --foreach / --fused its foreach path or
-torch's fused kernel (`AdamW(fused=True)`, the same update in one pass per tensor); transformers' is
-torch.optim.AdamW with its defaults.
+builds it (minift/train/finetune.py: with sdpa, torch's fused kernel, `AdamW(fused=True)`, the same
+update in one pass per tensor; with --attn eager the readable loop), or with --loop / --foreach the
+loop or the foreach path; transformers' is torch.optim.AdamW with its defaults.
 
 Printed, beside the CPU (torch's vector level, model name, the bf16 flags) and the thread count:
 1. step time: after --warmup steps of every configuration, --repeats rounds; each round times
@@ -173,11 +173,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds (the spread is over these)")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul of the peak")
     path = p.add_mutually_exclusive_group()
+    path.add_argument("--loop", action="store_true", help="minift's AdamW as the readable loop (lesson 08)")
     path.add_argument("--foreach", action="store_true", help="minift's AdamW with foreach=True")
-    path.add_argument("--fused", action="store_true", help="minift's AdamW with fused=True (torch's fused kernel)")
+    path.add_argument("--fused", action="store_true", help="minift's AdamW with fused=True (torch's fused kernel; "
+                      "the default with --attn sdpa, as the trainer builds it)")
     p.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 1 step, 1 round: the path only")
     args = p.parse_args()
+    args.fused = args.fused or (args.attn == "sdpa" and not (args.loop or args.foreach))  # as finetune builds it
     kind = "smoke" if args.smoke else args.model
     if args.smoke:
         args.steps, args.warmup, args.repeats, args.peak_size = 1, 1, 1, 128

@@ -469,7 +469,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps or auto (CUDA, then MPS, then CPU; "
                    "default %(default)s)")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
-                   help="attention path: eager (the readable one of the lessons) or sdpa (fused); same numbers "
+                   help="the model's path: eager (the readable code of the lessons) or sdpa (torch's fused kernels "
+                   "for attention, LayerNorm, GELU and the loss; in finetune also AdamW's update); same numbers "
                    "(default %(default)s)")
     p.add_argument("--fast-tokenizer", action="store_true",
                    help="tokenize with the Rust `tokenizers` package (same ids as the hand-written one)")

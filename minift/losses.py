@@ -8,6 +8,7 @@ float64 to 1e-10 and runs `torch.autograd.gradcheck` on every backward.
 """
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -170,6 +171,7 @@ def cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    fast: bool = False,
 ) -> torch.Tensor:
     """Softmax cross-entropy, the same numbers as `torch.nn.functional.cross_entropy` (class indices).
 
@@ -178,8 +180,17 @@ def cross_entropy(
     float16/bfloat16 logits give a float32 loss (computed in float32, as under torch.autocast).
     reduction "mean" divides by the summed weight of the kept targets, so when every target is
     ignored the result is 0/0 = NaN, exactly as torch (the gradient is then all zeros).
+
+    fast=True (the models' `attn_impl="sdpa"` path) checks the same arguments, then hands the same
+    formula to `F.cross_entropy`, torch's fused kernel: the hand-written version builds its (M, C)
+    tensors one operation at a time (log-softmax, then p, q and the gradient in backward), which for a
+    language model's 50,257-way softmax is 12-18% of a GPT-2 step on a CPU where torch's takes 2-5%
+    (lesson 22, `benchmarks/profile_step.py`). `tests/test_losses.py` checks both give the same numbers.
     """
     _check_cross_entropy_args(logits, target, weight, ignore_index, label_smoothing, reduction)
+    if fast:  # the same checks above: a bad target is refused with the same message on both paths
+        return F.cross_entropy(_upcast(logits), target, weight=None if weight is None else weight.to(_upcast(logits).dtype),
+                               ignore_index=ignore_index, label_smoothing=float(label_smoothing), reduction=reduction)
     if logits.dim() == 1:  # one example: (C,) -> (1, C)
         loss = cross_entropy(logits[None], target[None], weight, ignore_index, label_smoothing, reduction)
         return loss[0] if reduction == "none" else loss

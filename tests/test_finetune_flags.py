@@ -281,3 +281,18 @@ def test_the_identity_comes_from_the_config_fields_and_old_run_json_files_resume
     cfg.label_smoothing = 0.1
     with pytest.raises(ValueError, match=r"holds a different run \(label_smoothing: run has 0.0, now 0.1\)"):
         check_run_identity(cfg)
+
+
+@pytest.mark.parametrize("impl, fused_calls", [("sdpa", 3), ("eager", 0)])
+def test_the_fast_path_updates_with_the_fused_adamw_and_the_readable_one_with_the_loop(
+        capsys, tiny, monkeypatch, impl, fused_calls):
+    """--attn-impl sdpa (the default) runs AdamW's update in torch's fused kernel, eager the readable
+    loop of lesson 08; tests/test_optim.py shows both give the same numbers as torch.optim.AdamW."""
+    root, model = tiny
+    calls = []
+    real = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = _run(capsys, root, model, f"adamw-{impl}", "--attn-impl", impl, "--max-steps", "3")
+    assert result["steps"] == 3
+    # one kernel call per step and per (device, dtype) bucket of each parameter group: 2 groups here
+    assert len(calls) == 2 * fused_calls

@@ -77,6 +77,55 @@ def test_cross_entropy_matches_torch(shape, seed, with_weight, with_ignored, lab
     assert max_diff(g_ours, g_ref) <= TOL64, f"gradient differs by {max_diff(g_ours, g_ref)}"
 
 
+@pytest.mark.parametrize("shape", CE_SHAPES, ids=str)
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("with_weight", [False, True], ids=["no-weight", "weight"])
+@pytest.mark.parametrize("with_ignored", [False, True], ids=["no-ignored", "ignored"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_fast_cross_entropy_equals_the_readable_one(shape, seed, with_weight, with_ignored, label_smoothing,
+                                                    reduction):
+    """fast=True (the models' sdpa path, torch's fused kernel) gives the readable version's numbers."""
+    logits, target, weight = make_ce_case(shape, seed, with_weight, with_ignored)
+    kwargs = {"weight": weight, "label_smoothing": label_smoothing, "reduction": reduction}
+    slow, (g_slow,) = loss_and_grads(lambda z: cross_entropy(z, target, **kwargs), (logits,), seed)
+    fast, (g_fast,) = loss_and_grads(lambda z: cross_entropy(z, target, fast=True, **kwargs), (logits,), seed)
+    assert fast.shape == slow.shape
+    assert max_diff(fast, slow) <= TOL64, f"loss differs by {max_diff(fast, slow)}"
+    assert max_diff(g_fast, g_slow) <= TOL64, f"gradient differs by {max_diff(g_fast, g_slow)}"
+
+
+@pytest.mark.parametrize("rows, vocab, seed", [(254, 50257, 0), (64, 30522, 1), (7, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_cross_entropy_over_a_vocabulary_in_float32_and_bf16(rows, vocab, seed, dtype):
+    """A language model's shapes (GPT-2's and BERT's vocabularies, -100 on some rows): float32 sums in
+    another order, so 1e-6 on a loss of about log(V) ~ 11 and on gradients of about 1/(rows V)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(rows, vocab, generator=gen)).to(dtype).requires_grad_()
+    target = torch.randint(0, vocab, (rows,), generator=gen)
+    target[::5] = -100
+    slow = cross_entropy(logits, target)
+    (g_slow,) = torch.autograd.grad(slow, logits)
+    fast = cross_entropy(logits, target, fast=True)
+    (g_fast,) = torch.autograd.grad(fast, logits)
+    assert fast.dtype == slow.dtype == torch.float32 and g_fast.dtype == g_slow.dtype == dtype
+    assert max_diff(fast, slow) <= 1e-5 * max(1.0, slow.abs().item()), f"loss {fast.item()} vs {slow.item()}"
+    tolerance = 1e-7 if dtype == torch.float32 else 2 ** -8 * g_slow.abs().max().item()  # bf16: one rounding
+    assert max_diff(g_fast.float(), g_slow.float()) <= tolerance
+
+
+@pytest.mark.parametrize("logits, target, message", [
+    (torch.randn(3, 4), torch.tensor([0, 4, 1]), r"class index 4, outside \[0, 4\)"),
+    (torch.randn(3, 4), torch.zeros(2, dtype=torch.long), r"does not match logits shape"),
+    (torch.randn(3, 4), torch.zeros(3), r"class indices"),
+    (torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long), r"floating-point"),
+])
+def test_fast_cross_entropy_refuses_what_the_readable_one_refuses(logits, target, message):
+    for fast in (False, True):
+        with pytest.raises(ValueError, match=message):
+            cross_entropy(logits, target, fast=fast)
+
+
 @pytest.mark.parametrize("ignore_index", [-1, 2])
 def test_cross_entropy_custom_ignore_index(ignore_index):
     # ignore_index may be a real class (2): those targets are dropped, the class stays in the softmax.

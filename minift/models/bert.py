@@ -423,7 +423,8 @@ class BertForSequenceClassification(BertPretrainedModel):
         return BertHeadOutput(logits=logits, loss=loss)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type)
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type,
+                                            fast=self.config.attn_impl == "sdpa")
 
 
 class BertForTokenClassification(BertPretrainedModel):
@@ -450,7 +451,7 @@ class BertForTokenClassification(BertPretrainedModel):
         out = self.bert(input_ids, attention_mask, token_type_ids)
         hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids, fast=self.config.attn_impl == "sdpa")
         return BertHeadOutput(logits=logits, loss=loss)
 
 
@@ -529,5 +530,5 @@ class BertForMaskedLM(BertPretrainedModel):
         hidden = out.last_hidden_state[:, self.bert.num_virtual_tokens:]  # (B, T, C): the text's positions
         logits = self.cls(hidden)  # (B, T, vocab_size)
         # A classification over the vocabulary at every position, scored where labels != IGNORE_INDEX.
-        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids, fast=self.config.attn_impl == "sdpa")
         return BertHeadOutput(logits=logits, loss=loss)

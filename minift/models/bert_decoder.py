@@ -272,5 +272,6 @@ class BertLMHeadModel(BertPretrainedModel):
         logits = self.cls(out.last_hidden_state)  # (B, T, vocab_size)
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits[:, :-1].reshape(-1, self.config.vocab_size), labels[:, 1:].reshape(-1))
+            loss = cross_entropy(logits[:, :-1].reshape(-1, self.config.vocab_size), labels[:, 1:].reshape(-1),
+                                 fast=self.config.attn_impl == "sdpa")
         return BertLMHeadOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)

@@ -280,7 +280,8 @@ class EncoderDecoderModel(GenerationMixin, PretrainedModel):
         logits, _ = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                 fast=self.decoder.config.attn_impl == "sdpa")
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=encoder_hidden)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

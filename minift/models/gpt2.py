@@ -549,7 +549,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
             # predicts the text's first token.
             labels = F.pad(labels, (virtual, 0), value=IGNORE_INDEX)  # (B, n + T)
             shifted_logits = logits[:, :-1].reshape(-1, self.config.vocab_size)  # predictions for 1..T-1
-            loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1))
+            loss = cross_entropy(shifted_logits, labels[:, 1:].reshape(-1), fast=self.config.attn_impl == "sdpa")
         return GPT2HeadOutput(logits=logits[:, virtual:], loss=loss, past_key_values=out.past_key_values)
 
 
@@ -596,7 +596,8 @@ class GPT2ForSequenceClassification(GPT2PretrainedModel):
         return GPT2HeadOutput(logits=logits, loss=loss)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type)
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type,
+                                            fast=self.config.attn_impl == "sdpa")
 
 
 class GPT2ForTokenClassification(GPT2PretrainedModel):
@@ -622,5 +623,5 @@ class GPT2ForTokenClassification(GPT2PretrainedModel):
         hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
         hidden = hidden[:, self.transformer.num_virtual_tokens:]  # the text's positions (prompt tuning)
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        loss = None if labels is None else token_classification_loss(logits, labels, input_ids)
+        loss = None if labels is None else token_classification_loss(logits, labels, input_ids, fast=self.config.attn_impl == "sdpa")
         return GPT2HeadOutput(logits=logits, loss=loss)

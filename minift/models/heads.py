@@ -30,11 +30,12 @@ def problem_type(configured: str | None, num_labels: int, labels: torch.Tensor) 
 
 
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
-                                 configured_problem: str | None) -> torch.Tensor:
-    """Cross-entropy for classes, binary cross-entropy for multi-hot rows, MSE for regression."""
+                                 configured_problem: str | None, fast: bool = False) -> torch.Tensor:
+    """Cross-entropy for classes, binary cross-entropy for multi-hot rows, MSE for regression.
+    fast: torch's fused cross-entropy (minift.losses.cross_entropy(fast=True)), the same numbers."""
     problem = problem_type(configured_problem, num_labels, labels)
     if problem == "single_label_classification":
-        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), fast=fast)
     target = labels.to(logits.dtype)  # regression scores or 0/1 multi-hot, as floats
     if problem == "multi_label_classification":
         return binary_cross_entropy_with_logits(logits, target)
@@ -48,11 +49,12 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, num
 
 
 def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor,
-                              input_ids: torch.Tensor) -> torch.Tensor:
+                              input_ids: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """Cross-entropy over every position of logits (B, T, num_labels) against labels (B, T), one label
     per token of input_ids; IGNORE_INDEX (-100) marks positions that are not scored (padding, later
-    sub-tokens, unmasked tokens). Token classification and BERT's masked LM (labels: token ids)."""
+    sub-tokens, unmasked tokens). Token classification and BERT's masked LM (labels: token ids).
+    fast: torch's fused cross-entropy (minift.losses.cross_entropy(fast=True)), the same numbers."""
     if labels.shape != input_ids.shape:  # a flattened mismatch could still line up: catch it by shape
         raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}: "
                          f"one label (or IGNORE_INDEX = {IGNORE_INDEX}, not scored) per token")
-    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), fast=fast)

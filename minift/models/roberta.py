@@ -253,7 +253,7 @@ class RobertaForSequenceClassification(RobertaPretrainedModel):
         hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
         logits = self.classifier(hidden)  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(
-            logits, labels, self.config.num_labels, self.config.problem_type)
+            logits, labels, self.config.num_labels, self.config.problem_type, fast=self.config.attn_impl == "sdpa")
         return BertHeadOutput(logits=logits, loss=loss)
 
 
@@ -274,7 +274,7 @@ class RobertaForTokenClassification(RobertaPretrainedModel):
         refuse_unsupported(self, unsupported)
         hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
+        return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids, self.config.attn_impl == "sdpa"))
 
 
 class RobertaLMHead(nn.Module):
@@ -315,12 +315,12 @@ class RobertaForMaskedLM(RobertaPretrainedModel):
         refuse_unsupported(self, unsupported)
         hidden = self._text(self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds))
         logits = self.lm_head(hidden)  # (B, T, vocab_size)
-        return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids))
+        return BertHeadOutput(logits=logits, loss=_token_loss(logits, labels, input_ids, self.config.attn_impl == "sdpa"))
 
 
-def _token_loss(logits: torch.Tensor, labels: torch.Tensor | None, input_ids: torch.Tensor | None):
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor | None, input_ids: torch.Tensor | None, fast: bool):
     """Cross-entropy per position; with inputs_embeds there are no ids, and the labels are checked
     against the logits' (B, T) instead."""
     if labels is None:
         return None
-    return token_classification_loss(logits, labels, input_ids if input_ids is not None else logits[..., 0])
+    return token_classification_loss(logits, labels, input_ids if input_ids is not None else logits[..., 0], fast)

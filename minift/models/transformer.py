@@ -475,7 +475,8 @@ class Transformer(GenerationMixin, PretrainedModel):
             if labels.shape != decoder_input_ids.shape:
                 raise ValueError(f"labels have shape {tuple(labels.shape)}, decoder_input_ids "
                                  f"{tuple(decoder_input_ids.shape)}: one target id (or -100) per decoder position")
-            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                 fast=self.config.attn_impl == "sdpa")
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -116,7 +116,7 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
                      precision=cfg.precision, patience=cfg.patience)
     optimizer, scheduler = make_optimizer(model, args, len(task.train_loader), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                                          schedule=cfg.schedule)
+                                          schedule=cfg.schedule, fused=cfg.attn_impl == "sdpa")
     log_path = cfg.out / "metrics.jsonl"
     if world.is_main and not cfg.resume:
         log_path.unlink(missing_ok=True)
@@ -142,10 +142,13 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
 
 
 def make_optimizer(model: torch.nn.Module, args: TrainArgs, batches_per_epoch: int, *, lr: float,
-                   weight_decay: float, warmup_ratio: float, schedule: str):
+                   weight_decay: float, warmup_ratio: float, schedule: str, fused: bool = False):
     """AdamW without decay on biases and LayerNorm weights (lesson 08), and the warmup + decay schedule
-    (lesson 09) over the steps the run will take."""
-    optimizer = AdamW(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay)
+    (lesson 09) over the steps the run will take. fused: the update in torch's fused kernel, the same
+    equations in one pass over each parameter (`AdamW(fused=True)`; the run's fast path, --attn-impl
+    sdpa, takes it, --attn-impl eager keeps the readable loop of lesson 08). The state it keeps is the
+    same, so a run resumes under either."""
+    optimizer = AdamW(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, fused=fused)
     steps = total_steps(args, batches_per_epoch)
     scheduler = make_scheduler(optimizer, schedule, warmup_steps=int(warmup_ratio * steps), total_steps=steps)
     return optimizer, scheduler

@@ -74,8 +74,10 @@ class Objective:
         logits = model(**inputs).logits  # (B, C) or (B, T, C)
         dtype = torch.promote_types(logits.dtype, torch.float32)  # a half-precision loss loses its digits
         weight = None if self.class_weights is None else self.class_weights.to(logits.device, dtype)
+        config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model as .module
         return cross_entropy(logits.reshape(-1, logits.shape[-1]).to(dtype), batch["labels"].reshape(-1),
-                             weight=weight, label_smoothing=self.label_smoothing)
+                             weight=weight, label_smoothing=self.label_smoothing,
+                             fast=getattr(config, "attn_impl", None) == "sdpa")  # the model's fast path
 
 
 def class_weights(spec: str | None, names: Sequence[str], train_label_ids: Sequence[int]) -> torch.Tensor | None:
