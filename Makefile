@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL := all-MiniLM-L6-v2
 
-.PHONY: demo dev test eval bench lint clean weights figures notebooks site browser
+.PHONY: demo dev test eval bench bench-smoke bench-list lint clean weights figures notebooks site browser
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ dev: $(VENV)/.dev weights
 
 test: $(VENV)/.dev weights browser
 	MINIFT_REQUIRE_WEIGHTS=1 $(PY) -m pytest -q
+	@$(MAKE) --no-print-directory bench-smoke
 
 # What tests/test_site.py needs besides the venv: Debian's chromium (the browser it drives) and KaTeX
 # (the site's math renderer, fetched here with npm so that no test reaches the network). Both installed
@@ -63,6 +64,32 @@ eval: $(VENV)/.dev weights
 
 bench: $(VENV)/.dev weights
 	$(PY) benchmarks/bert_vs_transformers.py
+
+# Every benchmark with --smoke, so that none rots (make test runs this after the suite): tiny settings,
+# each script's whole path and its reference side end to end, its table printed, numbers meaningless,
+# temporary output folders, no ../shared/data needed (benchmarks/_smoke.py). Every benchmarks/*.py is
+# one, except the helpers named _*.py (tests/test_benchmarks.py checks that each takes --smoke). A
+# failure shows the end of that script's log and fails the target once every script has run. One
+# thread: on tensors this small a second one only adds synchronisation, and on a loaded machine a
+# thread waiting at a barrier for a descheduled partner turns seconds into minutes.
+BENCHMARKS := $(sort $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)))
+SMOKE_LOGS := runs/bench-smoke
+
+bench-list:
+	@echo $(BENCHMARKS)
+
+bench-smoke: $(VENV)/.dev weights
+	@mkdir -p $(SMOKE_LOGS); failed=""; all=$$(date +%s); \
+	for script in $(BENCHMARKS); do \
+	  log=$(SMOKE_LOGS)/$$(basename $$script .py).log; start=$$(date +%s); \
+	  if OMP_NUM_THREADS=1 $(PY) $$script --smoke > $$log 2>&1; then \
+	    echo "$$script --smoke: ok ($$(( $$(date +%s) - start )) s)"; \
+	  else \
+	    echo "$$script --smoke: FAILED ($$log ends with:)"; tail -n 25 $$log; failed="$$failed $$script"; \
+	  fi; \
+	done; \
+	echo "bench-smoke: $$(( $$(date +%s) - all )) s in all"; \
+	if [ -n "$$failed" ]; then echo "bench-smoke failed:$$failed"; exit 1; fi
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check minift tests benchmarks tools

@@ -1,7 +1,7 @@
 """Which layers to train: all-MiniLM-L6-v2 on CFIMDB with the head only, the last block, all layers, LoRA.
 
     python benchmarks/ablation.py [--rows head-only,last-block,all,lora] [--seeds 42,43,44] [--epochs 2]
-                                  [--max-length 128] [--max-steps N] [--out runs/ablation]
+                                  [--max-length 128] [--max-steps N] [--out runs/ablation] [--smoke]
 
 Each row is one `minift finetune ... --quiet` command per seed, run as a subprocess exactly as printed
 (the interpreter aside), so the table is what a reader gets by typing the commands. From each run it
@@ -24,7 +24,10 @@ None of them was tuned on this data. Everything else is `minift finetune`'s defa
 weight decay 0.01, linear schedule with 10% warmup, clipping at 1.0).
 
 Data: ../shared/data/minbert (the dev set is the evaluation set: CFIMDB's test file carries no labels).
-Without it the script says so and exits with status 0.
+Without it the script says so and exits with status 0. --smoke (make bench-smoke): the head-only and
+LoRA rows (unless --rows says otherwise), one seed, 1 step at max length 32 and batch 8 on 24 lines of each file (benchmarks/_smoke.py: the public
+files' first lines, or the demo set without them), in a temporary folder unless --out is given; the
+numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ ROWS = {
 
 def command(row: Row, args: argparse.Namespace, seed: int, out: Path) -> list[str]:
     """The `minift finetune` command of one row; paths relative to the repository, where it runs."""
-    data = Path(os.path.relpath(DATA, REPO))
+    data = Path(os.path.relpath(args.data, REPO))
     cmd = ["python", "-m", "minift", "finetune", "--model", "all-MiniLM-L6-v2", "--train", str(data / TRAIN),
            "--dev", str(data / DEV), "--out", os.path.relpath(out, REPO), "--epochs", str(args.epochs),
            "--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--lr", f"{row.lr:g}",
@@ -135,8 +138,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-steps", type=int, help="stop every row after N steps (a smoke test)")
     p.add_argument("--seeds", default="42,43,44", help="comma-separated; one run per row and seed (default %(default)s)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
+    p.add_argument("--out", type=Path, help="run folders (default runs/ablation; with --smoke a temporary folder)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = p.parse_args()
+    if args.smoke:
+        # two rows: a frozen encoder and LoRA (whose count comes from stderr) cover the script's paths
+        args.seeds, args.epochs, args.max_steps, args.max_length, args.batch_size = "42", 1, 1, 32, 8
+        if args.rows == p.get_default("rows"):
+            args.rows = "head-only,lora"
     names = args.rows.split(",")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
@@ -145,10 +155,23 @@ def main() -> None:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
         p.error(str(e))
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "ablation") as out:
+            args.data, args.out = _smoke.minbert(out / "data"), out
+            report(args, names, seeds)
+        return
+    args.data, args.out = DATA, args.out or REPO / "runs" / "ablation"
     if not (DATA / TRAIN).is_file() or not (DATA / DEV).is_file():
         print(f"{DATA}/{TRAIN} or {DEV} not found: this benchmark needs the public minBERT data; skipping",
               file=sys.stderr)
         return
+    report(args, names, seeds)
+
+
+def report(args: argparse.Namespace, names: list[str], seeds: list[int]) -> None:
+    """Every row and seed on args.data's CFIMDB files (run folders under args.out); the table."""
     results: dict[str, list[dict]] = {name: [] for name in names}
     for seed in seeds:  # every row once before any row twice: a partial log already compares the rows
         for name in names:
@@ -157,7 +180,8 @@ def main() -> None:
             print(json.dumps(results[name][-1]), flush=True)
     print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {args.epochs} epochs, "
           f"max length {args.max_length}, batch {args.batch_size}; dev accuracy, mean ± std over "
-          f"n = {len(seeds)} seeds ({', '.join(map(str, seeds))}):\n")
+          f"n = {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+          f"{' (SMOKE RUN: numbers meaningless)' if args.smoke else ''}:\n")
     print(table(results))
     print("\n```text")
     for runs in results.values():

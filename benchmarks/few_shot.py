@@ -5,6 +5,8 @@ PEFT methods, K = 16 examples per class, 5 seeds, mean ± std of test accuracy.
     python benchmarks/few_shot.py [--methods zero-shot,head,prompt,lora,...] [--shots 16]
                                   [--seeds 13,21,42,87,100] [--epochs 20] [--test-limit N] [--out runs/few-shot]
     python benchmarks/few_shot.py --merge runs/few-shot-a runs/few-shot-b ...   # one table from several runs
+    python benchmarks/few_shot.py --merge A B --timings T U  # ... the s / step column from runs T, U
+    python benchmarks/few_shot.py --smoke [--out DIR]
 
 Data (Gao et al. 2021, "LM-BFF", sec. 3; SST-2 as in Socher et al. 2013): the SST-5 files of
 ../shared/data/minbert with the neutral class dropped, 0-1 negative ("0"), 3-4 positive ("1"): 6920
@@ -28,8 +30,16 @@ listed in METHODS. Template and verbalizer: LM-BFF's manual ones for SST-2, "{te
 0 = terrible, 1 = great (their table 1).
 
 Timings (seconds per optimizer step, from each run's train_seconds / steps, which include the per-epoch
-dev evaluation) are measured on whatever machine runs this; the README's were taken on a shared,
-loaded 2-core machine and say so.
+dev evaluation) are measured on whatever machine runs this, and are only worth printing when nothing
+else runs on it. Accuracies do not depend on the load, so the many-seed accuracy runs may share the
+machine; `--merge ... --timings T` then takes the s / step column from a separate one-seed run T made
+on a quiet machine (README's table is made that way).
+
+--smoke (make bench-smoke): the zero-shot, prompt-based and LoRA rows (the evaluation-only child, the
+MLM-head path and a PEFT path), one seed, K = 2, 1 epoch, max length 32, on 24 lines of each SST file
+(benchmarks/_smoke.py: the public files' first lines, or the demo set without them) and, without
+runs/minilm-mlm, all-MiniLM-L6-v2 with an untrained MLM head; everything in a temporary folder unless
+--out is given. The whole path in seconds; the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -84,13 +94,13 @@ METHODS = {
 DEFAULT_METHODS = "zero-shot,head,prompt,lora,prompt-tuning,prefix,ia3,adapter"
 
 
-def sst2(out: Path, test_limit: int | None = None) -> dict[str, Path]:
+def sst2(out: Path, test_limit: int | None = None, data: Path = DATA) -> dict[str, Path]:
     """SST-5 -> binary SST-2 files (jsonl) under ``out``: neutral (2) dropped, 0-1 -> "0", 3-4 -> "1".
     ``test_limit``: a fixed random subset of the test set (seed 0), for a budget run."""
     files = {}
     for split in ("train", "dev", "test"):
         rows = []
-        for line in (DATA / f"sst-{split}.txt").read_text(encoding="utf-8").splitlines():
+        for line in (data / f"sst-{split}.txt").read_text(encoding="utf-8").splitlines():
             label, _, text = line.partition("|||")
             label = label.strip()
             if label in ("0", "1", "3", "4"):
@@ -239,12 +249,35 @@ def merge(folders: list[Path]) -> list[dict]:
     return out
 
 
+def with_timings(rows: list[dict], folders: list[Path]) -> list[dict]:
+    """The s / step column taken from other runs of this script (`--merge A B --timings T ...`): the
+    accuracies need many seeds but not a quiet machine, a clock needs a quiet machine but not many seeds,
+    so a long accuracy run may share the machine while a short run with nothing else running times each
+    method. A method the timing run lacks keeps no time ("–") rather than a loaded one."""
+    steps = {}
+    for folder in folders:
+        saved = json.loads((folder / "results.json").read_text())
+        steps.update({r["method"]: r.get("seconds_per_step") for r in saved["results"] if "missing" not in r})
+    return [r if "missing" in r else {**r, "seconds_per_step": steps.get(r["method"])} for r in rows]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         measure_child(sys.argv[2:])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--merge":
-        print(table(merge([Path(f) for f in sys.argv[2:]])))
+        folders = sys.argv[2:]
+        timings: list[Path] = []
+        if "--timings" in folders:  # every folder after it is a timing run
+            at = folders.index("--timings")
+            timings = [Path(f) for f in folders[at + 1:]]
+            if not timings:
+                raise SystemExit("--timings: expected one or more folders written by this script after it")
+            folders = folders[:at]
+        rows = merge([Path(f) for f in folders])
+        if timings:
+            rows = with_timings(rows, timings)
+        print(table(rows))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
@@ -257,19 +290,52 @@ def main() -> None:
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint for the head and PEFT rows")
     p.add_argument("--mlm-model", default=rel(REPO / "runs" / "minilm-mlm"),
                    help="checkpoint with an MLM head for the prompt rows (default: benchmarks/fit_mlm_head.py's)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "few-shot")
+    p.add_argument("--out", type=Path, help="default runs/few-shot; with --smoke a temporary folder")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = p.parse_args()
+    if args.smoke:
+        import _smoke
+
+        args.methods, args.seeds, args.shots, args.epochs, args.max_length = "zero-shot,prompt,lora", "13", 2, 1, 32
+        with _smoke.out_folder(args.out, "few-shot") as out:
+            args.out = out
+            if not (REPO / args.mlm_model / "config.json").is_file():
+                args.mlm_model = str(untrained_mlm(out / "mlm"))
+            measure(p, args, _smoke.minbert(out / "minbert"))
+        return
+    args.out = args.out or REPO / "runs" / "few-shot"
+    measure(p, args, DATA)
+
+
+def untrained_mlm(folder: Path) -> Path:
+    """all-MiniLM-L6-v2 as a BertForMaskedLM with a freshly initialised head (--smoke without
+    runs/minilm-mlm: the prompt rows' path runs, its numbers mean nothing)."""
+    sys.path.insert(0, str(REPO))
+    from minift.hub import resolve
+    from minift.models import BertForMaskedLM
+    from minift.tokenizer import load_tokenizer
+
+    base = resolve("all-MiniLM-L6-v2", download=False)
+    BertForMaskedLM.from_pretrained(base, strict=False).save_pretrained(folder)
+    load_tokenizer(base).save_pretrained(folder)
+    print(f"--smoke: all-MiniLM-L6-v2 with an untrained MLM head in {folder}", file=sys.stderr)
+    return folder
+
+
+def measure(p: argparse.ArgumentParser, args: argparse.Namespace, data_dir: Path) -> None:
+    """Every method of args.methods on SST-2 built from `data_dir`'s SST files; the table."""
     names = args.methods.split(",")
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    if not (DATA / "sst-train.txt").is_file():
+    if not (data_dir / "sst-train.txt").is_file():
         print(f"{DATA} not found: this benchmark needs the public SST files; skipping", file=sys.stderr)
         return
     if any(METHODS[n].prompt for n in names) and not (REPO / args.mlm_model / "config.json").is_file() \
             and not Path(args.mlm_model).is_dir():
         raise SystemExit(f"{args.mlm_model}: no MLM checkpoint; run `python benchmarks/fit_mlm_head.py` first")
-    data = sst2(args.out / "data", args.test_limit)
+    data = sst2(args.out / "data", args.test_limit, data_dir)
     results = []
     for name in names:
         print(f"{METHODS[name].label} ...", file=sys.stderr, flush=True)
@@ -277,7 +343,7 @@ def main() -> None:
         print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         (args.out / "results.json").write_text(json.dumps({"argv": sys.argv[1:], "load_average": os.getloadavg(),
                                                            "results": results}, indent=2) + "\n")
-    print(table(results))
+    print(table(results) + ("\n\nSMOKE RUN: tiny settings, numbers meaningless" if args.smoke else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A masked-LM head for all-MiniLM-L6-v2, fitted with the encoder frozen, so that prompt-based
 fine-tuning (lesson 35) has a head to score label words with.
 
-    python benchmarks/fit_mlm_head.py [--out runs/minilm-mlm] [--lines 600] [--draws 3] [--epochs 8]
+    python benchmarks/fit_mlm_head.py [--out runs/minilm-mlm] [--lines 600] [--draws 3] [--epochs 8] [--smoke]
 
 all-MiniLM-L6-v2 is the one real checkpoint available offline, and it ships without BERT's
 `cls.predictions` (sentence-transformers dropped it). Prompt-based learning reads the label words'
@@ -25,6 +25,9 @@ The output is a BertForMaskedLM checkpoint in the public layout (config.json say
 tensors are all-MiniLM-L6-v2's, unchanged) with the tokenizer files, and `mlm_head.json` with the
 numbers. With network access, `--task prompt-based --model bert-base-uncased` (or roberta-base) needs
 none of this: their checkpoints carry their pre-trained MLM heads.
+--smoke (make bench-smoke): 20 lines of each file (benchmarks/_smoke.py: the public files' first lines, or
+lessons/fixtures and the demo set without them), one draw, one epoch, the checkpoint written to a
+temporary folder unless --out is given (never runs/minilm-mlm): the whole path in seconds.
 """
 
 from __future__ import annotations
@@ -83,13 +86,30 @@ def measure(head, states, targets, batch_size: int = 1024) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "minilm-mlm")
+    parser.add_argument("--out", type=Path, help="default runs/minilm-mlm; with --smoke a temporary folder")
     parser.add_argument("--lines", type=int, default=600, help="lines read from each text file")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args()
-    sources = [DATA / "text" / "corpus.en", DATA / "minbert" / "cfimdb-train.txt"]
+    if args.smoke:
+        import _smoke
+
+        args.lines, args.draws, args.epochs = 20, 1, 1
+        with _smoke.out_folder(args.out, "mlm-head") as out:
+            data = _smoke.text(out / "data")
+            _smoke.minbert(data / "minbert")
+            args.out = out / "minilm-mlm"
+            return fit(args, data)
+    args.out = args.out or REPO / "runs" / "minilm-mlm"
+    return fit(args, DATA)
+
+
+def fit(args: argparse.Namespace, data: Path) -> int:
+    """Fits the head on `data`'s text/corpus.en and minbert/cfimdb-train.txt; saves it in args.out."""
+    sources = [data / "text" / "corpus.en", data / "minbert" / "cfimdb-train.txt"]
     if not all(p.is_file() for p in sources) or not (MINILM / "model.safetensors").is_file():
         print(f"needs {MINILM} and {', '.join(map(str, sources))}; skipped", file=sys.stderr)
         return 0

@@ -2,27 +2,33 @@
 against transformers'.
 
     python benchmarks/generate_kv.py [--sizes tiny,small] [--prompt-len 16] [--new-tokens 64] [--reps 5]
-                                     [--beams 4] [--threads N]
+                                     [--beams 4] [--threads N] [--smoke]
 
 Both libraries load the same checkpoint, a GPT-2 with random weights written by transformers (the real
 GPT-2 weights are not available offline; the speed of a forward pass does not depend on the values).
 "small" has GPT-2 small's shape (12 layers, 768 hidden, 12 heads, 50257 tokens: 124M parameters),
 "tiny" is the 4-layer, 128-hidden model `minift pretrain --size tiny` trains. Two workloads: one
-prompt, and a batch of 4 prompts of different lengths padded on the left. Each repetition runs minift,
-then transformers, then minift without the cache, then beam search (--beams beams) in both libraries,
-one after the other, so that other load on the machine slows every side alike; the table reports
-medians. Every run's tokens must be identical to transformers' (asserted): greedy decoding and beam
-search are deterministic functions of the logits.
+prompt, and a batch of 4 prompts of different lengths padded on the left. After one untimed warm-up
+run per side, each of the --reps repetitions runs every side once -- minift, transformers, minift
+without the cache, beam search (--beams beams) in both libraries -- in an order rotated from one
+repetition to the next, so that no side always goes first and other load on the machine slows every
+side alike. The tables print the median over the repetitions and their range [min-max]; a ratio is
+taken within each repetition (both sides of the same round) and summarised the same way. Every run's
+tokens must be identical to transformers' (asserted): greedy decoding and beam search are
+deterministic functions of the logits. Every table is headed by the machine: torch's CPU capability,
+the CPU's model name and avx2/avx512f/avx512_bf16/amx_bf16 flags, the torch version, the thread count.
 
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
 times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
-in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 16).
+in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 16): those
+products are timed in 3 repeats of rotated rounds too (bert_vs_transformers.time_rotated).
+--smoke: the tiny size only, 4 new tokens, 2 repetitions (1 without the cache), 2 beams, the projection
+and head tables on 2 layers and 3 calls: the whole path end to end in seconds (numbers meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +39,8 @@ import transformers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bert_vs_transformers import machine_line, ratios, rotated, spread, time_rotated
 
 from minift.models import GPT2LMHeadModel
 from minift.models.gpt2 import GPT2Config
@@ -80,15 +88,17 @@ def runners(ours: GPT2LMHeadModel, ref: transformers.GPT2LMHeadModel, ids: torch
 
 
 def measure(run: dict, reps: int, skip_no_cache_after: int) -> tuple[dict, dict]:
-    """Interleaved timings: seconds per side (one list each) and each side's tokens (from the last rep).
-    The no-cache side is slow (quadratic in the length); it is timed in the first reps only."""
+    """Interleaved timings: seconds per side (one list each, one entry per rep) and each side's tokens
+    (from the last rep). The order of the sides is rotated every rep. The no-cache side is slow
+    (quadratic in the length); it is timed in the first reps only."""
     seconds: dict[str, list[float]] = {name: [] for name in run}
     outputs: dict[str, torch.Tensor] = {}
     for name, fn in run.items():  # warm-up: first-call allocations and kernel selection
         if name != "minift, no cache":  # same kernels as "minift": already warm
             outputs[name] = fn()
     for rep in range(reps):
-        for name, fn in run.items():
+        for name in rotated(list(run), rep):
+            fn = run[name]
             if name == "minift, no cache" and rep >= skip_no_cache_after:
                 continue
             t0 = time.perf_counter()
@@ -111,32 +121,31 @@ def bench_size(size: str, args: argparse.Namespace) -> list[tuple]:
         for name, out in outputs.items():  # deterministic decoding: every side must give transformers' tokens
             want = outputs["transformers, beams" if "beams" in name else "transformers"]
             assert torch.equal(out, want), f"{size}, batch {batch}: {name} differs from transformers"
-        rate = {name: batch * (outputs[name].shape[1] - ids.shape[1]) / statistics.median(s)
+        # tokens/s of every rep, per side: batch x new tokens / that rep's seconds
+        rate = {name: [batch * (outputs[name].shape[1] - ids.shape[1]) / t for t in s]
                 for name, s in seconds.items()}
         rows.append((size, n_params, batch, rate))
         print(f"{size}, batch {batch}: " + "; ".join(
-            f"{n} {r:.1f} tok/s (runs: {', '.join(f'{s:.3f}' for s in seconds[n])} s)" for n, r in rate.items()),
+            f"{n} {spread(r, '.1f')} tok/s (runs: {', '.join(f'{s:.3f}' for s in seconds[n])} s)"
+            for n, r in rate.items()),
             file=sys.stderr, flush=True)
     return rows
 
 
-def median_ms(fn, calls: int = 15) -> float:
-    """Median milliseconds of `calls` calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+def rotated_ms(fns: dict, calls: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each fn: the medians of 3 repeats of `calls` rotated rounds, after one
+    warm-up call each (bert_vs_transformers.time_rotated)."""
+    seconds = time_rotated(fns, steps=calls, warmup=1, repeats=3)
+    return {name: [1000 * s for s in values] for name, values in seconds.items()}
 
 
-def bench_blocks() -> list[tuple]:
+def bench_blocks(layers_count: int = 12, calls: int = 7) -> list[tuple]:
     """One decoding step's products with the 48 weight matrices of GPT-2 small's 12 blocks (85M numbers,
     random; each is read once per step, so from memory, as in a real step): nn.Linear against
-    `few_rows_linear` with one slab per thread, for 1, 4 and 64 rows. (rows, ms per side) rows."""
+    `few_rows_linear` with one slab per thread, for 1, 4 and 64 rows. (rows, ms per side) rows;
+    `layers_count` blocks (12: GPT-2 small), 3 repeats of `calls` rotated rounds."""
     shapes = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)]  # c_attn, attn.c_proj, c_fc, mlp.c_proj
-    layers = [torch.nn.Linear(n_in, n_out) for _ in range(12) for n_out, n_in in shapes]
+    layers = [torch.nn.Linear(n_in, n_out) for _ in range(layers_count) for n_out, n_in in shapes]
     slabs = torch.get_num_threads()
     out = []
     for n_rows in (1, 4, 64):
@@ -149,31 +158,32 @@ def bench_blocks() -> list[tuple]:
                     for layer in layers]
 
         with torch.no_grad():
-            ms = {"linear": median_ms(step_linear, 7), "slabs": median_ms(step_slabs, 7)}
+            ms = rotated_ms({"linear": step_linear, "slabs": step_slabs}, calls)
         out.append((n_rows, ms))
     return out
 
 
-def bench_head() -> list[tuple]:
+def bench_head(widths: tuple[int, ...] = (128, 768), calls: int = 15) -> list[tuple]:
     """The LM head alone, GPT-2's (50257, C) matrix times a few rows, in the BLAS orders GPT2LMHeadModel
     can use: (rows, C) @ (C, V) as nn.Linear runs it, the tall (V, C) @ (C, rows) product, one row
     against W stored (C, V) in a single product, and the fast path's `FewRowsLMHead.few_rows_logits`
-    itself (for one row: W stored (C, V) in one slab of columns per thread). Median milliseconds of
-    15 calls each."""
+    itself (for one row: W stored (C, V) in one slab of columns per thread). Milliseconds per call,
+    3 repeats of `calls` rotated rounds."""
     rows_out = []
-    for width in (128, 768):
+    for width in widths:
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=width, n_head=4, vocab_size=SIZES["small"]["vocab_size"],
                                            attn_impl="sdpa")).eval()
         weight = model.lm_head.weight.detach()  # (V, C)
         by_column = weight.t().contiguous()  # (C, V)
         for n_rows in (1, 2, 4, 16, 64):
             x = torch.randn(n_rows, width)
+            fns = {"linear": lambda: torch.nn.functional.linear(x, weight),  # noqa: B023 (called here)
+                   "tall": lambda: (weight @ x.t()).t(),  # noqa: B023
+                   "minift": lambda: model.lm_head.few_rows_logits(x[None])}  # noqa: B023
+            if n_rows == 1:
+                fns["by column"] = lambda: x @ by_column  # noqa: B023
             with torch.no_grad():
-                ms = {"linear": median_ms(lambda: torch.nn.functional.linear(x, weight)),  # noqa: B023 (called here)
-                      "tall": median_ms(lambda: (weight @ x.t()).t()),  # noqa: B023
-                      "minift": median_ms(lambda: model.lm_head.few_rows_logits(x[None]))}  # noqa: B023
-                if n_rows == 1:
-                    ms["by column"] = median_ms(lambda: x @ by_column)  # noqa: B023
+                ms = rotated_ms(fns, calls)
             rows_out.append((width, n_rows, ms))
     return rows_out
 
@@ -183,61 +193,74 @@ def main() -> None:
     p.add_argument("--sizes", default="tiny,small", help="comma-separated, from: " + ", ".join(SIZES))
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per side (median reported)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per side (median and range reported)")
     p.add_argument("--no-cache-reps", type=int, default=2, help="timed repetitions without the cache")
     p.add_argument("--beams", type=int, default=4, help="beams of the beam search rows (default %(default)s)")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="sdpa",
                    help="minift's attention path (transformers uses its default, sdpa)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny settings, the whole path end to end in seconds (numbers meaningless)")
     args = p.parse_args()
     transformers.logging.set_verbosity_error()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.sizes, args.new_tokens, args.reps, args.no_cache_reps, args.beams = "tiny", 4, 2, 1, 2
+    if args.reps < 1 or args.no_cache_reps < 1:
+        p.error(f"--reps and --no-cache-reps must be at least 1, got {args.reps} and {args.no_cache_reps}")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise SystemExit(f"--sizes: unknown {unknown}; choose from {', '.join(SIZES)}")
 
-    head = bench_head()
-    blocks = bench_blocks()
+    head = bench_head((128,), calls=3) if args.smoke else bench_head()
+    blocks = bench_blocks(layers_count=2, calls=3) if args.smoke else bench_blocks()
     rows = [row for size in sizes for row in bench_size(size, args)]
-    print(f"\nGreedy generation, prompt {args.prompt_len} tokens (batch of 4: lengths {args.prompt_len} to "
-          f"{args.prompt_len - 9}, left-padded), {args.new_tokens} new tokens, median of {args.reps} interleaved "
-          f"runs ({args.no_cache_reps} without the cache), minift attn_impl={args.attn_impl}, "
-          f"{torch.get_num_threads()} CPU thread(s); tokens identical on every side.\n")
+    machine = machine_line(torch.device("cpu")) + (
+        "; SMOKE RUN: tiny settings, numbers meaningless" if args.smoke else "")
+    print(f"\n{machine}.\nGreedy generation, prompt {args.prompt_len} tokens (batch of 4: lengths {args.prompt_len} "
+          f"to {args.prompt_len - 9}, left-padded), {args.new_tokens} new tokens, median [min-max] of {args.reps} "
+          f"runs per side, order rotated every run ({args.no_cache_reps} without the cache), minift "
+          f"attn_impl={args.attn_impl}; tokens identical on every side.\n")
     print("| model | batch | minift tok/s | transformers tok/s | minift / transformers | minift no cache tok/s "
           "| cache speed-up |")
     print("|---|---|---|---|---|---|---|")
     for size, n_params, batch, rate in rows:
-        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift']:.1f} | {rate['transformers']:.1f} "
-              f"| {rate['minift'] / rate['transformers']:.2f}x | {rate['minift, no cache']:.1f} "
-              f"| {rate['minift'] / rate['minift, no cache']:.1f}x |")
-    print(f"\nBeam search, {args.beams} beams, the same prompts and lengths, with the cache; tokens/s counts the "
+        no_cache = rate["minift, no cache"]
+        # the cache speed-up pairs the first reps, the ones with a no-cache run
+        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {spread(rate['minift'], '.1f')} "
+              f"| {spread(rate['transformers'], '.1f')} | {spread(ratios(rate['minift'], rate['transformers']), '.2f')}x "
+              f"| {spread(no_cache, '.1f')} | {spread(ratios(rate['minift'], no_cache), '.1f')}x |")
+    print(f"\n{machine}.\nBeam search, {args.beams} beams, the same prompts and lengths, with the cache; tokens/s counts the "
           "returned sequence's new tokens (the beams' work is num_beams times larger); tokens identical:\n")
     print("| model | batch | minift tok/s | transformers tok/s | minift / transformers |")
     print("|---|---|---|---|---|")
     for size, n_params, batch, rate in rows:
-        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {rate['minift, beams']:.1f} "
-              f"| {rate['transformers, beams']:.1f} | {rate['minift, beams'] / rate['transformers, beams']:.2f}x |")
+        beams, ref = rate["minift, beams"], rate["transformers, beams"]
+        print(f"| {size} ({n_params / 1e6:.0f}M) | {batch} | {spread(beams, '.1f')} | {spread(ref, '.1f')} "
+              f"| {spread(ratios(beams, ref), '.2f')}x |")
     slabs = torch.get_num_threads()
-    print(f"\nThe block projections of one decoding step, GPT-2 small's 48 weight matrices (85M numbers), "
-          f"median ms of 7 steps, {slabs} thread(s); minift's fast path uses few_rows_linear up to {FEW_ROWS} rows "
-          "when the thread count divides the layer's outputs:\n")
+    n_matrices = 4 * (2 if args.smoke else 12)
+    print(f"\n{machine}.\nThe block projections of one decoding step, the {n_matrices} weight matrices of "
+          f"{n_matrices // 4} GPT-2 small blocks, ms per step, median [min-max] of 3 repeats of rotated rounds, {slabs} thread(s); minift's fast path "
+          f"uses few_rows_linear up to {FEW_ROWS} rows when the thread count divides the layer's outputs:\n")
     print(f"| rows | nn.Linear (ms) | few_rows_linear, {slabs} slab(s) (ms) | nn.Linear / few_rows_linear |")
     print("|---|---|---|---|")
     for n_rows, ms in blocks:
-        print(f"| {n_rows} | {ms['linear']:.1f} | {ms['slabs']:.1f} | {ms['linear'] / ms['slabs']:.2f}x |")
-    print(f"\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, median ms of 15 calls, {slabs} "
-          f"thread(s); minift's fast path (few_rows_logits) is 'tall' from 2 to {FEW_ROWS} rows and W stored "
-          "(C, V) in one slab of columns per thread for 1 row (no autograd):\n")
+        print(f"| {n_rows} | {spread(ms['linear'], '.1f')} | {spread(ms['slabs'], '.1f')} "
+              f"| {spread(ratios(ms['linear'], ms['slabs']), '.2f')}x |")
+    print(f"\n{machine}.\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, ms per call, median [min-max] of 3 "
+          f"repeats of rotated rounds, {slabs} thread(s); minift's fast path (few_rows_logits) is 'tall' from 2 to "
+          f"{FEW_ROWS} rows and W stored (C, V) in one slab of columns per thread for 1 row (no autograd):\n")
     print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | few_rows_logits (ms) "
           "| nn.Linear / few_rows_logits |")
     print("|---|---|---|---|---|---|---|")
     for width, n_rows, ms in head:
-        column = f"{ms['by column']:.2f}" if "by column" in ms else "-"
-        print(f"| {width} | {n_rows} | {ms['linear']:.2f} | {ms['tall']:.2f} | {column} | {ms['minift']:.2f} "
-              f"| {ms['linear'] / ms['minift']:.2f}x |")
+        column = spread(ms["by column"], ".2f") if "by column" in ms else "-"
+        print(f"| {width} | {n_rows} | {spread(ms['linear'], '.2f')} | {spread(ms['tall'], '.2f')} | {column} "
+              f"| {spread(ms['minift'], '.2f')} | {spread(ratios(ms['linear'], ms['minift']), '.2f')}x |")
 
 
 if __name__ == "__main__":

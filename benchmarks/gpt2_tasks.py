@@ -17,9 +17,13 @@ Three steps, each one `minift` command run as a user types it (subprocess), on .
 
 The three steps run once per seed (`--seed` of every command: the fresh model's initialisation, the
 dropout masks, the batch order, the classifier head), and the Markdown table at the end gives every
-number as mean ± sample std over the seeds, with n (lesson 13). --smoke runs every step for a few
-optimizer steps only (a check that the pipeline works, in about a minute; its numbers mean nothing).
-Without ../shared/data it says so and exits 0.
+number as mean ± sample std over the seeds, with n (lesson 13). With the defaults the stages run 300,
+30 (10 epochs of 3 batches) and 321 (3 epochs of 107 batches) optimizer steps; the table prints the
+counts the commands report. --smoke (make bench-smoke) runs every stage for a few optimizer steps
+with one seed, on the first lines of the data (benchmarks/_smoke.py: ../shared/data's files, or
+lessons/fixtures and the demo set without them), in a temporary folder unless --out is given: a check
+that the pipeline works, in seconds; its numbers mean nothing. Without ../shared/data (and without
+--smoke) it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ def minift(*args: str | Path) -> tuple[dict, float]:
     return result, seconds
 
 
-def split_tinystories(folder: Path) -> tuple[Path, Path]:
+def split_tinystories(folder: Path, data: Path = DATA) -> tuple[Path, Path]:
     """The first 20 lines -> train, the last DEV_LINES -> dev (files under `folder`)."""
-    lines = [line for line in (DATA / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").splitlines()
+    lines = [line for line in (data / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").splitlines()
              if line.strip()]
     folder.mkdir(parents=True, exist_ok=True)
     train, dev = folder / "tinystories-train.txt", folder / "tinystories-dev.txt"
@@ -63,33 +67,33 @@ def split_tinystories(folder: Path) -> tuple[Path, Path]:
     return train, dev
 
 
-def run_seed(seed: int, args: argparse.Namespace) -> dict:
-    """The three stages with ``seed``; their JSON lines."""
+def run_seed(seed: int, args: argparse.Namespace, data: Path = DATA) -> dict:
+    """The three stages with ``seed`` on `data`'s files; their JSON lines."""
     # --max-steps caps every stage in a smoke run; otherwise each stage runs its epochs.
     cap = ["--max-steps", "3"] if args.smoke else []
     out = args.out / f"seed{seed}"
     pretrained = out / "pretrained"
-    pre, _ = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", DATA / "text" / "corpus.en",
-                    "--tokenizer", DATA / "gpt2", "--out", pretrained,
+    pre, _ = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", data / "text" / "corpus.en",
+                    "--tokenizer", data / "gpt2", "--out", pretrained,
                     "--max-steps", 5 if args.smoke else args.pretrain_steps,
                     "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", seed, "--quiet", "--overwrite")
 
-    train, dev = split_tinystories(out / "data")
+    train, dev = split_tinystories(out / "data", data)
     lm, _ = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
                    "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
                    "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", seed, "--quiet")
 
     cls, _ = minift("finetune", "--task", "classification", "--model", pretrained,
-                    "--train", DATA / "minbert" / "cfimdb-train.txt", "--dev", DATA / "minbert" / "cfimdb-dev.txt",
+                    "--train", data / "minbert" / "cfimdb-train.txt", "--dev", data / "minbert" / "cfimdb-dev.txt",
                     "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
-                    "--max-length", args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", seed,
+                    "--max-length", 32 if args.smoke else args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", seed,
                     "--quiet", "--overwrite")
     return {"pretrain": pre, "lm": lm, "cls": cls}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "gpt2_tasks")
+    p.add_argument("--out", type=Path, help="run folders (default runs/gpt2_tasks; with --smoke a temporary folder)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; the three stages run once per seed")
     p.add_argument("--pretrain-steps", type=int, default=300, help="optimizer steps of 8 blocks of 64 tokens")
     p.add_argument("--lm-epochs", type=int, default=10, help="causal-LM fine-tuning epochs on TinyStories")
@@ -97,14 +101,31 @@ def main() -> None:
     p.add_argument("--cls-max-length", type=int, default=128, help="CFIMDB reviews are cut to this many tokens")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the pipeline only")
     args = p.parse_args()
+    if args.smoke:
+        args.seeds = args.seeds.split(",")[0]
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
         p.error(str(e))
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "gpt2-tasks") as out:
+            data = _smoke.text(out / "data")
+            _smoke.minbert(data / "minbert")
+            args.out = out
+            report(args, seeds, data)
+        return
     if not DATA.is_dir():
         print(f"{DATA} not found: this benchmark needs the public data (text/, minbert/, gpt2/); skipping")
         return
-    runs = [run_seed(seed, args) for seed in seeds]
+    args.out = args.out or REPO / "runs" / "gpt2_tasks"
+    report(args, seeds, DATA)
+
+
+def report(args: argparse.Namespace, seeds: list[int], data: Path) -> None:
+    """The three stages for every seed on `data`'s files (run folders under args.out); the table."""
+    runs = [run_seed(seed, args, data) for seed in seeds]
     pre, lm, cls = ([r[k] for r in runs] for k in ("pretrain", "lm", "cls"))
 
     def cell(results: list[dict], key: str, digits: int) -> str:

@@ -1,6 +1,7 @@
 """Fine-tune all-MiniLM-L6-v2 for NER on WNUT-17 with minift and with transformers, over several seeds.
 
     python benchmarks/ner_wnut17.py [--libs minift,transformers] [--seeds 42,43,44] [--epochs 3] [--max-steps N]
+                                    [--smoke]
 
 Both sides use the same recipe — AdamW lr 5e-5 (no decay on biases and LayerNorm), weight decay 0.01,
 batch 32, linear schedule with 10% warmup, clipping at 1.0, max length 128, the label on the first
@@ -10,7 +11,10 @@ runs once per seed (head initialisation, dropout, batch order); the table gives 
 n (lesson 13), the training times only the JSON lines (a shared machine makes them no comparison). minift runs `minift.train.finetune.finetune_ner` (the recipe behind `minift finetune --task ner`);
 transformers runs a plain PyTorch loop over `transformers.BertForTokenClassification` with
 `BertTokenizerFast(is_split_into_words=True)` and run_ner.py's label alignment (no Trainer).
-`--max-steps 3` checks that both sides start and run. Data: ../shared/data/wnut17.
+`--max-steps 3` checks that both sides start and run. Data: ../shared/data/wnut17. --smoke (make
+bench-smoke): both libraries, one seed, 2 steps of 1 epoch on 24 sentences of each file
+(benchmarks/_smoke.py: the public files' first sentences, or lessons/fixtures/wnut17 without them), in a
+temporary folder unless --out is given; the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,18 +36,18 @@ RECIPE = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "warmup_ratio": 0.
           "max_length": 128}
 
 
-def run_minift(model_dir: Path, seed: int, epochs: int, max_steps: int | None, out: Path) -> dict:
+def run_minift(model_dir: Path, seed: int, epochs: int, max_steps: int | None, out: Path, data: Path = DATA) -> dict:
     from minift.data import make_loader
     from minift.data.collate import make_token_classification_collate
     from minift.train.finetune import finetune_ner
     from minift.train.tasks.ner import evaluate_ner, load_token_classifier, read_ner
 
-    result = finetune_ner(model_dir, DATA / "train.conll", DATA / "dev.conll", out, epochs=epochs,
+    result = finetune_ner(model_dir, data / "train.conll", data / "dev.conll", out, epochs=epochs,
                           max_steps=max_steps, device="cpu", progress=False, seed=seed, overwrite=True, **RECIPE)
     model, tokenizer, labels = load_token_classifier(out / "best")
     collate = make_token_classification_collate(tokenizer, labels, max_length=RECIPE["max_length"],
                                                 keep_words=True)
-    test = make_loader(read_ner(DATA / "test.conll"), collate, batch_size=64)
+    test = make_loader(read_ner(data / "test.conll"), collate, batch_size=64)
     metrics = evaluate_ner(model, test, torch.device("cpu"), labels.id2label)
     return {"lib": "minift", "seed": seed, "best_dev_f1": result.get("best_dev_f1"), "test_f1": metrics["f1"],
             # the loop's time: the steps and the dev evaluation after each epoch, as timed for transformers
@@ -91,14 +94,14 @@ def hf_entity_f1(model, tokenizer, sentences, label2id, id2label) -> float:
     return f1_score(y_true, y_pred)
 
 
-def run_transformers(model_dir: Path, seed: int, epochs: int, max_steps: int | None) -> dict:
+def run_transformers(model_dir: Path, seed: int, epochs: int, max_steps: int | None, data: Path = DATA) -> dict:
     import transformers
 
     from minift.data import read_conll
 
     transformers.logging.set_verbosity_error()
     transformers.set_seed(seed)
-    train, dev, test = (read_conll(DATA / f"{s}.conll") for s in ("train", "dev", "test"))
+    train, dev, test = (read_conll(data / f"{s}.conll") for s in ("train", "dev", "test"))
     names = ["O", *sorted({t for _, tags in train for t in tags} - {"O"})]
     label2id, id2label = {n: i for i, n in enumerate(names)}, dict(enumerate(names))
     tokenizer = transformers.BertTokenizerFast.from_pretrained(model_dir)
@@ -145,7 +148,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-steps", type=int, help="stop each run after this many steps (a smoke test)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint name or folder")
+    parser.add_argument("--out", type=Path, help="with --smoke: where the data and runs go (default: a temporary "
+                        "folder); otherwise minift's runs go to a temporary folder")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = parser.parse_args()
+    if args.smoke:
+        args.seeds, args.epochs, args.max_steps = args.seeds.split(",")[0], 1, 2
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
@@ -154,18 +163,23 @@ def main() -> None:
     unknown = [lib for lib in libs if lib not in ("minift", "transformers")]
     if unknown:
         parser.error(f"unknown lib(s) {', '.join(unknown)}: use minift and/or transformers")
+    import _smoke
+
     from minift.hub import resolve
 
     model_dir = Path(resolve(args.model))
     rows: dict[str, list[dict]] = {lib: [] for lib in libs}
-    with tempfile.TemporaryDirectory() as tmp:
+    with _smoke.out_folder(args.out if args.smoke else None, "ner") as tmp:
+        data = _smoke.wnut17(tmp / "data") if args.smoke else DATA
         for seed in seeds:  # both libraries for a seed before the next seed: a partial log compares them
             for lib in libs:
-                rows[lib].append(run_minift(model_dir, seed, args.epochs, args.max_steps, Path(tmp) / f"minift-{seed}")
-                                 if lib == "minift" else run_transformers(model_dir, seed, args.epochs, args.max_steps))
+                rows[lib].append(run_minift(model_dir, seed, args.epochs, args.max_steps, tmp / f"minift-{seed}", data)
+                                 if lib == "minift" else
+                                 run_transformers(model_dir, seed, args.epochs, args.max_steps, data))
                 print(json.dumps(rows[lib][-1]), file=sys.stderr, flush=True)
+    note = " SMOKE RUN: a few steps on a few sentences, numbers meaningless." if args.smoke else ""
     print(f"\nWNUT-17 entity F1 (seqeval, micro), n = {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
-          "mean ± std; the epoch chosen on dev:\n")
+          f"mean ± std; the epoch chosen on dev:{note}\n")
     print("| library | steps | best dev entity F1 | test entity F1 (epoch chosen on dev) |")
     print("|---|---|---|---|")
     for lib, runs in rows.items():

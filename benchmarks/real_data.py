@@ -1,7 +1,10 @@
 """Fine-tune all-MiniLM-L6-v2 on SST-5 and CFIMDB with minift and with transformers, over several seeds.
 
     python benchmarks/real_data.py [--datasets sst,cfimdb] [--libs minift,transformers] [--seeds 42,43,44]
-                                   [--epochs 3] [--max-steps N]
+                                   [--epochs 3] [--max-steps N] [--out runs/real_data] [--smoke]
+
+Every dataset runs both libraries by default, seed by seed in the same run (`--datasets sst` gives the
+SST-5 rows of minift and transformers from one command), so each table compares numbers of one run.
 
 Both sides use the same recipe — AdamW lr 5e-5, weight decay 0.01, batch 32, linear schedule with
 10% warmup, gradient clipping at 1.0, 3 epochs, max length 64 (SST-5) / 128 (CFIMDB) — and report dev
@@ -15,7 +18,9 @@ Trainer), as in the issue's reference figures. Wall times are in the JSON lines 
 machine they are not a speed comparison (benchmarks/bert_vs_transformers.py is).
 Data: ../shared/data/minbert. CFIMDB's test file carries no labels (all 0), so its dev set is the
 evaluation set; at max length 128 (not 256) a CFIMDB run costs half as much, which is what lets every
-row be run with three seeds.
+row be run with three seeds. --smoke (make bench-smoke): both datasets and libraries, one seed, 2 epochs
+of one step each on 24 lines of each file (benchmarks/_smoke.py: the public files' first lines, or the demo
+set without them), in a temporary folder unless --out is given; the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ DATASETS = {"sst": ("sst-train.txt", "sst-dev.txt", "sst-test.txt", 64),
 RECIPE = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "warmup_ratio": 0.1, "max_grad_norm": 1.0}
 
 
-def run_minift(name: str, seed: int, epochs: int, out_root: Path, max_steps: int | None) -> dict:
-    row = run_seed(name, seed, epochs=epochs, max_length=DATASETS[name][3], max_steps=max_steps, out_root=out_root)
+def run_minift(name: str, seed: int, epochs: int, out_root: Path, max_steps: int | None, data: Path = DATA) -> dict:
+    row = run_seed(name, seed, epochs=epochs, max_length=DATASETS[name][3], max_steps=max_steps, out_root=out_root,
+                   data=data)
     return {"before": row["dev"][0], "epochs": row["dev"][1:], "chosen_epoch": row["chosen_epoch"],
             "test": row.get("test"), "seconds": row["train_seconds"], "command": row["command"]}
 
 
-def run_transformers(name: str, seed: int, epochs: int, max_steps: int | None) -> dict:
+def run_transformers(name: str, seed: int, epochs: int, max_steps: int | None, data: Path = DATA) -> dict:
     import transformers
     from transformers import BertForSequenceClassification, BertTokenizerFast, get_linear_schedule_with_warmup
 
@@ -59,10 +65,10 @@ def run_transformers(name: str, seed: int, epochs: int, max_steps: int | None) -
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    x_train, y_train = read(DATA / train_file)
-    x_dev, y_dev = read(DATA / dev_file)
+    x_train, y_train = read(data / train_file)
+    x_dev, y_dev = read(data / dev_file)
     # the same check as minift's side: a test file whose labels are all one value has none
-    x_test, y_test = read(DATA / test_file) if not unlabelled(read_classification(DATA / test_file)) else ([], [])
+    x_test, y_test = read(data / test_file) if not unlabelled(read_classification(data / test_file)) else ([], [])
     tok = BertTokenizerFast.from_pretrained(folder)
     model = BertForSequenceClassification.from_pretrained(folder, num_labels=max(y_train) + 1)
     bs = RECIPE["batch_size"]
@@ -138,26 +144,47 @@ def main() -> None:
     p.add_argument("--seeds", default="42,43,44", help="comma-separated; one run per library and seed")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, help="stop every run after N steps (a smoke test; numbers meaningless)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "real_data")
+    p.add_argument("--out", type=Path, help="minift's run folders (default runs/real_data; with --smoke a "
+                   "temporary folder)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = p.parse_args()
+    if args.smoke:
+        # 24 lines at batch 32: one step per epoch, so two epochs exercise every per-epoch column
+        args.seeds, args.epochs, args.max_steps = args.seeds.split(",")[0], 2, None
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
         p.error(str(e))
+    unknown = [n for n in args.datasets.split(",") if n not in DATASETS]
+    if unknown:
+        p.error(f"--datasets: unknown {', '.join(unknown)}; expected some of {', '.join(DATASETS)}")
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "real-data") as out:
+            report(args, seeds, _smoke.minbert(out / "data"), out)
+        return
     if not DATA.is_dir():
         print(f"{DATA} not found: the public minBERT data is needed for this benchmark; skipping", file=sys.stderr)
         return
+    report(args, seeds, DATA, args.out or REPO / "runs" / "real_data")
+
+
+def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) -> None:
+    """Every dataset, seed and library on `data`'s files (minift's run folders under `out`); the tables."""
     results: dict[str, dict[str, list[dict]]] = {}
     for name in args.datasets.split(","):
         for seed in seeds:  # both libraries for a seed before the next seed: a partial log compares them
             for lib in args.libs.split(","):
                 print(f"fine-tuning MiniLM on {name} with {lib}, seed {seed} ...", file=sys.stderr, flush=True)
-                r = run_minift(name, seed, args.epochs, args.out, args.max_steps) if lib == "minift" else \
-                    run_transformers(name, seed, args.epochs, args.max_steps)
+                r = run_minift(name, seed, args.epochs, out, args.max_steps, data) if lib == "minift" else \
+                    run_transformers(name, seed, args.epochs, args.max_steps, data)
                 results.setdefault(name, {}).setdefault(lib, []).append(r)
                 print(json.dumps({"dataset": name, "lib": lib, "seed": seed, **r}), flush=True)
+    note = "\n\nSMOKE RUN: a few steps on a few lines, numbers meaningless" if args.smoke else ""
     for name, rows in results.items():
-        print("\n" + table(name, rows, seeds))
+        print("\n" + table(name, rows, seeds) + note)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How much a fine-tuning result moves with the seed: all-MiniLM-L6-v2 on a real task, n seeds (lesson 13).
 
     python benchmarks/seeds.py [--dataset cfimdb|sst] [--seeds 42,43,44,45,46] [--epochs 2]
-                               [--max-length 128] [--max-steps N] [--out runs/seeds]
+                               [--max-length 128] [--max-steps N] [--out runs/seeds] [--smoke]
 
 One `minift finetune` run per seed (`minift.train.finetune.finetune`, the command's Python API; the
 equivalent command line is printed for each seed), the same recipe every time — AdamW lr 5e-5, weight
@@ -22,9 +22,11 @@ and the 95% t-interval of the chosen epoch's score (`minift.metrics.seed_summary
   accuracy of the epoch chosen on dev — the number to report — next to the test accuracy of the epoch
   one would choose by looking at test, which is higher by construction.
 
-`--max-steps 2` checks the pipeline in a minute (numbers meaningless). Wall times are not reported: the
-numbers here are accuracies, which the load on the machine does not change. Data: ../shared/data/minbert;
-without it the script says so and exits 0.
+`--max-steps 2` checks the pipeline in a minute (numbers meaningless). `--smoke` (make bench-smoke): two
+seeds, 2 epochs of one step each, max length 32, on 24 lines of each file (benchmarks/_smoke.py: the public
+files' first lines, or the demo set without them), in a temporary folder unless --out is given.
+Wall times are not reported: the numbers here are accuracies, which the load on the machine does not
+change. Data: ../shared/data/minbert; without it the script says so and exits 0.
 """
 
 from __future__ import annotations
@@ -97,12 +99,13 @@ def accuracy_on(model_dir: Path, tokenizer_dir: Path, examples, max_length: int)
 
 
 def run_seed(dataset: str, seed: int, *, epochs: int, max_length: int, max_steps: int | None = None,
-             out_root: Path) -> dict:
+             out_root: Path, data: Path = DATA) -> dict:
     """One `minift finetune` run of the recipe on ``dataset`` with ``seed``: dev accuracy before training
     and after each epoch, the epoch chosen on dev (`best/`), and on a labelled test set the test
-    accuracy of every epoch (benchmarks/real_data.py runs its minift rows through this too)."""
-    train_file, dev_file = DATA / f"{dataset}-train.txt", DATA / f"{dataset}-dev.txt"
-    test = read_classification(DATA / f"{dataset}-test.txt")
+    accuracy of every epoch (benchmarks/real_data.py runs its minift rows through this too). The
+    files are `data`/{dataset}-{train,dev,test}.txt."""
+    train_file, dev_file = data / f"{dataset}-train.txt", data / f"{dataset}-dev.txt"
+    test = read_classification(data / f"{dataset}-test.txt")
     test_problem = unlabelled(test)
     out = out_root.resolve() / f"{dataset}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume of an older one
@@ -187,15 +190,31 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-steps", type=int, help="stop every run after N steps (a smoke test; numbers meaningless)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "seeds")
+    p.add_argument("--out", type=Path, help="run folders (default runs/seeds; with --smoke a temporary folder)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
     args = p.parse_args()
+    if args.smoke:
+        # 24 lines at batch 32: one step per epoch, so two epochs exercise every per-epoch column
+        args.seeds, args.epochs, args.max_length, args.max_steps = "42,43", 2, 32, None
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
         p.error(str(e))
-    test_file = DATA / f"{args.dataset}-test.txt"
+    if args.smoke:
+        import _smoke
+
+        with _smoke.out_folder(args.out, "seeds") as out:
+            report(args, seeds, _smoke.minbert(out / "data"), out)
+        return
+    report(args, seeds, DATA, args.out or REPO / "runs" / "seeds")
+
+
+def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) -> None:
+    """The runs of every seed on `data`'s files (run folders under `out`), and the tables."""
+    test_file = data / f"{args.dataset}-test.txt"
     if not test_file.is_file():
-        print(f"{DATA} not found: this benchmark needs the public minBERT data; skipping", file=sys.stderr)
+        print(f"{data} not found: this benchmark needs the public minBERT data; skipping", file=sys.stderr)
         return
     test = read_classification(test_file)
     test_problem = unlabelled(test)
@@ -204,9 +223,9 @@ def main() -> None:
               "set is the evaluation set", file=sys.stderr)
     start = time.perf_counter()
     rows = [run_seed(args.dataset, seed, epochs=args.epochs, max_length=args.max_length, max_steps=args.max_steps,
-                     out_root=args.out) for seed in seeds]
+                     out_root=out, data=data) for seed in seeds]
     minutes = (time.perf_counter() - start) / 60
-    note = " (SMOKE RUN: numbers meaningless)" if args.max_steps else ""
+    note = " (SMOKE RUN: numbers meaningless)" if args.max_steps or args.smoke else ""
     print(f"\nall-MiniLM-L6-v2 on {DATASETS[args.dataset]} ({args.dataset}-train.txt, dev {args.dataset}-dev.txt), "
           f"{args.epochs} epochs, max length {args.max_length}, lr {RECIPE['lr']:g}, batch {RECIPE['batch_size']}; "
           f"seeds {', '.join(map(str, seeds))}; the epoch chosen on dev accuracy{note}:\n")

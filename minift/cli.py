@@ -4,6 +4,8 @@
     minift evaluate --model runs/x --data F                                     metrics on a labelled file
     minift predict  --model runs/x "text" ...                                   label new texts
     minift pretrain --arch gpt2 --size tiny --text F --out runs/lm              a fresh model on a text file
+    minift finetune --task sft --model runs/lm --train F.jsonl --out runs/sft  instruction tuning
+    minift chat --model runs/sft [--system TEXT] [--message TEXT]               talk with it (stdin, or one message)
     minift weights pull all-MiniLM-L6-v2 | minift weights list                  checkpoints in weights/
     minift verify weights/...MiniLM... [--json]                                 every module against transformers
     minift assignment list | make NAME DIR | check DIR [--json]                 assignments for a course
@@ -38,8 +40,11 @@ from minift import hub
 from minift.assignments import ASSIGNMENTS
 from minift.assignments import check as check_assignment
 from minift.assignments import make as make_assignment
+from minift.chat import ChatSession
+from minift.checkpoint import read_config
 from minift.data import make_loader, read_classification
 from minift.data.prompts import Template
+from minift.data.sft import load_template
 from minift.generation.streamer import TextStreamer
 from minift.io import json_line, read_json
 from minift.metrics import format_report
@@ -76,6 +81,7 @@ from minift.train.tasks.prompt_based import (
     load_prompt_classifier,
     predict_prompt,
 )
+from minift.train.tasks.seq2seq import SEQ2SEQ_MODELS, load_seq2seq
 from minift.verify import VerifyError, verify_checkpoint
 
 # `minift pretrain`'s defaults: FinetuneConfig's (DEFAULTS, `minift finetune`'s), then PRETRAIN_DEFAULTS.
@@ -151,17 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenizer files) and metrics.jsonl.")
     ft.add_argument("--task", choices=FINETUNING, default=DEFAULTS["task"],
                     help="classification (text -> label), ner (CoNLL token tags), causal-lm (a text "
-                    "file, GPT-2) or prompt-based (text -> a label word at --template's {mask}, scored by the "
-                    "masked-LM or LM head; lesson 35); default %(default)s")
+                    "file, GPT-2), prompt-based (text -> a label word at --template's {mask}, scored by the "
+                    "masked-LM or LM head; lesson 35), sft (instruction tuning of a GPT-2 checkpoint on a "
+                    "JSONL of {\"instruction\", \"input\", \"output\"} or {\"messages\": [{\"role\", \"content\"}]} "
+                    "records, the loss on the replies only; lesson 37) or seq2seq (source -> target text, an "
+                    "encoder-decoder; lesson 39); default %(default)s")
     ft.add_argument("--model", default=DEFAULTS["model"],
-                    help="checkpoint folder or name (see `minift weights list`); default %(default)s")
+                    help="checkpoint folder or name (see `minift weights list`); seq2seq: also transformer:SIZE, "
+                    "a fresh original Transformer (nano, tiny, small, base, big); default %(default)s")
     ft.add_argument("--train", type=Path, help=".tsv/.csv/.jsonl with text,label columns, or a .txt of "
-                    "`label ||| text` lines; default: the built-in demo set")
+                    "`label ||| text` lines (sft: a .jsonl of instruction records; seq2seq: .tsv/.jsonl with "
+                    "source,target); default: the built-in demo set")
     ft.add_argument("--dev", type=Path, help="labelled dev file (same formats); evaluated before training "
                     "and after every epoch (default: none, no evaluation and no best/)")
     ft.add_argument("--out", type=Path, default=DEFAULTS["out"], help="run directory (default %(default)s)")
     ft.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
-                    help="truncate inputs to this many tokens; causal-lm: the packed block length (default "
+                    help="truncate inputs to this many tokens; causal-lm: the packed block length; sft: the "
+                    "longest example (cut on the right, with a warning) and the --packing block (default "
                     "%(default)s)")
     _add_training(ft, DEFAULTS)
     ft.add_argument("--class-weights", metavar="W",
@@ -169,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "'label=w,...' (default: none, every class weighs 1)")
     ft.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"], metavar="EPS",
                     help="cross-entropy against (1 - EPS) one-hot + EPS uniform (default %(default)s)")
+    ft.add_argument("--tokenizer", help="seq2seq with --model transformer:SIZE: a tokenizer folder (vocab.txt with "
+                    "[PAD], [CLS], [SEP]); default: a WordPiece vocabulary trained on the --train pairs")
+    ft.add_argument("--dropout", type=float, help="seq2seq with --model transformer:SIZE: the fresh model's dropout "
+                    "(default: the size's, 0.1 for tiny, small and base)")
     ft.add_argument("--label-all-subtokens", action="store_true",
                     help="ner: label every sub-token of a word, not only the first")
     ft.add_argument("--template", help="prompt-based: the text with {text} and {mask} slots, e.g. "
@@ -178,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--demonstrations", action="store_true",
                     help="prompt-based: append one training example per label, filled with its label word "
                     "(LM-BFF's demonstrations)")
+    ft.add_argument("--chat-template", metavar="NAME|FILE",
+                    help="sft: how a record becomes text: 'alpaca' (Alpaca's prompt), 'chat' (<|user|> / "
+                    "<|assistant|> markers) or a file holding a Jinja chat template (default: alpaca when every "
+                    "record is an Alpaca one, else chat); saved in the run's tokenizer_config.json")
+    ft.add_argument("--train-on-prompt", action="store_true",
+                    help="sft: take the loss on every token, the prompt's too (default: the replies and their "
+                    "end-of-text token only)")
+    ft.add_argument("--packing", action="store_true",
+                    help="sft: pack several short examples into each block of --max-length tokens, positions "
+                    "restarting and attention kept inside each example (the same loss, fewer padded positions)")
     ft.add_argument("--shots", type=int, metavar="K",
                     help="few-shot protocol: K examples per label from --train (and from --dev), one run per "
                     "--seeds seed, mean and std over the seeds (classification, prompt-based; default: one run on all of --train)")
@@ -216,12 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pr)
     pr.set_defaults(run=cmd_predict)
 
-    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint",
+    ge = sub.add_parser("generate", help="continue a prompt with a GPT-2 checkpoint, or write the target of a "
+                        "source with a seq2seq model",
                         description="Greedy decoding, sampling or beam search, with transformers' settings; "
                         "defaults come from the checkpoint's generation_config.json, then transformers' own "
-                        "(lessons 16 and 32).")
-    ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run)")
-    ge.add_argument("prompt", help="the text to continue")
+                        "(lessons 16 and 32). A sequence-to-sequence model (a `--task seq2seq` run) reads the "
+                        "prompt as its source and writes the target (lesson 39).")
+    ge.add_argument("--model", required=True, help="GPT-2 checkpoint folder or name (e.g. a `minift pretrain` run), "
+                    "or a seq2seq run (Transformer, EncoderDecoderModel)")
+    ge.add_argument("prompt", help="the text to continue (seq2seq: the source)")
     ge.add_argument("--max-new-tokens", type=int,
                     help=f"tokens to add (default {CLI_NEW_TOKENS} unless --max-length is given)")
     ge.add_argument("--max-length", type=int, help="longest output in tokens, the prompt included (transformers' "
@@ -254,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapter(ge)
     _add_common(ge)
     ge.set_defaults(run=cmd_generate)
+
+    ch = sub.add_parser("chat", help="talk with an instruction-tuned GPT-2 (a --task sft run)",
+                        description="A conversation with a `minift finetune --task sft` run: each user line is "
+                        "added to the conversation, the run's chat template (tokenizer_config.json) renders it "
+                        "with the start of an assistant turn, and the reply is streamed to stderr until the "
+                        "end-of-text token. Reads lines from stdin until end of input or /exit; --message "
+                        "answers one message and exits. The conversation ends as one JSON line on stdout.")
+    ch.add_argument("--model", required=True, help="the run folder (or a GPT-2 checkpoint with a chat template)")
+    ch.add_argument("--system", metavar="TEXT", help="a system message at the start of the conversation (default: "
+                    "none; the Alpaca template then writes its own preamble)")
+    ch.add_argument("--message", metavar="TEXT", help="one-shot: answer this one message and exit (for scripts; "
+                    "default: read the conversation from stdin)")
+    ch.add_argument("--chat-template", metavar="NAME|FILE", help="'alpaca', 'chat' or a Jinja file (default: "
+                    "the run's own)")
+    ch.add_argument("--max-new-tokens", type=int, default=CHAT_NEW_TOKENS,
+                    help="longest reply in tokens (default %(default)s)")
+    ch.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    ch.add_argument("--temperature", type=float, help="divide the logits by this before sampling (default 1.0)")
+    ch.add_argument("--top-k", type=int, help="sampling: keep the k most probable tokens (default 50)")
+    ch.add_argument("--top-p", type=float, help="sampling: nucleus probability mass (default 1.0: all)")
+    ch.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default %(default)s)")
+    _add_common(ch)
+    ch.set_defaults(run=cmd_chat)
 
     pt = sub.add_parser("pretrain", help="train a tiny GPT-2 or BERT from scratch on a text file",
                         description="Train a fresh model of a named size from random init on a text file, "
@@ -587,6 +639,8 @@ CLI_NEW_TOKENS = 40  # `minift generate`'s length when neither --max-new-tokens 
 def cmd_generate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     folder = hub.resolve(args.model)
+    if read_config(folder).get("model_type") in SEQ2SEQ_MODELS:
+        return _generate_seq2seq(args, folder, device)
     model = causal_lm_class(folder, "generate").from_pretrained(folder, attn_impl=args.attn_impl)
     if args.adapter is not None:
         load_peft_adapter(model, args.adapter)
@@ -613,6 +667,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("\n---\n".join(texts), file=sys.stderr)
     print(json_line({"prompt": args.prompt, "text": texts[0], "texts": texts,
                      "new_tokens": out.shape[1] - ids.shape[1]}))
+    return 0
+
+
+CHAT_NEW_TOKENS = 100  # `minift chat`'s longest reply
+EXIT_COMMAND = "/exit"  # ends an interactive `minift chat`, as end of input does
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    folder = hub.resolve(args.model)
+    model = causal_lm_class(folder, "chat").from_pretrained(folder, attn_impl=args.attn_impl).to(device)
+    tokenizer = load_tokenizer(folder, fast=args.fast_tokenizer)
+    check_vocab_size(tokenizer, model.config.vocab_size, folder)
+    template = None if args.chat_template is None else load_template(args.chat_template)
+    session = ChatSession(model, tokenizer, template=template, system=args.system,
+                          max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p,
+                          generator=torch.Generator(device=device).manual_seed(args.seed))
+    if args.message is not None:
+        reply = session.reply(args.message)
+        print(reply, file=sys.stderr)
+        print(json_line({"reply": reply, "messages": session.messages}))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            _write_stderr("you> ")
+        line = sys.stdin.readline()
+        if not line or line.strip() == EXIT_COMMAND:
+            break
+        if not line.strip():
+            continue
+        _write_stderr("assistant> ")
+        session.reply(line.rstrip("\n"), streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                               on_text=_write_stderr))
+        _write_stderr("\n")
+    print(json_line({"messages": session.messages}))
+    return 0
+
+
+def _generate_seq2seq(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
+    """An encoder-decoder (a `--task seq2seq` run): the prompt is the source, the output its target."""
+    for flag, value in (("--stop", args.stop), ("--stream", args.stream), ("--adapter", args.adapter)):
+        if value:
+            raise ValueError(f"{flag} is not available for a sequence-to-sequence model ({folder})")
+    model, tokenizer, _ = load_seq2seq(str(folder), attn_impl=args.attn_impl)
+    model.to(device)
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
+    new_tokens = CLI_NEW_TOKENS if args.max_new_tokens is None and args.max_length is None else args.max_new_tokens
+    early = None if args.early_stopping is None else {"true": True, "false": False}.get(args.early_stopping, "never")
+    out = model.generate(
+        ids, max_new_tokens=new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, use_cache=not args.no_cache, generator=torch.Generator(device=device).manual_seed(args.seed),
+        max_length=args.max_length, min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, early_stopping=early, num_return_sequences=args.num_return_sequences,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+    print("\n---\n".join(texts), file=sys.stderr)
+    print(json_line({"source": args.prompt, "text": texts[0], "texts": texts, "new_tokens": out.shape[1] - 1}))
     return 0
 
 

@@ -36,7 +36,8 @@ from minift.train import state
 LOCK = ".minift.lock"
 METRICS = {"classification": ("accuracy", "macro_f1", "loss"),
            "ner": ("f1", "precision", "recall", "macro_f1", "accuracy", "loss"),
-           "causal-lm": ("loss", "perplexity"), "pretrain": ("loss", "perplexity")}
+           "causal-lm": ("loss", "perplexity"), "sft": ("loss", "perplexity"), "pretrain": ("loss", "perplexity"),
+           "seq2seq": ("exact_match", "loss", "token_accuracy")}
 
 REPO = Path(__file__).resolve().parents[1]
 transformers.logging.set_verbosity_error()

@@ -126,6 +126,27 @@ def test_adamw_matches_torch_float32():
     assert max_param_diff(fast_model, ref_model) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
+def test_adamw_fused_is_torchs_fused_adamw(dtype):
+    """fused=True runs torch's fused kernel on minift's state: torch.optim.AdamW(fused=True) bit for bit,
+    and the plain torch.optim.AdamW within the loop path's tolerances (float64 1e-10; float32 1e-5, the
+    kernel's own order of the same operations, fed back through 100 steps)."""
+    torch.manual_seed(4)
+    ref_model = TinyClassifier().to(dtype)
+    fused_model, torch_fused_model = copy.deepcopy(ref_model), copy.deepcopy(ref_model)
+    ref = torch.optim.AdamW(groups_with_two_settings(ref_model), lr=1e-2, weight_decay=0.1, foreach=False)
+    ours = AdamW(groups_with_two_settings(fused_model), lr=1e-2, weight_decay=0.1, fused=True)
+    theirs = torch.optim.AdamW(groups_with_two_settings(torch_fused_model), lr=1e-2, weight_decay=0.1, fused=True)
+    data = batches(100, 4)
+    for model, optimizer in ((ref_model, ref), (fused_model, ours), (torch_fused_model, theirs)):
+        train(model, optimizer, data)
+    assert max_param_diff(fused_model, torch_fused_model) == 0.0
+    assert max_state_diff(ours, theirs) == 0.0
+    assert max_param_diff(fused_model, ref_model) <= (1e-10 if dtype == F64 else 1e-5)
+    with pytest.raises(ValueError, match="choose one"):
+        AdamW(ref_model.parameters(), foreach=True, fused=True)
+
+
 def test_adamw_skips_parameters_without_gradients_like_torch():
     # The head gets a gradient only on every other step: no update, no decay, and its own step count.
     ours_model, ref_model = twin_models(5, F64)
@@ -150,19 +171,19 @@ def _save_load(optimizer: torch.optim.Optimizer) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
-def test_adamw_state_dict_resume_continues_identically(foreach):
+@pytest.mark.parametrize("path", [{}, {"foreach": True}, {"fused": True}], ids=["loop", "foreach", "fused"])
+def test_adamw_state_dict_resume_continues_identically(path):
     data = batches(60, 6)
     straight, resumed = twin_models(6, F64)
-    opt = AdamW(groups_with_two_settings(straight), lr=1e-2, foreach=foreach)
+    opt = AdamW(groups_with_two_settings(straight), lr=1e-2, **path)
     train(straight, opt, data)
 
-    first = AdamW(groups_with_two_settings(resumed), lr=1e-2, foreach=foreach)
+    first = AdamW(groups_with_two_settings(resumed), lr=1e-2, **path)
     train(resumed, first, data[:25])
     saved, weights = _save_load(first), copy.deepcopy(resumed.state_dict())
     model = TinyClassifier().to(F64)  # a fresh process: new model, new optimizer, then load both
     model.load_state_dict(weights)
-    second = AdamW(groups_with_two_settings(model), lr=1e-2, foreach=foreach)
+    second = AdamW(groups_with_two_settings(model), lr=1e-2, **path)
     second.load_state_dict(saved)
     train(model, second, data[25:])
     assert max_param_diff(straight, model) == 0.0  # exactly the same operations on the same numbers

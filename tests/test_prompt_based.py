@@ -209,6 +209,11 @@ def test_demonstrations_one_per_label_never_the_example_itself(tmp_path):
     assert prompt.count("It was terrible.") == 1 and prompt.count("It was great.") == 1
     assert "a gripping, beautifully acted film It was great." not in prompt
     assert collate.fit(pool[0]) == prompt  # the same every epoch
+    # ... and wherever the files lie: the same data read from another folder, the same demonstrations
+    moved = [Example(text=e.text, label=e.label, source=f"elsewhere/{e.source}") for e in pool]
+    there = PromptCollate(tokenizer, template, LabelMap(["0", "1"]), verbalizer, causal=False, max_length=64,
+                          demonstrations=moved, seed=3)
+    assert [there.fit(e) for e in moved] == [collate.fit(e) for e in pool]
     short = PromptCollate(tokenizer, template, LabelMap(["0", "1"]), verbalizer, causal=False, max_length=14,
                           demonstrations=pool, seed=3)
     assert "<mask>" in short.fit(pool[0]) and len(tokenizer.encode(short.fit(pool[0]))) <= 14

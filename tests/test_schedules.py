@@ -180,10 +180,32 @@ def test_schedule_rejects_non_integer_steps(fn, args):
 
 def test_make_scheduler_errors():
     with pytest.raises(
-        ValueError, match=r"unknown schedule 'cosin'; choose one of \['constant', 'cosine', 'linear'\]"
+        ValueError, match=r"unknown schedule 'cosin'; choose one of \['constant', 'cosine', 'inverse_sqrt', 'linear'\]"
     ):
         make_scheduler(two_group_optimizer(), "cosin", 1, 10)
     with pytest.raises(ValueError, match=r"min_lr_ratio must be in \[0, 1\], got 1\.5"):
         make_scheduler(two_group_optimizer(), "linear", 1, 10, min_lr_ratio=1.5)
     with pytest.raises(ValueError, match=r"warmup_steps=20, total_steps=10"):  # at construction time
         make_scheduler(two_group_optimizer(), "linear", 20, 10)
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 1, 4, 40])
+def test_inverse_sqrt_matches_transformers_and_the_papers_formula(warmup_steps):
+    """Sec. 5.3: lrate = d_model^-0.5 min(step^-0.5, step warmup^-1.5), divided by its peak; and
+    transformers' get_inverse_sqrt_schedule (timescale = warmup, or 10,000 without warmup) step by step."""
+    from transformers import get_inverse_sqrt_schedule
+
+    from minift.optim.schedules import inverse_sqrt_with_warmup, transformer_peak_lr
+
+    max_lr, total = 7e-4, 300
+    optimizer = two_group_optimizer((max_lr,))
+    theirs = [lr[0] for lr in lrs_over(optimizer, get_inverse_sqrt_schedule(optimizer, warmup_steps), total)]
+    ours = [inverse_sqrt_with_warmup(step, max_lr, 0.0, warmup_steps, total) for step in range(total)]
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+    if warmup_steps:
+        d_model = 512
+        paper = [d_model ** -0.5 * min(step ** -0.5, step * warmup_steps ** -1.5) for step in range(1, total)]
+        peak = transformer_peak_lr(d_model, warmup_steps)
+        assert [inverse_sqrt_with_warmup(s, peak, 0.0, warmup_steps, total) for s in range(1, total)] == \
+            pytest.approx(paper, rel=1e-12)
+    assert transformer_peak_lr(512, 4000) == pytest.approx(6.99e-4, rel=1e-3)  # the base model's peak

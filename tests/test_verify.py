@@ -106,7 +106,7 @@ def test_gpt2_transpose_bug_is_found(tmp_path, monkeypatch):
                                                             "n_positions": 16}, seed=3)
     assert verify_checkpoint(folder).ok
     without = tuple(p for p in gpt2.GPT2PretrainedModel._transposed_weights if "attn\\.c_proj" not in p)
-    assert len(without) == 3
+    assert len(without) == len(gpt2.GPT2PretrainedModel._transposed_weights) - 1  # only that projection left out
     monkeypatch.setattr(gpt2.GPT2PretrainedModel, "_transposed_weights", without)
     report = verify_checkpoint(folder)
     assert report.first_divergence == "transformer.h.0.attn.c_proj", str(report)

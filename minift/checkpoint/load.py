@@ -61,7 +61,11 @@ class LoadReport:
 
 
 def tied_pairs(model: torch.nn.Module) -> dict[str, str]:
-    """{target: source} pairs to tie, unless the config opts out (tie_word_embeddings=False)."""
+    """{target: source} pairs to tie, unless the config opts out (tie_word_embeddings=False). A model
+    whose ties depend on more than that flag (the Transformer's shared source/target embeddings, an
+    option of their own) sets `_ties_follow_config` and lists exactly the ties its config asks for."""
+    if getattr(model, "_ties_follow_config", False):
+        return dict(model._tied_weights_keys)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", True) is False:
         return {}

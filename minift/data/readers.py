@@ -76,6 +76,19 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
         yield number, line.removesuffix("\r")
 
 
+def _json_lines(path: Path, text: str) -> Iterable[tuple[int, object]]:
+    """(1-based line number, parsed value) of each non-blank line of a JSONL text; a line that is not
+    JSON is a DataError naming the file and the line. Every JSONL reader of minift/data/ reads this way."""
+    for number, line in _lines(text):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: bad JSON ({err.msg} at column {err.colno})") from None
+        yield number, record
+
+
 def _example(path: Path, line: int, text: object, label: object, text_pair: object = None,
              has_pair: bool = False) -> Example:
     """Validates one record's fields; the error names ``path:line``."""
@@ -157,13 +170,7 @@ def _read_csv(path: Path, text: str) -> list[Example]:
 
 def _read_jsonl(path: Path, text: str) -> list[Example]:
     examples = []
-    for number, line in _lines(text):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: bad JSON ({err.msg} at column {err.colno})") from None
+    for number, record in _json_lines(path, text):
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object with 'text' and 'label', "
                             f"found {type(record).__name__}")

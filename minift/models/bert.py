@@ -141,10 +141,11 @@ class BertEmbeddings(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
-                prompt: torch.Tensor | None = None) -> torch.Tensor:
+                prompt: torch.Tensor | None = None, past_length: int = 0) -> torch.Tensor:
         """prompt (B, n, C): prompt tuning's n virtual token embeddings, put before the text's (minift/peft/
         prompt_tuning.py); they then take positions 0..n-1 and segment 0, as in peft, which feeds them to
-        transformers as `inputs_embeds`."""
+        transformers as `inputs_embeds`. past_length: positions a decoder's cache already holds (BERT as a
+        decoder, minift/models/bert_decoder.py): the new tokens take the positions after them."""
         x = self.word_embeddings(input_ids)  # (B, T, C)
         if prompt is not None:
             x = torch.cat([prompt.to(x.dtype), x], dim=1)  # (B, n + T, C)
@@ -155,7 +156,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]  # (C,) broadcast
         else:
             x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
-        x = x + self.position_embeddings.weight[:length]  # (T, C): positions 0..T-1, broadcast over B
+        x = x + self.position_embeddings.weight[past_length:past_length + length]  # (T, C), broadcast over B
         return self.dropout(self.LayerNorm(x))
 
 

@@ -30,12 +30,23 @@ from minift.models.config import Check, PretrainedConfig, is_int
 from minift.models.gpt2_fast import use_fast_path
 from minift.models.heads import sequence_classification_loss, token_classification_loss
 from minift.models.pretrained import PretrainedModel
-from minift.nn.attention import attention, merge_heads, padding_mask, split_heads
+from minift.nn.attention import (
+    attention,
+    cross_attention,
+    cross_attention_kv,
+    merge_heads,
+    packed_sequence_ids,
+    padding_mask,
+    same_sequence_mask,
+    split_heads,
+)
 from minift.nn.functional import ACTIVATION_NAMES, Dropout, LayerNorm, activation
 from minift.outputs import ModelOutput, refuse_unsupported
 
 # One (key, value) pair per layer, each (B, H, T_past, D): everything attention needs from the past.
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+# A decoder with cross-attention (add_cross_attention) keeps four per layer: its own (k, v), which
+# grow by a position per step, then the encoder's (k, v), (B, H, S, D), computed once and reused.
+KVCache = list[tuple[torch.Tensor, ...]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -61,7 +72,6 @@ class GPT2Config(PretrainedConfig):
     unsupported: ClassVar[dict[str, tuple]] = {
         "scale_attn_weights": (True,),
         "scale_attn_by_inverse_layer_idx": (False,),
-        "add_cross_attention": (False,),
     }
 
     vocab_size: int = 50257
@@ -85,6 +95,9 @@ class GPT2Config(PretrainedConfig):
     label2id: dict[str, int] | None = None
     problem_type: str | None = None
     tie_word_embeddings: bool = True
+    # A decoder that reads an encoder (minift/models/encoder_decoder.py): every block gets a
+    # cross-attention sublayer, `crossattention` and `ln_cross_attn`, as in transformers.
+    add_cross_attention: bool = False
     attn_impl: str = "eager"
 
     @property
@@ -107,6 +120,14 @@ class GPT2Config(PretrainedConfig):
             check.fail("eos_token_id", "null, a token id or a list of token ids")
         check.one_of("activation_function", ACTIVATION_NAMES)
         check.divisible("n_embd", "n_head")
+        check.boolean("add_cross_attention")
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json; add_cross_attention only when set, so a plain GPT-2's file is unchanged."""
+        d = super().to_dict()
+        if not self.add_cross_attention:
+            del d["add_cross_attention"]
+        return d
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -163,6 +184,33 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(merge_heads(out))), (k, v)
 
 
+class GPT2CrossAttention(nn.Module):
+    """Multi-head attention from the decoder's positions to the encoder's (Vaswani et al. sec. 3.2.3):
+    q_attn projects the decoder's x to queries, c_attn the encoder's output to keys and values (one
+    (C, 2C) matrix), c_proj mixes the heads back; transformers' `GPT2Attention(is_cross_attention=True)`.
+    The encoder's k and v are computed on the first step and then come from the cache."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)
+        self.q_attn = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = Dropout(config.resid_pdrop)
+        self.attn_pdrop = config.attn_pdrop
+        self.impl = config.attn_impl
+
+    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_mask: torch.Tensor | None,
+                cached: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, C), encoder_hidden_states (B, S, C), encoder_mask (B, 1, 1, S) -> (B, T, C), the encoder's (k, v)."""
+        q = split_heads(self.q_attn(x), self.n_head)  # (B, H, T, D)
+        k, v = cross_attention_kv(encoder_hidden_states, lambda h: self.c_attn(h).split(x.shape[-1], dim=2),
+                                  self.n_head, cached)  # (B, H, S, D) each
+        out = cross_attention(q, k, v, encoder_mask, dropout_p=self.attn_pdrop, training=self.training,
+                              impl=self.impl)  # (B, H, T, D)
+        return self.resid_dropout(self.c_proj(merge_heads(out))), (k, v)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network: C -> inner (4C) -> tanh-GELU -> C (Vaswani et al. sec. 3.3)."""
 
@@ -190,12 +238,22 @@ class Block(nn.Module):
         self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=fast)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=fast)
+        if config.add_cross_attention:  # a pre-LN sublayer between the two (transformers' GPT2Block)
+            self.crossattention = GPT2CrossAttention(config)
+            self.ln_cross_attn = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, fast=fast)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attn_out, present = self.attn(self.ln_1(x), mask, past)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: tuple[torch.Tensor, ...] | None,
+                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """past: this block's (k, v), or (k, v, encoder k, encoder v) with cross-attention."""
+        attn_out, present = self.attn(self.ln_1(x), mask, None if past is None else past[:2])
         x = x + attn_out  # (B, T, C)
+        if encoder_hidden_states is not None:
+            cross_out, encoder_kv = self.crossattention(
+                self.ln_cross_attn(x), encoder_hidden_states, encoder_mask, None if past is None else past[2:])
+            x = x + cross_out  # (B, T, C)
+            present = (*present, *encoder_kv)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x, present
 
@@ -217,6 +275,7 @@ class GPT2PretrainedModel(PretrainedModel):
         r"attn\.c_proj\.weight$",
         r"mlp\.c_fc\.weight$",
         r"mlp\.c_proj\.weight$",
+        r"crossattention\.(c_attn|q_attn|c_proj)\.weight$",
     )
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -232,7 +291,7 @@ class GPT2PretrainedModel(PretrainedModel):
             if isinstance(module, LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-            if isinstance(module, (CausalSelfAttention, MLP)):
+            if isinstance(module, (CausalSelfAttention, GPT2CrossAttention, MLP)):
                 module.c_proj.weight.normal_(0.0, std / (2 * self.config.n_layer) ** 0.5)
 
     def post_init(self) -> None:
@@ -254,15 +313,20 @@ def _check_ids(input_ids: Any, vocab_size: int) -> None:
         raise ValueError(f"input_ids holds {bad}, outside [0, vocab_size={vocab_size})")
 
 
-def _check_past(past: KVCache, config: GPT2Config, batch: int) -> int:
-    """The cache must be one (k, v) of shape (B, H, T_past, D) per layer; returns T_past."""
+def _check_past(past: KVCache, config: GPT2Config, batch: int, cross: bool = False) -> int:
+    """The cache must be one (k, v) of shape (B, H, T_past, D) per layer, followed by the encoder's
+    (k, v) when the decoder reads an encoder (`cross`); returns T_past."""
     head_dim = config.n_embd // config.n_head
+    entries = 4 if cross else 2
     if not isinstance(past, (list, tuple)) or len(past) != config.n_layer:
         found = len(past) if isinstance(past, (list, tuple)) else type(past).__name__
         raise ValueError(f"past_key_values must be a list of n_layer={config.n_layer} (k, v) pairs, got {found}")
+    if any(len(layer) != entries for layer in past):
+        raise ValueError(f"past_key_values must hold {entries} tensors per layer ((k, v)"
+                         f"{' and the encoder (k, v)' if cross else ''}), got {[len(layer) for layer in past]}")
     length = past[0][0].shape[2] if past[0][0].dim() == 4 else -1
     expected = (batch, config.n_head, length, head_dim)
-    for i, (k, v) in enumerate(past):
+    for i, (k, v, *_) in enumerate(past):
         if tuple(k.shape) != expected or tuple(v.shape) != expected:
             raise ValueError(f"past_key_values[{i}]: k {tuple(k.shape)} and v {tuple(v.shape)} must both be "
                              f"(B, H, T_past, D) = {expected}")
@@ -295,6 +359,8 @@ class GPT2Model(GPT2PretrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **unsupported: Any,
     ) -> GPT2ModelOutput:
         """input_ids (B, T): the new tokens only when `past_key_values` holds the earlier ones.
@@ -303,9 +369,13 @@ class GPT2Model(GPT2PretrainedModel):
         transformers' GPT2Model.forward. Right padding needs nothing more; a left-padded row must be
         given its positions (`minift.generate.position_ids_from_mask`, which generate passes), or its
         tokens are read at positions shifted by the padding (lesson 15).
-        use_cache: also return the updated cache (the past plus these tokens' k and v)."""
+        use_cache: also return the updated cache (the past plus these tokens' k and v).
+        encoder_hidden_states (B, S, C), encoder_attention_mask (B, S): what the cross-attention of a
+        decoder built with add_cross_attention reads (the encoder's output and its padding)."""
         refuse_unsupported(self, unsupported)
         _check_ids(input_ids, self.config.vocab_size)
+        packed = self._packed(input_ids, attention_mask, position_ids, past_key_values)
+        _check_encoder(self.config, input_ids, encoder_hidden_states, encoder_attention_mask)
         prompt, past_key_values, attention_mask, position_ids = self._virtual_tokens(
             input_ids.shape[0], past_key_values, attention_mask, position_ids)
         length = input_ids.shape[1] + (0 if prompt is None else prompt.shape[1])
@@ -319,11 +389,33 @@ class GPT2Model(GPT2PretrainedModel):
         # Built once and shared by every layer: (B, 1, 1, T_past + T); the causal part is added in
         # `attention` (is_causal=True), which lets sdpa use its fused causal kernel when there is no padding.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
+        if packed is not None:  # several examples in a row: each attends only to itself, (B, 1, T, T)
+            mask = same_sequence_mask(packed, x.dtype)
+        encoder_mask = (None if encoder_attention_mask is None
+                        else padding_mask(encoder_attention_mask, x.dtype))  # (B, 1, 1, S)
         presents = []
         for i, block in enumerate(self.h):
-            x, present = block(x, mask, None if past_key_values is None else past_key_values[i])
+            past = None if past_key_values is None else past_key_values[i]
+            # A plain GPT-2 calls its blocks as before (lessons patch Block.forward with that signature).
+            cross = () if encoder_hidden_states is None else (encoder_hidden_states, encoder_mask)
+            x, present = block(x, mask, past, *cross)
             presents.append(present)
         return GPT2ModelOutput(last_hidden_state=self.ln_f(x), past_key_values=presents if use_cache else None)
+
+    def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None, past: KVCache | None) -> torch.Tensor | None:
+        """(B, T) packed-example index of each token when position_ids restart inside a row (several
+        examples packed, minift/data/sft.py), else None. As in transformers 5 (masking_utils), only
+        without attention_mask and cache: a training batch of packed examples."""
+        if position_ids is None or attention_mask is not None or past is not None or input_ids.shape[1] == 0:
+            return None
+        if position_ids.dim() != 2 or position_ids.shape[1] != input_ids.shape[1]:
+            return None  # _check_inputs says what is wrong
+        packed = packed_sequence_ids(position_ids.expand(input_ids.shape[0], -1))
+        if packed is not None and (self.prompt_encoder is not None or self.prefix_encoder is not None):
+            raise ValueError("packed examples (position_ids restarting inside a row) cannot take prompt or prefix "
+                             "tuning's virtual tokens, which belong to one sequence; train without packing")
+        return packed
 
     def _virtual_tokens(self, batch: int, past: KVCache | None, attention_mask: torch.Tensor | None,
                         position_ids: torch.Tensor | None):
@@ -357,7 +449,7 @@ class GPT2Model(GPT2PretrainedModel):
         config = self.config
         batch = input_ids.shape[0]
         virtual = "" if length == input_ids.shape[1] else f" and {length - input_ids.shape[1]} virtual tokens"
-        past_len = 0 if past is None else _check_past(past, config, batch)
+        past_len = 0 if past is None else _check_past(past, config, batch, config.add_cross_attention)
         if past_len + length > config.n_positions:
             raise ValueError(f"the sequence is {past_len + length} tokens long ({past_len} cached + {length} in "
                              f"input_ids{virtual}), but GPT-2 has only n_positions={config.n_positions} positions; "
@@ -373,6 +465,28 @@ class GPT2Model(GPT2PretrainedModel):
             if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= config.n_positions):
                 raise ValueError(f"position_ids must lie in [0, n_positions={config.n_positions})")
         return past_len
+
+
+def _check_encoder(config: GPT2Config, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                   encoder_attention_mask: torch.Tensor | None) -> None:
+    """Cross-attention's inputs: only for a decoder built with it, and of the right shapes."""
+    if encoder_hidden_states is None:
+        if config.add_cross_attention:
+            raise ValueError("this GPT-2 has cross-attention (add_cross_attention=True): give it "
+                             "encoder_hidden_states (B, S, n_embd), the encoder's output")
+        if encoder_attention_mask is not None:
+            raise ValueError("encoder_attention_mask without encoder_hidden_states")
+        return
+    if not config.add_cross_attention:
+        raise ValueError("encoder_hidden_states given, but this GPT-2 has no cross-attention; build it with "
+                         "add_cross_attention=True (EncoderDecoderModel.from_encoder_decoder_pretrained does)")
+    batch = input_ids.shape[0]
+    if encoder_hidden_states.dim() != 3 or tuple(encoder_hidden_states.shape[::2]) != (batch, config.n_embd):
+        raise ValueError(f"encoder_hidden_states has shape {tuple(encoder_hidden_states.shape)}, expected "
+                         f"(B, S, n_embd) = ({batch}, S, {config.n_embd})")
+    if encoder_attention_mask is not None and encoder_attention_mask.shape != encoder_hidden_states.shape[:2]:
+        raise ValueError(f"encoder_attention_mask has shape {tuple(encoder_attention_mask.shape)}, expected (B, S) "
+                         f"= {tuple(encoder_hidden_states.shape[:2])}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -403,6 +517,8 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **unsupported: Any,
     ) -> GPT2HeadOutput:
         """labels (B, T) may simply be input_ids: the shift happens here, so position t is scored on
@@ -417,7 +533,8 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PretrainedModel):
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep and labels together: the loss needs the logits at every position")
-        out = self.transformer(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.transformer(input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                               encoder_hidden_states, encoder_attention_mask)
         hidden = out.last_hidden_state  # (B, T, C); (B, n + T, C) with prompt tuning's n virtual tokens
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, n, C)

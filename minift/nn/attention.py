@@ -60,6 +60,29 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return mask.masked_fill_(~keep, torch.finfo(dtype).min)
 
 
+def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """position_ids (B, T) -> (B, T): which of the examples packed into a row each token belongs to,
+    counted from 0; None when every row holds one sequence (positions go up by 1 all along).
+
+    A new example starts wherever the position does not follow the previous one (it restarts, at 0
+    for `minift.data.sft.pack_examples`): the rule of transformers' masking_utils
+    `find_packed_sequence_indices`, so the same position_ids mean the same packing in both.
+    """
+    previous = position_ids[:, :1] - 1  # the first token continues an imaginary one before it
+    starts = torch.diff(position_ids, prepend=previous, dim=-1) != 1  # (B, T)
+    ids = starts.cumsum(-1)  # (B, T)
+    return None if not bool(ids[:, -1].any()) else ids
+
+
+def same_sequence_mask(sequence_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sequence_ids (B, T) -> additive (B, 1, T, T): 0 where query and key belong to the same packed
+    example, the finite minimum elsewhere. With the causal mask on top, each example attends only to
+    its own earlier tokens: a block-diagonal causal mask, so a packed example is computed as if alone."""
+    same = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]  # (B, 1, T, T)
+    mask = torch.zeros(same.shape, dtype=dtype, device=sequence_ids.device)
+    return mask.masked_fill_(~same, torch.finfo(dtype).min)
+
+
 def causal_mask(
     q_len: int, k_len: int, dtype: torch.dtype, device: torch.device | None = None
 ) -> torch.Tensor:
@@ -171,3 +194,46 @@ def _explicit_attention(
     probs = softmax_fn(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1 over the keys
     probs = dropout(probs, dropout_p, training=dropout_p > 0.0)  # drops a key for one query
     return probs @ v  # (B, H, Tq, D)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cross-attention (Vaswani et al. sec. 3.2.3, the second use of attention: "encoder-decoder attention")
+# ----------------------------------------------------------------------------------------------------
+
+
+def cross_attention_kv(
+    encoder_hidden_states: torch.Tensor,
+    project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    num_heads: int,
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values a decoder layer's cross-attention reads, each (B, H, S, D).
+
+    "the queries come from the previous decoder layer, and the memory keys and values come from the
+    output of the encoder" (sec. 3.2.3): `project(encoder_hidden_states (B, S, C))` gives k and v
+    (B, S, C) with the layer's own weights. The encoder's output does not change while the decoder
+    generates, so neither do they: computed once, on the first step, then `cached` is returned as is
+    (the encoder half of the decoding cache, reordered with the beams like the decoder half).
+    """
+    if cached is not None:
+        return cached
+    k, v = project(encoder_hidden_states)
+    return split_heads(k, num_heads), split_heads(v, num_heads)
+
+
+def cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    encoder_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    impl: str = "eager",
+) -> torch.Tensor:
+    """Queries of the decoder's T positions (B, H, T, D) over the encoder's S positions (B, H, S, D).
+
+    encoder_mask: `padding_mask` of the *encoder's* attention_mask, (B, 1, 1, S): no query may read
+    the source's padding. Never causal: every target position may read the whole source, which the
+    encoder has already seen in full; the decoder's own future is hidden by its self-attention.
+    """
+    return attention(q, k, v, encoder_mask, dropout_p=dropout_p, training=training, is_causal=False, impl=impl)

@@ -17,7 +17,10 @@ from torch import nn
 
 
 class AdamW(torch.optim.Optimizer):
-    """Adam with decoupled weight decay; `foreach=True` runs the same math on lists of tensors at once.
+    """Adam with decoupled weight decay; `foreach=True` runs the same math on lists of tensors at once;
+    `fused=True` hands the whole update to torch's fused kernel (`torch._fused_adamw_`, the kernel of
+    `torch.optim.AdamW(fused=True)`): one pass over p, g, m, v per tensor instead of one per equation,
+    for the memory-bound optimizer of a large model (lesson 22). Same state, same state_dict.
 
     Per parameter p with gradient g, at step t (lr = the group's learning rate, wd its weight decay):
         p   <- p - lr * wd * p                      decoupled decay, before the Adam update (as torch)
@@ -35,9 +38,13 @@ class AdamW(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
         *,
         foreach: bool = False,
+        fused: bool = False,
     ) -> None:
         _check_hyperparameters(lr, betas, eps, weight_decay)
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "foreach": foreach}
+        if foreach and fused:
+            raise ValueError("AdamW: foreach=True and fused=True are two fast paths; choose one")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "foreach": foreach,
+                    "fused": fused}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -62,7 +69,9 @@ class AdamW(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise ValueError("AdamW does not support sparse gradients (use a dense embedding)")
                 self._init_state(p)
-            if group.get("foreach", False):
+            if group.get("fused", False):
+                self._fused_update(group, params)
+            elif group.get("foreach", False):
                 self._foreach_update(group, params)
             else:
                 for p in params:
@@ -121,6 +130,25 @@ class AdamW(torch.optim.Optimizer):
             torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(bucket, m, denom, [-lr / (1 - beta1**t) for t in steps])
+
+
+    def _fused_update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """torch's fused AdamW kernel on the same state. It computes the equations of `_update` in one
+        loop per element, in its own order: equal to `torch.optim.AdamW(fused=True)` bit for bit, and
+        to the loop within rounding (tests/test_optim.py)."""
+        (beta1, beta2), buckets = group["betas"], {}
+        for p in params:
+            buckets.setdefault((p.device, p.dtype), []).append(p)
+        for (device, _), bucket in buckets.items():
+            states = [self.state[p] for p in bucket]
+            for s in states:
+                s["step"] += 1
+            # The kernel reads the step counts on the parameters' device; minift keeps them on the CPU.
+            steps = [s["step"].to(device) for s in states]
+            torch._fused_adamw_(bucket, [p.grad for p in bucket], [s["exp_avg"] for s in states],
+                                [s["exp_avg_sq"] for s in states], [], steps, lr=group["lr"], beta1=beta1,
+                                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                                amsgrad=False, maximize=False)
 
 
 def _check_hyperparameters(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:

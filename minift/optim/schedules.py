@@ -2,8 +2,10 @@
 
 Each schedule warms up linearly from 0 (step 0 -> lr 0, step `warmup_steps` -> `max_lr`), then decays
 to `min_lr` at `total_steps` and stays there: linearly (BERT, Devlin et al. 2019, sec. A.2), along a
-half cosine (SGDR, Loshchilov & Hutter 2017, eq. 5, without restarts), or not at all (constant).
-With `min_lr = 0` they equal `transformers`' `get_*_schedule_with_warmup` (`tests/test_schedules.py`).
+half cosine (SGDR, Loshchilov & Hutter 2017, eq. 5, without restarts), or not at all (constant);
+or, the original Transformer's, as the inverse square root of the step (Vaswani et al. 2017, sec. 5.3).
+With `min_lr = 0` they equal `transformers`' `get_*_schedule_with_warmup` and `get_inverse_sqrt_schedule`
+(`tests/test_schedules.py`).
 `make_scheduler` turns one into a `torch.optim.lr_scheduler.LambdaLR`; the lesson is
 `lessons/09-schedules.md`.
 """
@@ -84,7 +86,33 @@ def constant_with_warmup(
     return max_lr
 
 
-SCHEDULES = {"linear": linear_with_warmup, "cosine": cosine_with_warmup, "constant": constant_with_warmup}
+def inverse_sqrt_with_warmup(
+    step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int
+) -> float:
+    """Linear warmup to max_lr, then max_lr * sqrt(warmup_steps / step): the original Transformer's
+    schedule (Vaswani et al. 2017, sec. 5.3, eq. 3),
+
+        lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5),
+
+    divided by its peak, d_model^-0.5 * warmup_steps^-0.5, reached at step = warmup_steps (so max_lr
+    is that peak: `transformer_peak_lr`). It never reaches zero: total_steps and min_lr are checked,
+    not used. Without warmup the decay runs on a timescale of 10,000 steps, max_lr * sqrt(10000 /
+    (step + 10000)), as transformers' `get_inverse_sqrt_schedule` (whose `timescale` this is)."""
+    _check(step, max_lr, min_lr, warmup_steps, total_steps)
+    if step < warmup_steps:
+        return _warmup(step, max_lr, warmup_steps)
+    timescale = warmup_steps or 10_000
+    return max_lr * math.sqrt(timescale / (step + timescale - warmup_steps))
+
+
+def transformer_peak_lr(d_model: int, warmup_steps: int) -> float:
+    """The top of sec. 5.3's schedule, d_model^-0.5 * warmup_steps^-0.5: the --lr that makes
+    `inverse_sqrt_with_warmup` the paper's formula (7.0e-4 for the base model's 512 and 4000)."""
+    return d_model ** -0.5 * warmup_steps ** -0.5
+
+
+SCHEDULES = {"linear": linear_with_warmup, "cosine": cosine_with_warmup, "constant": constant_with_warmup,
+             "inverse_sqrt": inverse_sqrt_with_warmup}
 
 
 def make_scheduler(

@@ -54,6 +54,10 @@ def freeze(model: nn.Module, strategy: str, n: int | None = None) -> list[str]:
     The strategy describes the whole model: parameters it does not freeze are set trainable again.
     """
     check_strategy(strategy, n)
+    if strategy == "none":  # nothing to locate: every parameter trains, whatever the model's layout
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return []
     parts = _parts(model)
     num_blocks = 1 + max((i for part, i in parts.values() if part == "block"), default=-1)
     if num_blocks == 0:

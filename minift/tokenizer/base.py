@@ -142,6 +142,9 @@ class BaseTokenizer:
     """
 
     model_input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+    # A Jinja chat template (minift/data/sft.py). GPT-2's tokenizers save it as tokenizer_config.json's
+    # "chat_template", where transformers' apply_chat_template reads it; None: the tokenizer has none.
+    chat_template: str | None = None
 
     def __init__(self, vocab: dict[str, int], special_tokens_map: dict[str, str], *,
                  model_max_length: int, never_split: Sequence[str] = (), template: Template = Template(),

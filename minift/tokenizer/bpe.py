@@ -195,6 +195,8 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                 raise BPEFormatError(f"{folder}: the files give special token {token!r} id {i}, but it "
                                      f"gets {tokenizer.vocab[token]}; added tokens must take the ids right "
                                      f"after the vocabulary, in order")
+        if isinstance(settings.get("chat_template"), str):
+            tokenizer.chat_template = settings["chat_template"]
         return tokenizer
 
     # ---- the model half: text -> pre-tokens -> BPE tokens -> ids, and back -------------------------
@@ -270,6 +272,8 @@ class ByteLevelBPETokenizer(BaseTokenizer):
                   "extra_special_tokens": extras,
                   "added_tokens_decoder": {str(self.vocab[t]): _added_token_entry(t, t in self.LSTRIP)
                                            for t in specials}}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         return write_texts(folder, {
             VOCAB_JSON: dumps_json(base_vocab, sort_keys=False, indent=None),
             MERGES_TXT: "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges),

@@ -114,9 +114,12 @@ class FastTokenizer(BaseTokenizer):
                 raise ValueError(f"{folder}: the {role} {token!r} named in its tokenizer settings is not "
                                  f"in the vocabulary ({len(vocab)} tokens)")
         model_input_names = settings.get("model_input_names")
-        return cls(backend, roles, model_max_length=read_model_max_length(folder, settings, default_length),
-                   model_input_names=model_input_names,
-                   tokenizer_class=settings.get("tokenizer_class", _default_class(backend)))
+        tokenizer = cls(backend, roles, model_max_length=read_model_max_length(folder, settings, default_length),
+                        model_input_names=model_input_names,
+                        tokenizer_class=settings.get("tokenizer_class", _default_class(backend)))
+        if isinstance(settings.get("chat_template"), str):
+            tokenizer.chat_template = settings["chat_template"]
+        return tokenizer
 
     def save_pretrained(self, folder: str | Path) -> list[Path]:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
@@ -125,6 +128,8 @@ class FastTokenizer(BaseTokenizer):
                   "clean_up_tokenization_spaces": False, **self.special_tokens_map}
         if self.tokenizer_class is not None:
             config = {"tokenizer_class": self.tokenizer_class, **config}
+        if self.chat_template is not None:  # where transformers' apply_chat_template reads it
+            config["chat_template"] = self.chat_template
         return write_texts(folder, {
             TOKENIZER_JSON: self.backend.to_str(pretty=True) + "\n",
             TOKENIZER_CONFIG: dumps_json(config, sort_keys=False),

@@ -44,7 +44,7 @@ from minift.train.distributed import from_environment
 from minift.train.precision import PRECISIONS
 from minift.train.state import checkpoint_dirs
 
-FINETUNING = ("classification", "ner", "causal-lm", "prompt-based")  # `minift finetune --task`
+FINETUNING = ("classification", "ner", "causal-lm", "prompt-based", "sft", "seq2seq")  # `minift finetune --task`
 PRETRAINING = ("pretrain",)  # `minift pretrain`: a fresh model of a named size on a text file
 TASKS = FINETUNING + PRETRAINING
 
@@ -70,7 +70,9 @@ METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
     "ner": ("f1", "precision", "recall", "macro_f1", "accuracy", "loss"),
     "causal-lm": ("loss", "perplexity"),
+    "sft": ("loss", "perplexity"),  # per reply token
     "pretrain": ("loss", "perplexity"),
+    "seq2seq": ("exact_match", "loss", "token_accuracy"),
 }
 # --unknown-tags: what a dev (or evaluation) tag the training data never had becomes.
 UNKNOWN_TAGS = ("error", "o")
@@ -78,7 +80,9 @@ UNKNOWN_TAGS = ("error", "o")
 # Field metadata, read by `FinetuneConfig.check` and `run_identity` (see the module docstring).
 FINETUNING_ONLY = {"tasks": FINETUNING}
 PRETRAINING_ONLY = {"tasks": PRETRAINING}
+FRESH_MODEL = {"tasks": (*PRETRAINING, "seq2seq")}  # the tokenizer and dropout of a model built from scratch
 PROMPT_BASED = {"tasks": ("prompt-based",)}
+SFT = {"tasks": ("sft",)}
 FEW_SHOT = {"tasks": ("classification", "prompt-based")}
 LM_BFF_SEEDS = "13,21,42,87,100"  # the five seeds of LM-BFF's few-shot protocol (Gao et al. 2021, sec. 3)
 HOW = {"how": True}
@@ -99,14 +103,15 @@ class FinetuneConfig:
     # ... or a fresh model of a named size on a text file (pretraining, lesson 18): a model_type of
     # minift/models/architectures.py, a key of SIZES, the tokenizer (folder or name; default the
     # architecture's), the packed block (GPT-2) or longest line (BERT), the tail of the text held out
-    # for dev, and the fresh model's dropout (None: the architecture's default, 0.1).
+    # for dev, and the fresh model's dropout (None: the architecture's default, 0.1). --task seq2seq
+    # with --model transformer:SIZE reads --tokenizer and --dropout too (minift/train/tasks/seq2seq.py).
     arch: str = field(default="gpt2", metadata=PRETRAINING_ONLY)
     size: str = field(default="tiny", metadata=PRETRAINING_ONLY)
     text: Path | None = field(default=None, metadata=PRETRAINING_ONLY)
-    tokenizer: str | None = field(default=None, metadata=PRETRAINING_ONLY)
+    tokenizer: str | None = field(default=None, metadata=FRESH_MODEL)
     block_size: int = field(default=64, metadata=PRETRAINING_ONLY)
     dev_fraction: float = field(default=0.05, metadata=PRETRAINING_ONLY)
-    dropout: float | None = field(default=None, metadata=PRETRAINING_ONLY)
+    dropout: float | None = field(default=None, metadata=FRESH_MODEL)
     # The optimisation.
     epochs: int = 3
     max_steps: int | None = None  # overrides epochs
@@ -123,7 +128,7 @@ class FinetuneConfig:
     metric: str | None = None  # dev metric for best/ and early stopping; default per task
     # The loss of the classifiers: "balanced", "w,w,..." or "label=w,..."; label smoothing.
     class_weights: str | None = field(default=None, metadata={"tasks": ("classification", "ner")})
-    label_smoothing: float = field(default=0.0, metadata={"tasks": ("classification", "ner")})
+    label_smoothing: float = field(default=0.0, metadata={"tasks": ("classification", "ner", "seq2seq")})
     freeze: str = "none"
     freeze_n: int | None = None
     lora_r: int | None = None
@@ -146,6 +151,12 @@ class FinetuneConfig:
     template: str | None = field(default=None, metadata=PROMPT_BASED)
     verbalizer: str | None = field(default=None, metadata=PROMPT_BASED)
     demonstrations: bool = field(default=False, metadata=PROMPT_BASED)
+    # Instruction tuning (minift/data/sft.py): the chat template ("alpaca", "chat" or a Jinja file;
+    # default: "alpaca" when every record is Alpaca's, else "chat"), the loss on every token rather than
+    # the replies only, and several short examples packed into one block of --max-length tokens.
+    chat_template: str | None = field(default=None, metadata=SFT)
+    train_on_prompt: bool = field(default=False, metadata=SFT)
+    packing: bool = field(default=False, metadata=SFT)
     # The few-shot protocol (minift/train/few_shot.py): K examples per label, one run per seed, the
     # mean and std over the seeds; --test is scored by each seed's selected model.
     shots: int | None = field(default=None, metadata=FEW_SHOT)
@@ -182,8 +193,13 @@ class FinetuneConfig:
         self._check_peft()
         self._check_prompt()
         self._check_few_shot()
+        if self.packing and method_of(self.peft, self.lora_r) in ("prompt", "prefix"):
+            raise ValueError(f"--packing cannot be combined with --peft {self.peft}: its virtual tokens belong to one "
+                             "sequence, and a packed row holds several; drop one")
         if self.task in PRETRAINING:
             self._check_pretraining()
+        if self.dropout is not None and (not _number(self.dropout) or not 0 <= self.dropout < 1):
+            raise ValueError(f"--dropout must be a probability in [0, 1), got {self.dropout}")
 
     def _check_applies(self) -> None:
         """A flag that the task does not read was given: say so rather than train without it."""
@@ -191,7 +207,9 @@ class FinetuneConfig:
         for f in dataclasses.fields(self):
             tasks = f.metadata.get("tasks", TASKS)
             if self.task not in tasks and getattr(self, f.name) != f.default:
-                users = "minift pretrain" if tasks == PRETRAINING else "--task " + "/".join(tasks)
+                tuned = [t for t in tasks if t not in PRETRAINING]
+                users = " and ".join([*(["--task " + "/".join(tuned)] if tuned else []),
+                                      *(["minift pretrain"] if set(tasks) & set(PRETRAINING) else [])])
                 raise ValueError(f"{flag(f.name)} is not used by {command}; it applies to {users}")
 
     def _check_optimisation(self) -> None:
@@ -241,6 +259,9 @@ class FinetuneConfig:
         method = method_of(self.peft, self.lora_r)  # an unknown --peft is an error here
         given = [name for name in METHOD_OPTIONS if getattr(self, name) != DEFAULTS[name]]
         check_method_options(method, given)
+        if self.task == "seq2seq" and (method is not None or self.freeze != "none"):
+            raise ValueError(f"--{'peft' if method is not None else 'freeze'} is not available for --task seq2seq: "
+                             "freezing and the PEFT methods know the blocks of BERT, GPT-2 and RoBERTa only")
         if method is None:
             return
         if self.freeze != "none":
@@ -304,8 +325,6 @@ class FinetuneConfig:
         if not _number(self.dev_fraction) or not 0 < self.dev_fraction < 1:
             raise ValueError(f"--dev-fraction must be in (0, 1): the share of the text held out for dev, "
                              f"got {self.dev_fraction}")
-        if self.dropout is not None and (not _number(self.dropout) or not 0 <= self.dropout < 1):
-            raise ValueError(f"--dropout must be a probability in [0, 1), got {self.dropout}")
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}  # `minift finetune`'s

@@ -43,7 +43,7 @@ from minift.train.memory import estimate as estimate_memory
 from minift.train.precision import autocast_context, autocast_dtype
 from minift.train.rundir import RunDirectory, checkpoint_bytes
 from minift.train.state import checkpoint_dirs
-from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based
+from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based, seq2seq, sft
 
 # FinetuneConfig.task -> the function that builds it. Plain data: every task a run can be.
 BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]] = {
@@ -51,6 +51,8 @@ BUILDERS: dict[str, Callable[[FinetuneConfig, torch.device, Distributed], Task]]
     "ner": ner.build,
     "causal-lm": causal_lm.build,
     "prompt-based": prompt_based.build,
+    "sft": sft.build,
+    "seq2seq": seq2seq.build,
     "pretrain": pretraining.build,
 }
 LOWER_IS_BETTER = ("loss", "perplexity")

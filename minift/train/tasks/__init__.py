@@ -6,6 +6,8 @@
     causal_lm.py       text -> the next token      GPT2LMHeadModel from a checkpoint; blocks, perplexity
     pretraining.py     a fresh model on a text file: masked LM (BERT) or causal LM (GPT-2) (lesson 18)
     prompt_based.py    text -> label word at a {mask} slot: the MLM / LM head as classifier (lesson 35)
+    sft.py             instruction -> reply: a causal LM, the loss on the replies only (chat templates, packing)
+    seq2seq.py         source text -> target text: the encoder-decoder Transformer, fresh or from a checkpoint (lesson 39)
 
 A task decides what is trained on what: the model (which head, from the table of architectures in
 minift/models/architectures.py), the tokenizer, the training loader, the dev evaluation, what the loss

@@ -106,3 +106,21 @@ def mlm_sequences(tokenizer, path: str | Path, max_length: int) -> list[list[int
     special = set(special_ids_of(tokenizer))
     sequences = encode_documents(tokenizer, read_documents(path), add_special_tokens=True, max_length=max_length)
     return [s for s in sequences if any(i not in special for i in s)]
+
+
+def fresh_checkpoint(folder: str | Path, tokenizer, *, arch: str = "gpt2", size: str = "nano", seed: int = 0,
+                     positions: int | None = None, dropout: float | None = None) -> Path:
+    """A randomly initialised model of a named size saved with ``tokenizer`` in the public layout: the
+    starting point for fine-tuning from scratch (`minift finetune --model FOLDER`, e.g. instruction
+    tuning on the synthetic tasks of minift/data/synthetic.py). ``positions`` replaces the size's
+    position table (longer prompts and answers than the size allows)."""
+    torch.manual_seed(seed)
+    config = lm_config(arch, size, tokenizer, attn_impl="sdpa", dropout=dropout)
+    if positions is not None:
+        setattr(config, ARCHITECTURES[arch].positions, positions)
+    tokenizer.model_max_length = ARCHITECTURES[arch].max_positions(config)
+    model = ARCHITECTURES[arch].head(ARCHITECTURES[arch].pretraining)(config)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -233,11 +233,13 @@ class PromptCollate:
 
     def demonstrations_for(self, example: Example) -> list[str]:
         """One training example per label, its template filled with its label word; drawn with a
-        generator seeded by the run's seed and the example (the same every epoch and after a resume),
-        never the example itself."""
+        generator seeded by the run's seed and the example's text (the same every epoch and after a
+        resume), never the example itself."""
         if not self.by_label:
             return []
-        rng = random.Random(f"{self.seed}:{example.source}:{example.text}")
+        # Not seeded by example.source (FILE:LINE): the same data copied to another folder must get the
+        # same demonstrations, or a result would depend on where its files lie.
+        rng = random.Random(f"{self.seed}:{example.text}")
         shown = []
         for label in self.verbalizer:
             pool = [e for e in self.by_label.get(label, []) if e is not example and e.text != example.text]

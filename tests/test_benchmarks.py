@@ -1,0 +1,109 @@
+"""The benchmarks' own machinery: `make bench-smoke` covers every benchmarks/*.py, each of them takes
+--smoke, the smoke data stands in for ../shared/data, and the timing helper rotates the order.
+
+The smoke runs themselves are `make bench-smoke` (run by `make test` after this suite); these tests
+are what keeps a new benchmark from being left out of it: a script without --smoke, or a Makefile
+whose bench-smoke lists scripts by hand and forgets one, fails here.
+"""
+
+import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other by module name, as when run
+
+
+def scripts() -> list[str]:
+    """Every benchmark: benchmarks/*.py, except the helpers named _*.py."""
+    return sorted(f"benchmarks/{p.name}" for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+
+
+def smoke_flag(path) -> bool:
+    """Whether the script's argument parser declares --smoke (an add_argument("--smoke", ...) call)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--smoke":
+            return True
+    return False
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_bench_smoke_runs_every_benchmark():
+    listed = subprocess.run(["make", "-s", "--no-print-directory", "bench-list"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert listed == scripts(), f"make bench-smoke runs {listed}, benchmarks/ holds {scripts()}"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\nbench-smoke:", 1)[1].split("\n\n", 1)[0]
+    assert "for script in $(BENCHMARKS)" in recipe and "$$script --smoke" in recipe, recipe
+    test_recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "bench-smoke" in test_recipe, f"make test does not run bench-smoke:\n{test_recipe}"
+
+
+@pytest.mark.parametrize("script", scripts())
+def test_every_benchmark_takes_smoke(script):
+    assert smoke_flag(REPO / script), f"{script} declares no --smoke option; make bench-smoke runs it with one"
+
+
+def test_smoke_flag_detection_can_fail(tmp_path):
+    (tmp_path / "x.py").write_text('p.add_argument("--smok", action="store_true")\n', encoding="utf-8")
+    assert not smoke_flag(tmp_path / "x.py")
+
+
+def test_smoke_data_without_shared_data(tmp_path, monkeypatch):
+    """Without ../shared/data the smoke data comes from the demo set and lessons/fixtures, in the
+    public files' formats, with every class present where a classifier needs two."""
+    import _smoke
+
+    monkeypatch.setattr(_smoke, "SHARED", tmp_path / "absent")
+    minbert = _smoke.minbert(tmp_path / "minbert")
+    # SST-5's labels 1 and 3 (negative, positive): few_shot.py's SST-2 mapping keeps both classes
+    for name, labels in (("sst", {"1", "3"}), ("cfimdb", {"0", "1"})):
+        for split in ("train", "dev"):
+            lines = (minbert / f"{name}-{split}.txt").read_text(encoding="utf-8").splitlines()
+            assert len(lines) == 24 and all("|||" in line for line in lines)
+            assert {line.partition("|||")[0].strip() for line in lines} == labels, (name, split)
+    test_labels = {line.partition("|||")[0].strip()
+                   for line in (minbert / "cfimdb-test.txt").read_text(encoding="utf-8").splitlines()}
+    assert test_labels == {"0"}  # CFIMDB's placeholder test labels, as in the public file
+    wnut = _smoke.wnut17(tmp_path / "wnut")
+    for split in ("train", "dev", "test"):
+        first = (wnut / f"{split}.conll").read_text(encoding="utf-8").splitlines()[0]
+        assert len(first.split("\t")) == 2, first
+    text = _smoke.text(tmp_path / "text")
+    assert len((text / "text" / "tinystories_sample.txt").read_text(encoding="utf-8").splitlines()) == 25
+    assert (text / "gpt2" / "merges.txt").is_file() and (text / "gpt2" / "vocab.json").is_file()
+
+
+def test_every_label_takes_classes_in_turn():
+    import _smoke
+
+    lines = [f"{label} ||| t{i}" for i, label in enumerate("2223334410")]
+    assert _smoke.every_label(lines, 5) == ["0 ||| t9", "1 ||| t8", "2 ||| t0", "3 ||| t3", "4 ||| t6"]
+
+
+def test_time_rotated_puts_every_side_first_equally_often():
+    from bert_vs_transformers import spread, time_rotated
+
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    seconds = time_rotated(fns, steps=6, warmup=1, repeats=3)
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3, "c": 3}  # one median per repeat
+    rounds = [calls[i:i + 3] for i in range(3, len(calls), 3)]  # after the warm-up round
+    assert len(rounds) == 18 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    firsts = [r[0] for r in rounds]
+    assert {k: firsts.count(k) for k in "abc"} == {"a": 6, "b": 6, "c": 6}
+    assert spread([3.0, 1.0, 2.0]) == "2.000 [1.000-3.000]"
+
+
+def test_machine_line_names_the_cpu():
+    import torch
+    from bert_vs_transformers import machine_line
+
+    line = machine_line(torch.device("cpu"))
+    assert torch.backends.cpu.get_cpu_capability() in line and torch.__version__ in line
+    assert f"{torch.get_num_threads()} threads" in line
