@@ -38,7 +38,7 @@ from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
 from minift.train.few_shot import run_few_shot
 from minift.train.loop import TrainArgs, total_steps, train
-from minift.train.memory import OutOfMemory, advice, available_memory, warn_if_too_large
+from minift.train.memory import OutOfMemory, advice, available_memory, peak_memory, warn_if_too_large
 from minift.train.memory import estimate as estimate_memory
 from minift.train.precision import autocast_context, autocast_dtype
 from minift.train.rundir import RunDirectory, checkpoint_bytes
@@ -147,7 +147,7 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
               "train_seconds": round(summary["seconds"], 1), "peft": active_method(model),
               "trainable_parameters": count_parameters(model, trainable_only=True),
               "processes": world.world_size, "stopped_early": summary["stopped_early"],
-              "estimated_peak_bytes": memory.peak}
+              "estimated_peak_bytes": memory.peak, "peak_bytes": peak_memory(device)}
     if world.is_main:
         task.finish(summary, result)
     return result
