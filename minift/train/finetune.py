@@ -38,7 +38,9 @@ from minift.train.device import select_device, set_seed
 from minift.train.distributed import Distributed
 from minift.train.few_shot import run_few_shot
 from minift.train.loop import TrainArgs, total_steps, train
-from minift.train.precision import autocast_dtype
+from minift.train.memory import OutOfMemory, advice, available_memory, peak_memory, warn_if_too_large
+from minift.train.memory import estimate as estimate_memory
+from minift.train.precision import autocast_context, autocast_dtype
 from minift.train.rundir import RunDirectory, checkpoint_bytes
 from minift.train.state import checkpoint_dirs
 from minift.train.tasks import Task, causal_lm, classification, ner, pretraining, prompt_based, seq2seq, sft
@@ -117,6 +119,13 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
     optimizer, scheduler = make_optimizer(model, args, len(task.train_loader), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
                                           schedule=cfg.schedule, fused=cfg.attn_impl == "sdpa")
+    memory = estimate_memory(model, task.objective.loss, task.train_loader, device=device,
+                             autocast=autocast_context(device, cfg.precision), precision=cfg.precision,
+                             batch_size=cfg.batch_size)
+    say(memory.describe())
+    warning = warn_if_too_large(memory, available_memory(device))
+    if warning:
+        say(warning)
     log_path = cfg.out / "metrics.jsonl"
     if world.is_main and not cfg.resume:
         log_path.unlink(missing_ok=True)
@@ -129,13 +138,16 @@ def _run(cfg: FinetuneConfig, world: Distributed, device: torch.device, run_dir:
                         run_dir=cfg.out, resume=cfg.resume, tokenizer=task.tokenizer)
         if world.is_main:
             _save_final(model, task.tokenizer, cfg.out, base_name)
+    except torch.cuda.OutOfMemoryError as err:  # on a CPU the kernel kills the process instead: see the warning
+        raise OutOfMemory(f"{device} ran out of memory ({str(err).splitlines()[0]}). {advice(memory)}") from None
     except DiskFullError as err:
         raise DiskFullError(f"{err}. One checkpoint of this run needs about {human_bytes(checkpoint_bytes(model))}; "
                             f"{_what_is_left(cfg.out)}") from None
     result = {"task": cfg.task, **task.about, "out": str(cfg.out), "steps": summary["steps"],
               "train_seconds": round(summary["seconds"], 1), "peft": active_method(model),
               "trainable_parameters": count_parameters(model, trainable_only=True),
-              "processes": world.world_size, "stopped_early": summary["stopped_early"]}
+              "processes": world.world_size, "stopped_early": summary["stopped_early"],
+              "estimated_peak_bytes": memory.peak, "peak_bytes": peak_memory(device)}
     if world.is_main:
         task.finish(summary, result)
     return result
