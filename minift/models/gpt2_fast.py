@@ -44,14 +44,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minift.models.calibration import PLAIN, decoding_order
+
 # Up to this many rows (batch x positions) a layer computes a decoding step's way: generation feeds
 # one position per sequence, and batches of generation are small.
 FEW_ROWS = 64
+# The orders a layer may run besides PLAIN (F.linear), as calibration.py names them in its cache.
+SLABS = "slabs"  # few_rows_linear, one slab of W's rows per thread
+TALL = "tall"  # the LM head as (W h^T)^T
+COLUMNS = "column slabs"  # the LM head for one row: W stored (C, V), one slab of columns per thread
 
 
-def _few_rows_on_cpu(x: torch.Tensor) -> bool:
-    """x (..., features) is a decoding step's input on a CPU: at most FEW_ROWS rows (batch x positions)."""
-    return x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1]
+def _decoding_step(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """x (..., features) is a decoding step's input on a CPU: at most FEW_ROWS rows (batch x positions),
+    and autograd not recording (generation runs under no_grad; a training step records, whatever
+    its size, and keeps F.linear, whose backward is the tested one)."""
+    return (x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1]
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the product runs in: autocast's on a CPU when it is on, else the weight's."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        on, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    else:
+        on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return dtype if on else weight.dtype
+
+
+def probe(rows: int, weight: torch.Tensor) -> torch.Tensor:
+    """A fixed (rows, in) input for timing a product with `weight` (out, in): evenly spaced numbers, not
+    random ones, so that calibrating touches no random-number generator."""
+    return torch.linspace(-1, 1, rows * weight.shape[1], dtype=weight.dtype).reshape(rows, -1)
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slabs: int) -> torch.Tensor:
@@ -75,20 +99,31 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 class FewRowsLinear(nn.Linear):
     """nn.Linear whose forward, for the few rows of a decoding step on a CPU with several threads,
-    is `few_rows_linear` with one slab per thread; anything else is nn.Linear's own `F.linear`."""
+    is `few_rows_linear` with one slab per thread where this machine's calibration found it faster
+    (`calibration.decoding_order`); anything else is nn.Linear's own `F.linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slabs = torch.get_num_threads()
-        if (slabs > 1 and _few_rows_on_cpu(x)
+        if (slabs > 1 and _decoding_step(x, self.weight)
                 and self.weight.shape[0] % slabs == 0 and self.weight.is_contiguous()):
-            return few_rows_linear(x, self.weight, self.bias, slabs)
+            order = decoding_order("block projection", tuple(self.weight.shape), _compute_dtype(self.weight),
+                                   x.numel() // x.shape[-1], (PLAIN, SLABS), self._orders, fast=SLABS)
+            if order == SLABS:
+                return few_rows_linear(x, self.weight, self.bias, slabs)
         return F.linear(x, self.weight, self.bias)
+
+    def _orders(self, rows: int) -> dict:
+        """The two orders as calls on `rows` fixed rows, for the calibration to time."""
+        x, slabs = probe(rows, self.weight), torch.get_num_threads()
+        return {PLAIN: lambda: F.linear(x, self.weight, self.bias),
+                SLABS: lambda: few_rows_linear(x, self.weight, self.bias, slabs)}
 
 
 class FewRowsLMHead(nn.Linear):
     """The LM head, h W^T with W (V, C) and no bias, whose forward hands the few rows of a decoding
-    step on a CPU to the BLAS in the order that streams W fastest (`few_rows_logits`); anything else,
-    or a head with a bias, is nn.Linear's own `F.linear`."""
+    step on a CPU to the BLAS in the order this machine's calibration found fastest (F.linear, the
+    tall product, or for one row the column slabs; see `few_rows_logits`); anything else, or a head
+    with a bias, is nn.Linear's own `F.linear`."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -96,14 +131,35 @@ class FewRowsLMHead(nn.Linear):
         self._by_column: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.bias is None and _few_rows_on_cpu(hidden):
-            return self.few_rows_logits(hidden)  # a generation step: same numbers, faster BLAS call
+        if self.bias is None and _decoding_step(hidden, self.weight):
+            one = hidden.numel() == hidden.shape[-1]
+            had_copy = self._by_column is not None
+            order = decoding_order("LM head", tuple(self.weight.shape), _compute_dtype(self.weight),
+                                   hidden.numel() // hidden.shape[-1], (PLAIN, TALL, COLUMNS) if one else (PLAIN, TALL),
+                                   self._orders, fast=COLUMNS if one else TALL)
+            if order != COLUMNS and not had_copy:
+                self._by_column = None  # built to time the column order, which lost: V x C floats freed
+            if order != PLAIN:
+                return self.few_rows_logits(hidden, order)  # a generation step: same numbers, faster BLAS call
         return F.linear(hidden, self.weight, self.bias)  # (B, T, vocab_size)
 
-    def few_rows_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _orders(self, rows: int) -> dict:
+        """The orders as calls on `rows` fixed rows, for the calibration to time (the column slabs for
+        one row only; building their copy of W is not timed)."""
+        x = probe(rows, self.weight)
+        orders = {PLAIN: lambda: F.linear(x, self.weight), TALL: lambda: self.few_rows_logits(x, TALL)}
+        if rows == 1:
+            with torch.no_grad():
+                self.few_rows_logits(x, COLUMNS)  # builds the column copy
+            orders[COLUMNS] = lambda: self.few_rows_logits(x, COLUMNS)
+        return orders
+
+    def few_rows_logits(self, hidden: torch.Tensor, order: str | None = None) -> torch.Tensor:
         """h W^T for the few rows (batch x positions) of a generation step, hidden (B, n, C) -> (B, n, V).
-        The same products and sums as `F.linear(hidden, W)`, handed to the BLAS in the order that
-        streams the (V, C) matrix, the largest in the model, fastest.
+        The same products and sums as `F.linear(hidden, W)`, handed to the BLAS in another order:
+        `order` TALL or COLUMNS (one row without autograd only); by default COLUMNS where it applies,
+        else TALL, the orders that streamed the (V, C) matrix fastest on the machine they were tuned
+        on (the forward asks this machine's calibration instead).
 
         - Several rows: (W h^T)^T, one tall (V, C) @ (C, rows) product, instead of the wide
           (rows, C) @ (C, V) one: 1.4 to 4 times faster from 2 to 64 rows (lesson 16 has the table).
@@ -119,7 +175,13 @@ class FewRowsLMHead(nn.Linear):
         weight = self.weight  # (V, C)
         vocab, width = weight.shape
         rows = hidden.reshape(-1, width)  # (R, C)
-        if rows.shape[0] == 1 and not torch.is_grad_enabled():
+        one_row = rows.shape[0] == 1 and not torch.is_grad_enabled()
+        if order is None:
+            order = COLUMNS if one_row else TALL
+        if order == COLUMNS:
+            if not one_row:
+                raise ValueError(f"the {COLUMNS!r} order is for one row without autograd, got {rows.shape[0]} "
+                                 f"row(s){' with autograd' if torch.is_grad_enabled() else ''}")
             slabs = torch.get_num_threads()
             key = (weight.data_ptr(), weight._version, weight.dtype, slabs)
             if self._by_column is None or self._by_column[0] != key:
@@ -130,8 +192,10 @@ class FewRowsLMHead(nn.Linear):
             by_column = self._by_column[1]
             by_slab = by_column.view(width, slabs, -1).permute(1, 0, 2)  # (S, C, V padded / S), a view
             logits = torch.bmm(rows.expand(slabs, 1, width), by_slab).reshape(1, -1)[:, :vocab]  # (1, V)
-        else:
+        elif order == TALL:
             logits = (weight @ rows.t()).t()  # (R, V), a transposed view of (V, R): no copy
+        else:
+            raise ValueError(f"order must be {TALL!r} or {COLUMNS!r}, got {order!r}")
         return logits.reshape(*hidden.shape[:-1], vocab)
 
     def __getstate__(self) -> dict:

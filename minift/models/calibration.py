@@ -1,0 +1,244 @@
+"""Which BLAS order a CPU decoding product runs in on this machine: measured once, at first use, and
+remembered on disk per CPU. minift/models/gpt2_fast.py offers the orders; this file times them,
+decides, and caches the decision.
+
+Lesson: `lessons/16-generation.md`, "The weight products of a decoding step" (why it is measured).
+
+Why measure. The orders of gpt2_fast.py compute the same numbers as nn.Linear; whether they are
+faster is a property of the BLAS library and the CPU, not of the math. They were tuned on an AMD EPYC
+(AVX512, MKL), where greedy GPT-2 small with the KV cache runs 1.61x transformers' speed at batch 1
+and 2.07x at batch 4. On an Intel Xeon with AMX (issue 15) the same orders lost: `few_rows_linear`
+0.95x nn.Linear at 1, 4 and 64 rows, the tall LM-head product 0.48x at 2 rows and 0.88x at 4, and
+greedy decoding only 1.09x and 0.97x transformers'. So each machine measures for itself, and an order
+is kept only where it pays.
+
+What it does. `decoding_order(kind, shape, dtype, rows, orders, setup, fast)` names the order a layer
+runs for `rows` rows. The row count falls in a bucket (1 row; 2-8; 9-64, `BUCKETS`); the decision is
+made once per layer kind, weight shape, compute dtype, thread count and bucket:
+
+1. in this process's memory, if it was made before;
+2. else in the cache file of this machine, if it is there;
+3. else measured (`measure`): `setup(rows timed)` builds each order as a call on a fixed input (no
+   random numbers, so no RNG state is touched); each is called twice to warm up, then `REPEATS`
+   interleaved rounds (the order of the candidates rotated every round, so that other load on the
+   machine slows each alike) time each; a sample repeats a small product until it lasts
+   `SAMPLE_SECONDS`; the median sample per call counts. `pick` keeps the fastest order only if it
+   beats `F.linear` by `MARGIN` (5%), else `F.linear`: where an order does not pay it is dropped.
+   For GPT-2 small on two threads the calibration of one bucket lasts a fraction of a second, most
+   of it the LM head's 154 MB matrix read a few dozen times.
+
+The cache. A JSON file per machine, `<cache>/decoding-order/<hash>.json`, where the hash is of the
+machine's identity (`machine()`: `minift.profiling.cpu_identity()` without the thread count -- CPU
+model, torch's vector capability, the avx2/avx512/amx flags, the core count -- and the torch version);
+the file also holds that identity, which is compared on reading. Inside, one entry per decision,
+named by kind, shape, dtype, threads and bucket, with the order and the milliseconds measured. A
+new CPU or a new torch is a new file, hence a new calibration. Writes are atomic (minift/io.py) and
+merged with what another process may have written meanwhile. A file that cannot be read or parsed is
+reported in a warning naming its path, ignored, and rewritten; a cache that cannot be written is a
+warning too (the decisions then last as long as the process). Neither stops decoding.
+
+Variables.
+- `MINIFT_DECODING_ORDER`: `calibrate` (the default: measure, or read the cache), `fast` (the orders
+  as tuned on the AMD EPYC, without measuring: slabs for the block projections, for the LM head the
+  column slabs for one row and the tall product for more) or `plain` (`F.linear` everywhere, as
+  nn.Linear). The tests force each to cover every order.
+- `MINIFT_CACHE_DIR`: the folder of minift's caches; default `$XDG_CACHE_HOME/minift`, else
+  `~/.cache/minift`. The tests point it at a temporary folder.
+
+What it leaves out. Anything but a decoding step on a CPU: gpt2_fast.py asks only for at most
+FEW_ROWS rows on a CPU with autograd not recording, so a training step (which records, and has more
+rows) never triggers a calibration. A rule measured across several CPU kinds would save the first
+fraction of a second, but one machine's rule is what issue 15 shows to fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from minift.io import DiskFullError, JSONError, read_json, write_json
+from minift.profiling import cpu_identity
+
+ORDER_ENV = "MINIFT_DECODING_ORDER"
+CACHE_ENV = "MINIFT_CACHE_DIR"
+MODES = ("calibrate", "fast", "plain")
+PLAIN = "F.linear"  # the baseline every order must beat: nn.Linear's own product
+
+# A candidate is kept only if its time is at most (1 - MARGIN) x F.linear's: a few percent is within
+# the noise of a short measurement on a busy machine, and an order that does not pay is not worth its
+# code path (nor, for the LM head's column copy, its memory).
+MARGIN = 0.05
+# (first row count, last row count, rows timed): one row is a single prompt's decoding step; 2-8 a
+# small batch; 9-64 a large batch or a short prompt's prefill (gpt2_fast.FEW_ROWS is 64).
+BUCKETS = ((1, 1, 1), (2, 8, 4), (9, 64, 32))
+REPEATS = 5  # timed rounds per candidate; the median is kept
+SAMPLE_SECONDS = 2e-3  # a timed sample repeats a fast product until it lasts about this long
+
+# What this process decided: (MINIFT_CACHE_DIR, XDG_CACHE_HOME, entry name) -> entry. The environment is
+# part of the key so that a test pointing the cache elsewhere starts afresh; the machine is not (it does
+# not change in a process; `forget` starts afresh as a new process would).
+_decided: dict[tuple, dict] = {}
+
+
+def mode() -> str:
+    """MINIFT_DECODING_ORDER: calibrate (default), fast or plain; anything else is a ValueError naming it."""
+    value = os.environ.get(ORDER_ENV, "").strip().lower() or "calibrate"
+    if value not in MODES:
+        raise ValueError(f"{ORDER_ENV}={os.environ[ORDER_ENV]!r}: must be one of {', '.join(MODES)} "
+                         "(calibrate: measure once per machine; fast: the orders tuned on an AMD EPYC; "
+                         "plain: F.linear, as nn.Linear)")
+    return value
+
+
+def cache_dir() -> Path:
+    """$MINIFT_CACHE_DIR, else $XDG_CACHE_HOME/minift, else ~/.cache/minift."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "minift"
+
+
+def machine() -> dict:
+    """What a decision depends on besides the product itself: the CPU (`cpu_identity` without the
+    thread count, which each entry names) and the torch version (its BLAS and kernels)."""
+    identity = cpu_identity()
+    identity.pop("threads")
+    return {**identity, "torch": torch.__version__}
+
+
+def cache_file(identity: dict) -> Path:
+    """This machine's cache file: <cache>/decoding-order/<16 hex digits of the identity's hash>.json."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "decoding-order" / f"{digest}.json"
+
+
+def bucket(rows: int) -> tuple[str, int]:
+    """The bucket of a row count: its name ("1", "2-8", "9-64") and the row count the calibration times."""
+    for first, last, timed in BUCKETS:
+        if first <= rows <= last:
+            return (str(first) if first == last else f"{first}-{last}"), timed
+    raise ValueError(f"{rows} rows: the decoding orders are for 1 to {BUCKETS[-1][1]} rows")
+
+
+def entry_name(kind: str, shape: tuple[int, ...], dtype: torch.dtype, threads: int, rows: str) -> str:
+    """The name of a decision in the cache file: 'LM head 50257x768 float32, 2 threads, rows 1'."""
+    return (f"{kind} {'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')}, "
+            f"{threads} thread{'s' if threads != 1 else ''}, rows {rows}")
+
+
+def decoding_order(kind: str, shape: tuple[int, ...], dtype: torch.dtype, rows: int, orders: tuple[str, ...],
+                   setup: Callable[[int], dict[str, Callable[[], object]]], fast: str) -> str:
+    """The order (one of `orders`, PLAIN among them) a `kind` layer with a `shape` weight runs for
+    `rows` rows in `dtype` with torch's current thread count: MINIFT_DECODING_ORDER's choice (plain:
+    PLAIN, fast: `fast`), else this machine's calibrated one. `setup(n)` gives each order as a
+    call on n fixed rows; it is used only when the decision is measured."""
+    chosen = mode()
+    if chosen == "plain":
+        return PLAIN
+    if chosen == "fast":
+        return fast
+    rows_bucket, timed_rows = bucket(rows)
+    name = entry_name(kind, shape, dtype, torch.get_num_threads(), rows_bucket)
+    memo = (os.environ.get(CACHE_ENV), os.environ.get("XDG_CACHE_HOME"), name)
+    entry = _decided.get(memo)
+    if entry is None:
+        identity = machine()
+        path = cache_file(identity)
+        entry = read_entries(path, identity).get(name)
+        if not (isinstance(entry, dict) and entry.get("order") in orders):  # absent, or not one of ours
+            entry = calibrate(setup(timed_rows))
+            entry["rows timed"] = timed_rows
+            save_entry(path, identity, name, entry)
+        _decided[memo] = entry
+    return entry["order"]
+
+
+def calibrate(candidates: dict[str, Callable[[], object]]) -> dict:
+    """Time the candidates (`measure`) and `pick`: {"order", "ms" per call of each, "seconds" it took}."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        seconds = measure(candidates)
+    return {"order": pick(seconds), "ms": {k: round(1000 * s, 4) for k, s in seconds.items()},
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def measure(candidates: dict[str, Callable[[], object]], repeats: int = REPEATS) -> dict[str, float]:
+    """Median seconds per call of each candidate: two warm-up calls each (the faster sets how many calls
+    make a sample of about SAMPLE_SECONDS), then `repeats` rounds, each timing one sample of every
+    candidate, in an order rotated from round to round."""
+    calls = {}
+    for name, fn in candidates.items():
+        once = math.inf
+        for _ in range(2):  # the faster of two calls: the first may wait on page faults or a thread's wake-up
+            start = time.perf_counter()
+            fn()
+            once = min(once, time.perf_counter() - start)
+        calls[name] = max(1, min(1000, math.ceil(SAMPLE_SECONDS / max(once, 1e-7))))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def pick(seconds: dict[str, float], margin: float = MARGIN) -> str:
+    """The fastest order if it takes at most (1 - margin) x PLAIN's time, else PLAIN."""
+    best = min(seconds, key=seconds.__getitem__)
+    return best if seconds[best] <= (1 - margin) * seconds[PLAIN] else PLAIN
+
+
+def read_entries(path: Path, identity: dict, *, quiet: bool = False) -> dict:
+    """The decisions stored in `path` for the machine `identity`; {} if there is no file or it is another
+    machine's. A file that is not a cache of this kind is a warning naming it (unless `quiet`) and {}."""
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+        if not (isinstance(data, dict) and isinstance(data.get("machine"), dict)
+                and isinstance(data.get("orders"), dict)):
+            raise JSONError(f"{path}: not a decoding-order cache (expected an object with 'machine' and 'orders')")
+    except (JSONError, OSError) as err:
+        if not quiet:
+            warnings.warn(f"{err}; ignoring it: the decoding order is measured again and the file rewritten",
+                          stacklevel=2)
+        return {}
+    return data["orders"] if data["machine"] == identity else {}
+
+
+def save_entry(path: Path, identity: dict, name: str, entry: dict) -> None:
+    """Add one decision to `path`, atomically, keeping the others (another process may have added some
+    since this one read the file). A failure to write is a warning, not an error."""
+    entries = {**read_entries(path, identity, quiet=True), name: entry}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json({"machine": identity, "orders": entries}, path)
+    except (OSError, DiskFullError) as err:
+        warnings.warn(f"{path}: cannot save the decoding order ({err}); it will be measured again by the next "
+                      f"process (set {CACHE_ENV} to a writable folder)", stacklevel=2)
+
+
+def decided() -> dict[str, dict]:
+    """What this process decided so far (measured or read from the cache): entry name -> {"order", "ms",
+    ...}. For reports such as benchmarks/generate_kv.py's."""
+    return {memo[-1]: entry for memo, entry in _decided.items()}
+
+
+def forget() -> None:
+    """Drop this process's decisions (the cache file stays): the next call reads or measures again, as a
+    new process would."""
+    _decided.clear()
