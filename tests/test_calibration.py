@@ -197,12 +197,15 @@ def test_the_cache_is_written_where_the_variable_says_and_read_back_without_timi
     assert data["orders"] == {"block projection 24x12 float32, 2 threads, rows 1": {
         "order": SLABS, "ms": {PLAIN: 1000.0, SLABS: 500.0}, "seconds": data["orders"][
             "block projection 24x12 float32, 2 threads, rows 1"]["seconds"], "rows timed": 1}}
+    name = "block projection 24x12 float32, 2 threads, rows 1"
+    assert calibration.decided()[name]["source"] == "measured"
     run(layer)
     assert len(timer.calls) == 1  # the same process: from memory
     calibration.forget()  # a new process: from the file
     calls = spy_slabs(monkeypatch)
     run(layer)
     assert len(timer.calls) == 1 and calls == [2]
+    assert calibration.decided()[name]["source"] == "cache" and calibration.decided()[name]["order"] == SLABS
     run(projection(48, 12))  # another shape: measured, and added to the same file
     assert len(timer.calls) == 2 and len(json.loads(path.read_text())["orders"]) == 2
 

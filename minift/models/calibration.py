@@ -35,7 +35,10 @@ named by kind, shape, dtype, threads and bucket, with the order and the millisec
 new CPU or a new torch is a new file, hence a new calibration. Writes are atomic (minift/io.py) and
 merged with what another process may have written meanwhile. A file that cannot be read or parsed is
 reported in a warning naming its path, ignored, and rewritten; a cache that cannot be written is a
-warning too (the decisions then last as long as the process). Neither stops decoding.
+warning too (the decisions then last as long as the process). Neither stops decoding. A calibration
+measures the machine as it is at that moment: one taken while other work kept the cores busy can
+prefer the single-threaded F.linear (another thread's wake-up waits for a free core); delete the
+file to measure again on a quiet machine.
 
 Variables.
 - `MINIFT_DECODING_ORDER`: `calibrate` (the default: measure, or read the cache), `fast` (the orders
@@ -154,10 +157,12 @@ def decoding_order(kind: str, shape: tuple[int, ...], dtype: torch.dtype, rows: 
         identity = machine()
         path = cache_file(identity)
         entry = read_entries(path, identity).get(name)
-        if not (isinstance(entry, dict) and entry.get("order") in orders):  # absent, or not one of ours
-            entry = calibrate(setup(timed_rows))
-            entry["rows timed"] = timed_rows
+        if isinstance(entry, dict) and entry.get("order") in orders:
+            entry = {**entry, "source": "cache"}
+        else:  # absent, or not one of this layer's orders
+            entry = {**calibrate(setup(timed_rows)), "rows timed": timed_rows}
             save_entry(path, identity, name, entry)
+            entry = {**entry, "source": "measured"}
         _decided[memo] = entry
     return entry["order"]
 
@@ -233,8 +238,9 @@ def save_entry(path: Path, identity: dict, name: str, entry: dict) -> None:
 
 
 def decided() -> dict[str, dict]:
-    """What this process decided so far (measured or read from the cache): entry name -> {"order", "ms",
-    ...}. For reports such as benchmarks/generate_kv.py's."""
+    """What this process decided so far: entry name -> {"order", "ms" per candidate, "seconds" the
+    calibration took, "rows timed", "source": "measured" (by this process) or "cache" (read from the
+    file)}. For reports such as benchmarks/generate_kv.py's."""
     return {memo[-1]: entry for memo, entry in _decided.items()}
 
 

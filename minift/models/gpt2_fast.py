@@ -1,5 +1,6 @@
-"""GPT-2's CPU decoding path: the same weights, multiplied in the order that is fastest for the few
-rows of a decoding step. minift/models/gpt2.py is the model; this file only makes it faster.
+"""GPT-2's CPU decoding path: the same weights, multiplied in the order that is fastest on this
+machine for the few rows of a decoding step. minift/models/gpt2.py is the model; this file only makes
+it faster, and minift/models/calibration.py decides, per machine, whether it does.
 
 Lesson: `lessons/16-generation.md`, "The weight products of a decoding step" (the measurements).
 
@@ -8,11 +9,17 @@ same names (`weight`, `bias`), and `use_fast_path(model)`, which swaps them into
 place; gpt2.py calls it once, at construction, when the model is built with attn_impl="sdpa":
 
 - `FewRowsLinear`, for the four projections of every block (attn.c_attn, attn.c_proj, mlp.c_fc,
-  mlp.c_proj): up to FEW_ROWS rows on a CPU with several threads, `few_rows_linear`, one slab of the
-  weight per thread in one batched product;
-- `FewRowsLMHead`, for GPT2LMHeadModel.lm_head: up to FEW_ROWS rows on a CPU, the tall product
-  (W h^T)^T, and for one row without autograd a column-major copy of W cut into one slab of columns
-  per thread.
+  mlp.c_proj): up to FEW_ROWS rows on a CPU with several threads, either `F.linear` or
+  `few_rows_linear` ("slabs"), one slab of the weight per thread in one batched product;
+- `FewRowsLMHead`, for GPT2LMHeadModel.lm_head: up to FEW_ROWS rows on a CPU, `F.linear`, the tall
+  product (W h^T)^T ("tall"), or for one row a column-major copy of W cut into one slab of columns
+  per thread ("column slabs").
+Which one runs is this machine's calibrated choice (`calibration.decoding_order`): measured at the
+first decoding step of each weight shape, thread count and row-count bucket (1, 2-8, 9-64 rows), in
+a fraction of a second, and kept only if it beats F.linear by 5%; cached in
+`$MINIFT_CACHE_DIR/decoding-order/` (default `~/.cache/minift/`, or `$XDG_CACHE_HOME/minift/`)
+under the CPU's identity and the torch version. `MINIFT_DECODING_ORDER=fast` forces the orders this
+file was tuned with, `plain` forces F.linear, `calibrate` (the default) measures.
 Because the parameters are the very same tensors under the same names, `state_dict()`,
 `save_pretrained`, weight tying (lm_head.weight is transformer.wte.weight) and LoRA see the readable
 model; an "eager" model never contains these classes.
@@ -20,22 +27,28 @@ model; an "eager" model never contains these classes.
 Why. With the KV cache a decoding step multiplies one row per sequence by every weight matrix: two
 flops per weight read from memory, so the step lasts as long as the weights take to stream in.
 nn.Linear hands that product to the BLAS as a matrix product whose second operand has one column,
-which MKL runs on one core whatever the thread count (`MKL_VERBOSE=1` shows two threads, the clock
-shows one), and one core cannot draw the machine's memory bandwidth. A batched product over slabs
-gives every thread its own part of W; for the (V, C) LM head, the largest matrix, the order in which
-the BLAS walks W matters as much (lesson 16: 1.6x for GPT-2 small's blocks and 2.4x for its head at
-batch 1, two threads). Every output is still the dot product of one row of W with the input: only
-which thread computes it, and in which order W is read, change, so the numbers agree with nn.Linear's
-to float32 rounding (`tests/test_generate.py`).
+which MKL on the AMD EPYC these orders were tuned on runs on one core whatever the thread count
+(`MKL_VERBOSE=1` shows two threads, the clock shows one), and one core cannot draw the machine's
+memory bandwidth. A batched product over slabs gives every thread its own part of W; for the (V, C)
+LM head, the largest matrix, the order in which the BLAS walks W matters as much (lesson 16: 1.6x
+for GPT-2 small's blocks and 2.4x for its head at batch 1, two threads; greedy decoding 1.61x
+transformers' at batch 1, 2.07x at batch 4). That is a property of a BLAS and a CPU, not of the
+math: on an Intel Xeon with AMX (issue 15) `few_rows_linear` ran at 0.95x nn.Linear's speed at 1, 4
+and 64 rows, the tall head product at 0.48x at 2 rows and 0.88x at 4, and greedy decoding at only
+1.09x and 0.97x transformers' -- hence the calibration, which drops an order where it does not pay.
+Every output is still the dot product of one row of W with the input: only which thread computes
+it, and in which order W is read, change, so the numbers agree with nn.Linear's to float32 rounding
+whatever is chosen (`tests/test_generate.py`, `tests/test_calibration.py`).
 
 What it leaves out. GPUs (cuBLAS has no one-core product; any non-CPU input runs `F.linear`), more
 than FEW_ROWS rows (a training batch or a long prompt: nn.Linear's product is already fast there),
-one thread for the block projections (nothing to share out), weights that are not contiguous or
-whose rows do not cut into equal slabs, the classification heads (one product per sequence, not per
-generated token), and any layer that is not a plain nn.Linear when the swap runs: a LoRA wrapper, a
-subclass or a layer with a hook keeps its own forward. A LoRA adapter applied later wraps the swapped
-layer and runs its own forward instead; `merge_lora` gives back a plain nn.Linear, which
-`use_fast_path(model)` may swap again.
+autograd recording (a training step of any size: F.linear, whose backward is the usual one, and no
+calibration), one thread for the block projections (nothing to share out), weights that are not
+contiguous or whose rows do not cut into equal slabs, the classification heads (one product per
+sequence, not per generated token), and any layer that is not a plain nn.Linear when the swap runs:
+a LoRA wrapper, a subclass or a layer with a hook keeps its own forward. A LoRA adapter applied
+later wraps the swapped layer and runs its own forward instead; `merge_lora` gives back a plain
+nn.Linear, which `use_fast_path(model)` may swap again.
 """
 
 from __future__ import annotations
