@@ -86,7 +86,8 @@ BUCKETS = ((1, 1, 1), (2, 8, 4), (9, 64, 32))
 REPEATS = 5  # timed rounds per candidate; the median is kept
 SAMPLE_SECONDS = 2e-3  # a timed sample repeats a fast product until it lasts about this long
 
-# What this process decided: (MINIFT_CACHE_DIR, XDG_CACHE_HOME, entry name) -> entry. The environment is
+# What this process decided: (MINIFT_CACHE_DIR, XDG_CACHE_HOME, kind, shape, dtype, threads, bucket) -> entry
+# (with its "name" in the cache file). The environment is
 # part of the key so that a test pointing the cache elsewhere starts afresh; the machine is not (it does
 # not change in a process; `forget` starts afresh as a new process would).
 _decided: dict[tuple, dict] = {}
@@ -150,19 +151,20 @@ def decoding_order(kind: str, shape: tuple[int, ...], dtype: torch.dtype, rows: 
     if chosen == "fast":
         return fast
     rows_bucket, timed_rows = bucket(rows)
-    name = entry_name(kind, shape, dtype, torch.get_num_threads(), rows_bucket)
-    memo = (os.environ.get(CACHE_ENV), os.environ.get("XDG_CACHE_HOME"), name)
-    entry = _decided.get(memo)
+    threads = torch.get_num_threads()
+    memo = (os.environ.get(CACHE_ENV), os.environ.get("XDG_CACHE_HOME"), kind, shape, dtype, threads, rows_bucket)
+    entry = _decided.get(memo)  # every decoding step of every layer comes here: a dict look-up, no more
     if entry is None:
+        name = entry_name(kind, shape, dtype, threads, rows_bucket)
         identity = machine()
         path = cache_file(identity)
         entry = read_entries(path, identity).get(name)
         if isinstance(entry, dict) and entry.get("order") in orders:
-            entry = {**entry, "source": "cache"}
+            entry = {**entry, "name": name, "source": "cache"}
         else:  # absent, or not one of this layer's orders
             entry = {**calibrate(setup(timed_rows)), "rows timed": timed_rows}
             save_entry(path, identity, name, entry)
-            entry = {**entry, "source": "measured"}
+            entry = {**entry, "name": name, "source": "measured"}
         _decided[memo] = entry
     return entry["order"]
 
@@ -241,7 +243,7 @@ def decided() -> dict[str, dict]:
     """What this process decided so far: entry name -> {"order", "ms" per candidate, "seconds" the
     calibration took, "rows timed", "source": "measured" (by this process) or "cache" (read from the
     file)}. For reports such as benchmarks/generate_kv.py's."""
-    return {memo[-1]: entry for memo, entry in _decided.items()}
+    return {entry["name"]: {k: v for k, v in entry.items() if k != "name"} for entry in _decided.values()}
 
 
 def forget() -> None:

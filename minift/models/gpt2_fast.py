@@ -79,10 +79,8 @@ def _decoding_step(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the product runs in: autocast's on a CPU when it is on, else the weight's."""
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        on, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
-    else:
-        on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return dtype if on else weight.dtype
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else weight.dtype
 
 
 def probe(rows: int, weight: torch.Tensor) -> torch.Tensor:
