@@ -147,19 +147,28 @@ def test_the_lm_head_runs_each_order_its_calibration_picked(cache, monkeypatch):
         assert timer.calls == [sorted((PLAIN, TALL, COLUMNS)), sorted((PLAIN, TALL))]
 
 
-def test_measure_times_every_candidate_interleaved(monkeypatch):
-    """Two warm-up calls each, then REPEATS rounds in a rotated order, a sample being several calls of a
-    fast product; the medians are per call."""
+def test_measure_times_every_candidate_interleaved_and_from_memory():
+    """One warm-up call each, then REPEATS rounds in a rotated order, every timed call after a read that
+    evicts the weight from the caches; the medians are per call."""
     seen = []
     candidates = {name: (lambda name=name: seen.append(name)) for name in ("a", "b", "c")}
-    seconds = calibration.measure(candidates, repeats=3)
+    seconds = calibration.measure(candidates, repeats=3, evict=lambda: seen.append("evict"))
     assert set(seconds) == {"a", "b", "c"} and all(s > 0 for s in seconds.values())
-    assert seen[:6] == ["a", "a", "b", "b", "c", "c"]
-    timed = seen[6:]
-    per_sample = timed.count("a") // 3
-    assert per_sample > 1 and timed.count("b") // 3 > 1  # a no-op repeats to fill a sample
-    firsts = [timed[0]] + [timed[i] for i in range(1, len(timed)) if timed[i] != timed[i - 1]]
-    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotated every round
+    assert seen[:3] == ["a", "b", "c"]  # the warm-up
+    timed = seen[3:]
+    assert timed[0::2] == ["evict"] * 9  # an eviction before each of the 9 timed calls
+    assert timed[1::2] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotated every round
+
+
+def test_the_evictor_reads_twice_the_last_level_cache(monkeypatch):
+    monkeypatch.setattr(calibration, "last_level_cache_bytes", lambda: 40 << 20)
+    assert calibration.evictor().__self__.numel() * 4 == 80 << 20
+    monkeypatch.setattr(calibration, "last_level_cache_bytes", lambda: None)  # unknown: the minimum, twice
+    assert calibration.evictor().__self__.numel() * 4 == 2 * calibration.EVICT_MIN
+    monkeypatch.setattr(calibration, "last_level_cache_bytes", lambda: 4 << 30)  # within the maximum
+    assert calibration.evictor().__self__.numel() * 4 == calibration.EVICT_MAX
+    size = calibration.last_level_cache_bytes()
+    assert size is None or size >= 1 << 20  # this machine's, if Linux reports it
 
 
 def test_buckets():

@@ -19,13 +19,15 @@ made once per layer kind, weight shape, compute dtype, thread count and bucket:
 1. in this process's memory, if it was made before;
 2. else in the cache file of this machine, if it is there;
 3. else measured (`measure`): `setup(rows timed)` builds each order as a call on a fixed input (no
-   random numbers, so no RNG state is touched); each is called twice to warm up, then `REPEATS`
+   random numbers, so no RNG state is touched); each is called once to warm up, then `REPEATS`
    interleaved rounds (the order of the candidates rotated every round, so that other load on the
-   machine slows each alike) time each; a sample repeats a small product until it lasts
-   `SAMPLE_SECONDS`; the median sample per call counts. `pick` keeps the fastest order only if it
-   beats `F.linear` by `MARGIN` (5%), else `F.linear`: where an order does not pay it is dropped.
-   For GPT-2 small on two threads the calibration of one bucket lasts a fraction of a second, most
-   of it the LM head's 154 MB matrix read a few dozen times.
+   machine slows each alike) time one call of each, the median counting. Before every timed call a
+   buffer twice the size of the last-level cache is read (`evictor`), so the weight comes from
+   memory as in a real step, where the 48 other matrices of GPT-2 small (340 MB) have pushed it out
+   of the caches: the same matrix timed over and over would sit in the cache and time that instead.
+   `pick` keeps the fastest order only if it beats `F.linear` by `MARGIN` (5%), else `F.linear`:
+   where an order does not pay it is dropped. For GPT-2 small on two threads the calibration of one
+   row bucket lasts about a second: six calls of each candidate and as many reads of the buffer.
 
 The cache. A JSON file per machine, `<cache>/decoding-order/<hash>.json`, where the hash is of the
 machine's identity (`machine()`: `minift.profiling.cpu_identity()` without the thread count -- CPU
@@ -58,7 +60,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import statistics
 import time
@@ -84,7 +85,9 @@ MARGIN = 0.05
 # small batch; 9-64 a large batch or a short prompt's prefill (gpt2_fast.FEW_ROWS is 64).
 BUCKETS = ((1, 1, 1), (2, 8, 4), (9, 64, 32))
 REPEATS = 5  # timed rounds per candidate; the median is kept
-SAMPLE_SECONDS = 2e-3  # a timed sample repeats a fast product until it lasts about this long
+# Bytes read before each timed call to push the weight out of the caches (`evictor`): twice the
+# last-level cache (32 MiB on this AMD EPYC, more on a large Xeon), within these bounds.
+EVICT_MIN, EVICT_MAX = 32 << 20, 512 << 20
 
 # What this process decided: (MINIFT_CACHE_DIR, XDG_CACHE_HOME, kind, shape, dtype, threads, bucket) -> entry
 # (with its "name" in the cache file). The environment is
@@ -178,29 +181,53 @@ def calibrate(candidates: dict[str, Callable[[], object]]) -> dict:
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def measure(candidates: dict[str, Callable[[], object]], repeats: int = REPEATS) -> dict[str, float]:
-    """Median seconds per call of each candidate: two warm-up calls each (the faster sets how many calls
-    make a sample of about SAMPLE_SECONDS), then `repeats` rounds, each timing one sample of every
-    candidate, in an order rotated from round to round."""
-    calls = {}
-    for name, fn in candidates.items():
-        once = math.inf
-        for _ in range(2):  # the faster of two calls: the first may wait on page faults or a thread's wake-up
-            start = time.perf_counter()
-            fn()
-            once = min(once, time.perf_counter() - start)
-        calls[name] = max(1, min(1000, math.ceil(SAMPLE_SECONDS / max(once, 1e-7))))
+def measure(candidates: dict[str, Callable[[], object]], repeats: int = REPEATS,
+            evict: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median seconds of one call of each candidate: one warm-up call each, then `repeats` rounds, each
+    timing one call of every candidate, in an order rotated from round to round. Before every timed
+    call `evict()` runs (untimed; default: `evictor()`, a read of twice the last-level cache), so
+    the weight comes from memory, as in a real decoding step, where the other layers' weights have
+    pushed it out of the caches since its last use; timing the same matrix again and again would
+    time the cache instead."""
+    evict = evictor() if evict is None else evict
+    for fn in candidates.values():
+        fn()  # the first call may pay for page faults and the kernel's choice
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            fn, n = candidates[name], calls[name]
+            evict()
             start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - start) / n)
+            candidates[name]()
+            samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def evictor() -> Callable[[], object]:
+    """A call that reads a buffer of its own, twice the last-level cache (within EVICT_MIN and
+    EVICT_MAX; EVICT_MIN x 2 where the size is unknown): afterwards the caches hold that buffer, not
+    the weight being timed (and torch's threads are awake, as after the previous layer of a step)."""
+    size = min(EVICT_MAX, max(EVICT_MIN, 2 * (last_level_cache_bytes() or EVICT_MIN)))
+    buffer = torch.ones(size // 4)  # float32
+    return buffer.sum
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the largest CPU cache Linux reports for cpu0 (/sys/devices/system/cpu/cpu0/cache),
+    None elsewhere."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=None)
 
 
 def pick(seconds: dict[str, float], margin: float = MARGIN) -> str:
