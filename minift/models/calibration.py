@@ -26,8 +26,9 @@ made once per layer kind, weight shape, compute dtype, thread count and bucket:
    memory as in a real step, where the 48 other matrices of GPT-2 small (340 MB) have pushed it out
    of the caches: the same matrix timed over and over would sit in the cache and time that instead.
    `pick` keeps the fastest order only if it beats `F.linear` by `MARGIN` (5%), else `F.linear`:
-   where an order does not pay it is dropped. For GPT-2 small on two threads the calibration of one
-   row bucket lasts about a second: six calls of each candidate and as many reads of the buffer.
+   where an order does not pay it is dropped. A bucket costs six calls of each candidate and as many
+   reads of the buffer: for GPT-2 small, whose head takes 4 to 11 ms a call on two threads (lesson
+   16), a fraction of a second on a quiet machine; several seconds on a busy one.
 
 The cache. A JSON file per machine, `<cache>/decoding-order/<hash>.json`, where the hash is of the
 machine's identity (`machine()`: `minift.profiling.cpu_identity()` without the thread count -- CPU
