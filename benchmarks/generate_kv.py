@@ -27,12 +27,14 @@ thread count and row bucket (minift/models/calibration.py; made during the untim
 read from the cache in $MINIFT_CACHE_DIR, default ~/.cache/minift) with the milliseconds it measured;
 MINIFT_DECODING_ORDER=plain or =fast runs the comparison with the order forced instead.
 --smoke: the tiny size only, 4 new tokens, 2 repetitions (1 without the cache), 2 beams, the projection
-and head tables on 2 layers and 3 calls: the whole path end to end in seconds (numbers meaningless).
+and head tables on 2 layers and 3 calls: the whole path end to end in seconds (numbers meaningless;
+the calibration's cache goes to a temporary folder, never the one real runs read).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -212,6 +214,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.sizes, args.new_tokens, args.reps, args.no_cache_reps, args.beams = "tiny", 4, 2, 1, 2
+        # A smoke run's calibration is as meaningless as its timings: it must not be kept for real runs.
+        smoke_cache = tempfile.TemporaryDirectory()
+        os.environ[calibration.CACHE_ENV] = smoke_cache.name
     if args.reps < 1 or args.no_cache_reps < 1:
         p.error(f"--reps and --no-cache-reps must be at least 1, got {args.reps} and {args.no_cache_reps}")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
