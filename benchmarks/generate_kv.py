@@ -21,14 +21,20 @@ the CPU's model name and avx2/avx512f/avx512_bf16/amx_bf16 flags, the torch vers
 tokens/s counts new tokens only, summed over the batch: batch x new tokens / wall time. A last table
 times the block projections of one step (nn.Linear against few_rows_linear) and the LM head alone
 in the BLAS orders minift's fast path chooses between (minift/models/gpt2_fast.py, lesson 16): those
-products are timed in 3 repeats of rotated rounds too (bert_vs_transformers.time_rotated).
+products are timed in 3 repeats of rotated rounds too (bert_vs_transformers.time_rotated). The last
+table lists the orders minift's calibration chose on this machine for each layer kind, weight shape,
+thread count and row bucket (minift/models/calibration.py; made during the untimed warm-up runs, or
+read from the cache in $MINIFT_CACHE_DIR, default ~/.cache/minift) with the milliseconds it measured;
+MINIFT_DECODING_ORDER=plain or =fast runs the comparison with the order forced instead.
 --smoke: the tiny size only, 4 new tokens, 2 repetitions (1 without the cache), 2 beams, the projection
-and head tables on 2 layers and 3 calls: the whole path end to end in seconds (numbers meaningless).
+and head tables on 2 layers and 3 calls: the whole path end to end in seconds (numbers meaningless;
+the calibration's cache goes to a temporary folder, never the one real runs read).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -42,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from bert_vs_transformers import machine_line, ratios, rotated, spread, time_rotated
 
-from minift.models import GPT2LMHeadModel
+from minift.models import GPT2LMHeadModel, calibration
 from minift.models.gpt2 import GPT2Config
 from minift.models.gpt2_fast import FEW_ROWS, few_rows_linear
 
@@ -208,6 +214,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.sizes, args.new_tokens, args.reps, args.no_cache_reps, args.beams = "tiny", 4, 2, 1, 2
+        # A smoke run's calibration is as meaningless as its timings: it must not be kept for real runs.
+        smoke_cache = tempfile.TemporaryDirectory()
+        os.environ[calibration.CACHE_ENV] = smoke_cache.name
     if args.reps < 1 or args.no_cache_reps < 1:
         p.error(f"--reps and --no-cache-reps must be at least 1, got {args.reps} and {args.no_cache_reps}")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -252,8 +261,9 @@ def main() -> None:
         print(f"| {n_rows} | {spread(ms['linear'], '.1f')} | {spread(ms['slabs'], '.1f')} "
               f"| {spread(ratios(ms['linear'], ms['slabs']), '.2f')}x |")
     print(f"\n{machine}.\nThe LM head alone, (rows, C) times GPT-2's (50257, C) matrix, ms per call, median [min-max] of 3 "
-          f"repeats of rotated rounds, {slabs} thread(s); minift's fast path (few_rows_logits) is 'tall' from 2 to "
-          f"{FEW_ROWS} rows and W stored (C, V) in one slab of columns per thread for 1 row (no autograd):\n")
+          f"repeats of rotated rounds, {slabs} thread(s); few_rows_logits is the fast path's order as tuned on an AMD "
+          f"EPYC: 'tall' from 2 to {FEW_ROWS} rows and W stored (C, V) in one slab of columns per thread for 1 row "
+          f"(no autograd); which order minift runs is calibrated per machine (next table):\n")
     print("| C | rows | nn.Linear (ms) | tall (W h^T)^T (ms) | W as (C, V), one product (ms) | few_rows_logits (ms) "
           "| nn.Linear / few_rows_logits |")
     print("|---|---|---|---|---|---|---|")
@@ -261,6 +271,26 @@ def main() -> None:
         column = spread(ms["by column"], ".2f") if "by column" in ms else "-"
         print(f"| {width} | {n_rows} | {spread(ms['linear'], '.2f')} | {spread(ms['tall'], '.2f')} | {column} "
               f"| {spread(ms['minift'], '.2f')} | {spread(ratios(ms['linear'], ms['minift']), '.2f')}x |")
+
+    print_orders(machine)
+
+
+def print_orders(machine: str) -> None:
+    """The orders minift's fast path ran in the generation runs above, as this machine's calibration
+    chose them (or as MINIFT_DECODING_ORDER forced them: then nothing was measured)."""
+    mode = calibration.mode()
+    print(f"\n{machine}.\nThe orders of minift's decoding path on this machine (MINIFT_DECODING_ORDER={mode}; "
+          f"cache {calibration.cache_file(calibration.machine())}): an order is kept only if it beats F.linear by "
+          f"{calibration.MARGIN:.0%}; ms per call of each candidate as the calibration measured it (median of "
+          f"{calibration.REPEATS} interleaved rounds, the machine as it was then):\n")
+    if mode != "calibrate":
+        print(f"(forced: {'F.linear everywhere' if mode == 'plain' else 'the orders tuned on an AMD EPYC'})")
+        return
+    print("| layer, weight, dtype, threads, rows | chosen | ms per call | calibration (s) | from |")
+    print("|---|---|---|---|---|")
+    for name, entry in calibration.decided().items():
+        ms = ", ".join(f"{order} {value:.3f}" for order, value in entry["ms"].items())
+        print(f"| {name} | {entry['order']} | {ms} | {entry['seconds']:.3f} | {entry['source']} |")
 
 
 if __name__ == "__main__":

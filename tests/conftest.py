@@ -58,6 +58,16 @@ def shared_data() -> Path:
     return shared_data_or_skip()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """MINIFT_CACHE_DIR in a temporary folder for the whole session (and the subprocesses it starts):
+    the decoding-order calibration of GPT-2's fast path (minift/models/calibration.py) writes its
+    cache there, never into the user's ~/.cache. Set in os.environ, restored afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINIFT_CACHE_DIR", str(tmp_path_factory.mktemp("minift-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): a second

@@ -22,7 +22,7 @@ from minift.generate import (
     top_k_filter,
     top_p_filter,
 )
-from minift.models import gpt2_fast
+from minift.models import calibration, gpt2_fast
 from minift.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from minift.models.gpt2_fast import FEW_ROWS, FewRowsLinear, FewRowsLMHead, few_rows_linear, use_fast_path
 
@@ -33,6 +33,14 @@ CONFIG = {"n_embd": 20, "n_head": 4, "n_layer": 2, "vocab_size": VOCAB, "n_posit
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
+
+
+@pytest.fixture
+def fast_order(monkeypatch):
+    """MINIFT_DECODING_ORDER=fast: the fast path's layers take the orders they were tuned with, without
+    calibrating (minift/models/calibration.py), so a test of those orders' mechanics runs them whatever
+    this machine would choose."""
+    monkeypatch.setenv(calibration.ORDER_ENV, "fast")
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +118,18 @@ def test_greedy_left_padded_batch_matches_transformers(models, impl, use_cache):
 
 
 @pytest.mark.parametrize("n_threads", [2, 3, 4])
-def test_greedy_with_weight_slabs_matches_transformers(models, n_threads):
+@pytest.mark.parametrize("order", ["fast", "plain", "calibrate"])
+def test_greedy_with_weight_slabs_matches_transformers(models, n_threads, order, monkeypatch):
     """With several threads the fast path computes the block projections with `few_rows_linear` (one
-    slab of each weight per thread) and the one-row LM head in column slabs; the tokens stay those of
+    slab of each weight per thread) and the one-row LM head in column slabs (forced: "fast"), or with
+    F.linear ("plain"), or as this machine's calibration decides; the tokens stay those of
     transformers. With 3 threads, c_fc (80 outputs) cannot be cut evenly and keeps nn.Linear."""
+    monkeypatch.setenv(calibration.ORDER_ENV, order)
+    ran = []  # the orders that ran: "slabs", or the head's
+    real_slabs, real_logits = gpt2_fast.few_rows_linear, FewRowsLMHead.few_rows_logits
+    monkeypatch.setattr(gpt2_fast, "few_rows_linear", lambda *a: ran.append("slabs") or real_slabs(*a))
+    monkeypatch.setattr(FewRowsLMHead, "few_rows_logits",
+                        lambda self, h, o=None: ran.append(o) or real_logits(self, h, o))
     ref, ours = models
     ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(1))
     batch, mask = left_padded_batch()
@@ -121,6 +137,10 @@ def test_greedy_with_weight_slabs_matches_transformers(models, n_threads):
         assert torch.equal(generate(ours["sdpa"], ids, 12), hf_generate(ref, ids, 12))
         assert torch.equal(generate(ours["sdpa"], batch, 10, attention_mask=mask, pad_token_id=0),
                            hf_generate(ref, batch, 10, mask=mask, pad=0))
+    if order == "fast":
+        assert set(ran) == {"slabs", gpt2_fast.COLUMNS, gpt2_fast.TALL}  # every order ran, and gave the same tokens
+    elif order == "plain":
+        assert ran == []
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -216,10 +236,10 @@ def test_few_rows_linear_equals_f_linear(seed, rows, slabs, bias):
         assert (g_got - g_want).abs().max() <= 1e-5 * max(1.0, g_want.abs().max().item())
 
 
-def test_few_rows_linear_cuts_weights_only_where_that_computes_the_same_layer(monkeypatch):
-    """A FewRowsLinear takes the slab path only on a CPU, for at most FEW_ROWS rows, with several
-    threads, when its rows split evenly; otherwise nn.Linear's own product runs. Either way the numbers
-    are the layer's. Only a plain nn.Linear (no wrapper, no subclass, no hook) is swapped for one, and
+def test_few_rows_linear_cuts_weights_only_where_that_computes_the_same_layer(monkeypatch, fast_order):
+    """A FewRowsLinear takes the slab path (when the machine's order is the slabs: forced here) only on
+    a CPU, for at most FEW_ROWS rows, without autograd recording, with several threads, when its rows
+    split evenly; otherwise nn.Linear's own product runs. Either way the numbers are the layer's. Only a plain nn.Linear (no wrapper, no subclass, no hook) is swapped for one, and
     the readable path (a plain nn.Linear) never takes it."""
     calls = []
     real = gpt2_fast.few_rows_linear
@@ -231,9 +251,9 @@ def test_few_rows_linear_cuts_weights_only_where_that_computes_the_same_layer(mo
     fast = swapped(holder, "layer", FewRowsLinear)
     assert fast.weight is layer.weight and fast.bias is layer.bias  # the same Parameters
 
-    def taken(x, n_threads=2, module=fast) -> bool:
+    def taken(x, n_threads=2, module=fast, grad=False) -> bool:
         calls.clear()
-        with threads(n_threads), torch.no_grad():
+        with threads(n_threads), torch.set_grad_enabled(grad):
             got = module(x)
             assert (got - torch.nn.functional.linear(x, layer.weight, layer.bias)).abs().max() <= 1e-5
         return bool(calls)
@@ -242,6 +262,7 @@ def test_few_rows_linear_cuts_weights_only_where_that_computes_the_same_layer(mo
     assert taken(torch.randn(4, 3, 12), n_threads=3) and calls == [3]
     assert taken(torch.randn(FEW_ROWS, 12))
     assert not taken(torch.randn(FEW_ROWS + 1, 12))  # a training batch: nn.Linear's product is fine
+    assert not taken(torch.randn(2, 12), grad=True)  # autograd recording: a training step, whatever its size
     assert not taken(torch.randn(1, 12), module=layer)  # the readable path
     assert not taken(torch.randn(1, 12), n_threads=1)  # one thread: nothing to share out
     assert not taken(torch.randn(1, 12), n_threads=5)  # 24 rows do not cut into 5 equal slabs
@@ -314,7 +335,7 @@ def test_few_rows_logits_equal_the_lm_head(seed, shape, grad, n_threads):
     assert (model.lm_head._by_column is not None) == (shape == (1, 1) and not grad)
 
 
-def test_the_column_copy_of_the_head_follows_the_weight():
+def test_the_column_copy_of_the_head_follows_the_weight(fast_order):
     """The (C, V) copy that one-row decoding uses is rebuilt after an in-place update of the weight
     (an optimizer step) and after a new weight tensor (loading, .to()); it is never stale."""
     torch.manual_seed(0)
@@ -371,7 +392,7 @@ def fast_layers(model: torch.nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if isinstance(m, (FewRowsLinear, FewRowsLMHead))}
 
 
-def test_the_fast_path_swaps_layers_not_parameters(tmp_path):
+def test_the_fast_path_swaps_layers_not_parameters(tmp_path, fast_order):
     """attn_impl="sdpa" swaps the block projections and the LM head for gpt2_fast's layers; the
     parameters stay the readable model's: after a decoding step, state_dict() has the same names,
     shapes and values in the same order, save_pretrained writes the same bytes, the LM head stays tied, and from_pretrained with
@@ -402,7 +423,7 @@ def test_the_fast_path_swaps_layers_not_parameters(tmp_path):
     assert reloaded.lm_head.weight is reloaded.transformer.wte.weight  # tied again after loading
 
 
-def test_a_deep_copy_and_a_merged_lora_keep_the_fast_path_s_numbers():
+def test_a_deep_copy_and_a_merged_lora_keep_the_fast_path_s_numbers(fast_order):
     """What finetune does to save a LoRA run: deep-copy the model, merge the adapters. The copy starts
     without the head's column copy (it builds its own from its own weight) and gives the same logits;
     the merged layers are plain nn.Linear again, which use_fast_path swaps back."""
