@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from minift.profiling import cpu_identity  # noqa: E402
-from minift.train.memory import estimate, peak_memory  # noqa: E402
+from minift.profiling import cpu_identity
+from minift.train.memory import estimate, peak_memory
 
 DEFAULT = "minilm:8x128:fp32,minilm:32x128:fp32,minilm:32x128:bf16,gpt2:1x512:fp32,gpt2:2x512:fp32,gpt2:2x512:bf16"
 GIB = 2**30
@@ -62,7 +62,7 @@ def build(arch: str, batch: int, length: int):
         raise SystemExit(f"--configs: unknown model {arch!r} (minilm or gpt2)")
 
     class Source:  # what estimate() reads of a DataLoader: its examples and its collate
-        dataset = [0]
+        dataset = (0,)
         collate_fn = staticmethod(lambda examples: make(len(examples)))
 
     return model, objective.loss, Source, make

@@ -27,9 +27,9 @@ A training step's peak memory is
   GLIBC_HEAP_FACTOR x step + GLIBC_HEAP_CONSTANT above what the process held plus the AdamW state;
   the two numbers are a fit to MiniLM's measured peaks (three batch x length shapes, fp32 and bf16),
   checked on GPT-2 small's shapes, which the fit did not see (`benchmarks/memory.py` prints the
-  estimate and the measured peak side by side; README has the table). Making resident memory follow
-  the live tensors instead (glibc's `MALLOC_MMAP_THRESHOLD_`) costs 60-90% more time per step in page
-  faults. On CUDA and MPS the estimate is of torch's allocations (factor 1, constant 0), what
+  estimate and the measured peak side by side; README has the table). Resident memory can be made
+  to follow the live tensors instead (glibc's `MALLOC_MMAP_THRESHOLD_=131072` returns every large
+  block at once), at a price in time: each step then faults in fresh pages for every large tensor. On CUDA and MPS the estimate is of torch's allocations (factor 1, constant 0), what
   `torch.cuda.max_memory_allocated` reports.
 
 Not counted: memory inside a kernel (BLAS and oneDNN workspaces), the data loader's worker
