@@ -16,7 +16,8 @@ loss runs as its own phase). Models:
 Both libraries use sdpa attention (minift's fast path). minift's optimizer is built as the trainer
 builds it (minift/train/finetune.py: with sdpa, torch's fused kernel, `AdamW(fused=True)`, the same
 update in one pass per tensor; with --attn eager the readable loop), or with --loop / --foreach the
-loop or the foreach path; transformers' is torch.optim.AdamW with its defaults.
+loop or the foreach path; transformers' is torch.optim.AdamW with its defaults. minift's loss is the one
+its heads compute: with sdpa torch's fused cross-entropy, with --attn eager the readable one (lesson 07).
 
 Printed, beside the CPU (torch's vector level, model name, the bf16 flags) and the thread count:
 1. step time: after --warmup steps of every configuration, --repeats rounds; each round times
@@ -27,7 +28,9 @@ Printed, beside the CPU (torch's vector level, model name, the bf16 flags) and t
    step time / the peak of the step's precision;
 3. one profiled step per configuration (torch.profiler), its time by kind (matmul, attention,
    norm/act, dropout, cast, embedding, loss, optimizer, data, other), seconds and % of the profiled
-   step. The profiler adds a cost per op, so these seconds exceed the timed ones; compare shares.
+   step. The profiler adds a cost per op, so these seconds exceed the timed ones; compare shares;
+4. evaluation throughput (forward only, no_grad, eval mode; minift/profiling.py's `eval_step`), examples/s
+   of both libraries in both precisions, timed in the same rotated rounds after the training rows.
 """
 
 from __future__ import annotations
@@ -97,19 +100,21 @@ def optimizer(lib: str, model, foreach: bool, fused: bool):
     return torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
 
 
-def loss_fn(lib: str, kind: str, model):
-    """Each library's own loss, as its model computes it from labels."""
+def loss_fn(lib: str, kind: str, model, fast: bool):
+    """Each library's own loss, as its model computes it from labels; minift's with fast=True under sdpa,
+    as its heads choose it (torch's fused cross-entropy, the same numbers), else the readable one."""
     if kind == "gpt2-small":
         vocab = model.config.vocab_size
         if lib == "minift":
             from minift.losses import cross_entropy
 
-            return lambda logits, labels: cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1))
+            return lambda logits, labels: cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                                                        fast=fast)
         return lambda logits, labels: model.loss_function(logits=logits, labels=labels, vocab_size=vocab)
     if lib == "minift":
         from minift.models.heads import sequence_classification_loss
 
-        return lambda logits, labels: sequence_classification_loss(logits, labels, 2, None)
+        return lambda logits, labels: sequence_classification_loss(logits, labels, 2, None, fast=fast)
     return lambda logits, labels: F.cross_entropy(logits.view(-1, 2), labels.view(-1))
 
 
@@ -207,7 +212,8 @@ def main() -> None:
     for lib, model in models.items():
         opt = optimizer(lib, model, args.foreach, args.fused)
         for precision in PRECISIONS:
-            steps[lib, precision] = profiling.train_step(model, opt, batch, labels, loss_fn(lib, kind, model),
+            steps[lib, precision] = profiling.train_step(model, opt, batch, labels,
+                                                         loss_fn(lib, kind, model, args.attn == "sdpa"),
                                                          precision)
 
     best_of = 1 if args.smoke else 5
@@ -231,6 +237,22 @@ def main() -> None:
         print(f"| {lib} | {precision} | {median:.3f} | {min(times):.3f}-{max(times):.3f} | {mfu:.0%} |")
     print(f"\n(n = {args.repeats} rounds of {args.steps} steps; MFU = FLOPs / median step time / this run's "
           "matmul peak of the same precision)")
+
+    # Evaluation (forward only, no_grad, eval mode), timed after training so that dropout's switch-off
+    # cannot leak into the training rows; same rotated rounds.
+    evals = {(lib, precision): profiling.eval_step(model, batch, precision)
+             for lib, model in models.items() for precision in PRECISIONS}
+    eval_rounds = time_steps(evals, args.steps, args.warmup, args.repeats)
+    print(f"\nEvaluation (forward only, no_grad, eval mode), examples/s; batch {batch_size} x {seq_len}; "
+          f"median [min-max] of {args.repeats} rounds of {args.steps} steps:\n")
+    print("| precision | minift | transformers | minift / transformers (throughput) |")
+    print("|---|---|---|---|")
+    for precision in PRECISIONS:
+        rate = {lib: [batch_size / t for t in eval_rounds[lib, precision]] for lib in LIBS}
+        ratio = [m / t for m, t in zip(rate["minift"], rate["transformers"], strict=True)]  # within a round
+        cells = [f"{statistics.median(r):,.1f} [{min(r):,.1f}-{max(r):,.1f}]" for r in (rate["minift"], rate["transformers"])]
+        print(f"| {precision} | {cells[0]} | {cells[1]} | {statistics.median(ratio):.2f} "
+              f"[{min(ratio):.2f}-{max(ratio):.2f}] |")
 
     keys = list(profiles)
     print("\nOne profiled step, seconds by kind (% of the profiled step):\n")

@@ -178,6 +178,24 @@ def train_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Cal
     return step
 
 
+def eval_step(model, batch: dict, precision: str = "fp32", device: torch.device | str = "cpu") -> Callable[[], torch.Tensor]:
+    """One evaluation step, as minift's evaluation runs it: the model in eval mode (no dropout),
+    forward only, no autograd record (`torch.no_grad`), under autocast for bf16. Returns the logits."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+
+    def step() -> torch.Tensor:
+        model.eval()
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.no_grad(), autocast:
+            return model(**inputs).logits
+
+    return step
+
+
 def cpu_identity() -> dict:
     """What the figures were measured on: torch's vector level, the CPU's model name, the flags that
     decide bf16 speed (avx512_bf16, amx_bf16: bf16 multiply units; without them bf16 is emulated), and

@@ -136,6 +136,25 @@ def test_bf16_step_runs_under_autocast():
         bert_step("sdpa", "fp16")
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_eval_step_is_the_models_inference_forward(impl):
+    """eval_step = the model's forward in eval mode without autograd (≤1e-6: the same ops, the same
+    order), whatever mode the model was in; it records no graph; bf16 runs under autocast."""
+    model, batch, _ = tiny_bert(impl)  # in train mode: dropout on
+    step = profiling.eval_step(model, batch)
+    logits = step()
+    assert not logits.requires_grad and not model.training
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+    model.train()
+    torch.testing.assert_close(step(), expected, rtol=0, atol=1e-6)  # dropout off again on every call
+    bf16 = profiling.eval_step(model, batch, "bf16")()
+    assert bf16.dtype == torch.bfloat16 and not torch.equal(bf16.float(), expected)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        profiling.eval_step(model, batch, "fp16")
+
+
 def test_peak_and_cpu_identity():
     assert profiling.matmul_peak(torch.float32, n=64, repeats=1, best_of=1) > 0
     cpu = profiling.cpu_identity()
@@ -160,3 +179,6 @@ def test_benchmark_smoke(monkeypatch, capsys):
         for precision in ("fp32", "bf16"):
             assert f"| {lib} | {precision} |" in out
     assert out.count("| total (profiled) |") == 1
+    assert "Evaluation (forward only" in out
+    for precision in ("fp32", "bf16"):
+        assert sum(line.startswith(f"| {precision} | ") for line in out.splitlines()) == 1  # its evaluation row
