@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -182,7 +181,9 @@ def memory_worker(lib: str, impl: str, batch_size: int, seq_len: int, device: to
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+        from minift.train.memory import peak_resident_bytes
+
+        peak = peak_resident_bytes()  # this process's own peak: ru_maxrss would include the parent's size at fork
     print(json.dumps({"peak_mib": (peak - base) / 2**20}))
 
 

@@ -17,7 +17,7 @@ all of that (minift/train/few_shot.py); this script builds the data, runs one co
 writes the table.
 
 Each method is one command, run exactly as printed (the interpreter aside) in a child process, which
-also reports its peak resident memory (ru_maxrss, the whole process: Python, torch, model, data).
+also reports its peak resident memory (VmHWM on Linux, the whole process: Python, torch, model, data).
 Model: all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7M parameters); for the prompt-based rows, the same
 encoder with the masked-LM head that benchmarks/fit_mlm_head.py fitted with the encoder frozen
 (runs/minilm-mlm; the checkpoint ships without one). With network access, --model bert-base-uncased or
@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shlex
 import subprocess
 import sys
@@ -144,7 +143,9 @@ def measure_child(argv: list[str]) -> None:
             raise SystemExit(code)
         result = json.loads(buffer.getvalue().strip().splitlines()[-1])
     print(json.dumps(result))
-    print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    from minift.train.memory import peak_resident_bytes
+
+    print(json.dumps({"peak_rss_mb": round(peak_resident_bytes() / 2**20, 1)}))
 
 
 def zero_shot(model: str, test: str, max_length: str) -> dict:

@@ -4,7 +4,7 @@
 
 Each configuration runs in its own child process (a fresh peak): `minift.train.memory.estimate` on
 the model, then `--steps` training steps (minift's AdamW, the gradients freed after each step, as the
-loop does), and the process's peak resident memory (ru_maxrss) after every step. Printed: the
+loop does), and the process's peak resident memory (VmHWM on Linux: the child's own, not its parent's) after every step. Printed: the
 estimate's parts, the measured peak after the first and the last step, and estimate / measured.
 MiniLM is all-MiniLM-L6-v2 (weights/), sequence classification; GPT-2 small is GPT-2's shapes from a
 random config (124M parameters, the 50,257-token vocabulary), causal LM. Inputs are random ids of the
@@ -117,7 +117,7 @@ def main() -> None:
         return
     configs, steps = (parse("minilm:2x16:fp32"), 2) if args.smoke else (parse(args.configs), args.steps)
     ident = cpu_identity()
-    print(f"# {ident['model']}; torch {torch.__version__}; peak = resident memory (ru_maxrss) of a child process")
+    print(f"# {ident['model']}; torch {torch.__version__}; peak = resident memory (VmHWM) of a child process")
     print("| model | batch x length | precision | held before | AdamW state | step (counted) x heap | estimate "
           f"| peak after step 1 | peak after step {steps} | estimate / peak |")
     print("|---|---|---|---|---|---|---|---|---|---|")

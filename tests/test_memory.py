@@ -134,6 +134,45 @@ def test_estimate_leaves_the_random_state_and_the_model_as_they_were():
     assert bf16.step == pytest.approx(direct, rel=1e-6)
 
 
+def test_probes_leave_a_random_collate_where_it_was(minilm_dir):
+    """The probe batches are built with the run's own collate; a masked-LM collate draws its masks from
+    a generator of its own, and another collate might use torch's: after the probes, the run's first
+    batch is the one it would have drawn without them."""
+    from torch.utils.data import DataLoader
+
+    from minift.data.lm import MLMCollate, encode_documents
+    from minift.tokenizer import WordPieceTokenizer
+
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    sequences = encode_documents(tok, ["The cat sat on the mat.", "Masked language models read both ways."] * 4,
+                                 add_special_tokens=True)
+
+    def global_collate(rows):  # draws from torch's global generator
+        return {"input_ids": torch.tensor([r + [0] * (12 - len(r)) for r in rows])[:, :12], "noise": torch.rand(len(rows))}
+
+    for make in (lambda: MLMCollate(tok, seed=5), lambda: global_collate):
+        torch.manual_seed(0)
+        expected = next(iter(DataLoader(sequences, batch_size=4, collate_fn=make())))
+        torch.manual_seed(0)
+        loader = DataLoader(sequences, batch_size=4, collate_fn=make())
+        memory.probe_batches(loader)
+        first = next(iter(loader))
+        assert all(torch.equal(first[k], expected[k]) for k in expected)
+
+
+def test_the_peak_is_the_processs_own_not_its_parents():
+    """A process started by a large one (a test suite, a notebook, a benchmark holding models) reports
+    its own peak: Linux carries ru_maxrss across execve, which made a small child report its parent's
+    size. Here the parent holds 1 GiB more than the child ever touches."""
+    held = bytearray(2**30)
+    held[:: 4096] = b"\x01" * len(range(0, 2**30, 4096))  # touch every page: resident, not just reserved
+    code = "from minift.train.memory import peak_resident_bytes, resident_bytes; print(peak_resident_bytes(), resident_bytes())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    peak, now = map(int, done.stdout.split())
+    assert now <= peak < 2**30 < memory.resident_bytes(), (peak, now)
+    del held
+
+
 def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     """benchmarks/memory.py's child process on the real MiniLM (a small batch, to keep the suite
     fast): the estimate printed before the first step against the peak resident memory after 6 steps.

@@ -38,6 +38,7 @@ processes, and a checkpoint being written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -147,12 +148,26 @@ def resident_bytes() -> int:
 
 
 def peak_memory(device: torch.device) -> int:
-    """The measured peak: the process's peak resident set size (ru_maxrss) on a CPU, as the
-    benchmarks measure it; torch's peak allocation on CUDA."""
+    """The measured peak: this process's peak resident set size on a CPU (`peak_resident_bytes`), as
+    the benchmarks measure it; torch's peak allocation on CUDA."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    return peak_resident_bytes()
+
+
+def peak_resident_bytes() -> int:
+    """This process's own peak resident set size, in bytes.
+
+    On Linux the high-water mark of its address space (VmHWM in /proc/self/status), not ru_maxrss:
+    Linux carries ru_maxrss across execve, so a process started by a large one (a test suite, a
+    notebook, a benchmark holding models) reports at least its parent's size at the fork, whatever it
+    used itself. Elsewhere ru_maxrss (bytes on macOS, KiB on the BSDs)."""
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # "VmHWM:  123456 kB"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -196,10 +211,21 @@ def extrapolate(small: list[int], large: list[int], sizes: tuple[int, int], batc
 
 def probe_batches(loader, batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES) -> list[dict]:
     """Batches of copies of the loader's longest example (by its text), built with the loader's own
-    collate but without iterating the loader: its order and the random state stay untouched."""
+    collate but without iterating the loader: its order and the random state stay untouched.
+
+    A collate may draw random numbers (masked-LM batches choose their masked tokens): from torch's
+    global generator, restored by `fork_rng`, or from a generator of its own, saved and restored through
+    its `state_dict` (minift/data/lm.py's `MLMCollate`). Otherwise the probes would move the run onto
+    other masks, and a run would train differently for having been estimated."""
     examples = loader.dataset
     longest = max(examples, key=lambda e: len(str(e)))
-    return [loader.collate_fn([longest] * b) for b in batch_sizes]
+    collate = loader.collate_fn
+    saved = collate.state_dict() if callable(getattr(collate, "state_dict", None)) else None
+    with torch.random.fork_rng(devices=[]):
+        batches = [collate([longest] * b) for b in batch_sizes]
+    if saved is not None:
+        collate.load_state_dict(saved)
+    return batches
 
 
 def estimate(model: torch.nn.Module, loss_fn, loader, *, device: torch.device, autocast, precision: str,
