@@ -5,7 +5,9 @@
 
 Prints a table of ratios (minift / transformers; below 1.0 means minift is faster or smaller):
 - training step (forward + backward + AdamW step) at batch 32, sequence 128, for minift's readable
-  path (attn_impl="eager") and fast path ("sdpa") against transformers' eager and sdpa;
+  path (attn_impl="eager") and fast path ("sdpa") against transformers' eager and sdpa; minift's AdamW
+  as `minift finetune` builds it (torch's fused kernel with sdpa, the readable loop with eager),
+  transformers' `torch.optim.AdamW` with its defaults;
 - evaluation throughput (forward only, no_grad);
 - peak memory of a training step: each configuration runs in its own process and reports its peak
   resident memory above the resident memory after loading the model (weights and imports excluded);
@@ -82,7 +84,8 @@ def load(lib: str, impl: str, folder: Path, device: torch.device = CPU):
 
         torch.manual_seed(0)
         model = BertForSequenceClassification.from_pretrained(folder, num_labels=2, attn_impl=impl)
-        opt = AdamW(param_groups(model, 0.01), lr=5e-5)
+        # As `minift finetune` builds it: torch's fused kernel on the fast path, the readable loop on eager.
+        opt = AdamW(param_groups(model, 0.01), lr=5e-5, fused=impl == "sdpa")
     else:
         import transformers
 
