@@ -147,17 +147,21 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
     return 2 * n**3 * repeats / best
 
 
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast on ``device`` for "bf16", nothing for "fp32"."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def train_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable, precision: str = "fp32",
                device: torch.device | str = "cpu") -> Callable[[], torch.Tensor]:
     """One training step in the five phases, as minift/train/loop.py takes it: forward and loss under
     autocast (bf16) or none (fp32), backward outside it, the optimizer step, zero_grad.
     `loss_fn(logits, labels)` is the library's own loss; the model is called without labels so that
     the loss is its own phase."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     device = torch.device(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = _autocast(precision, device)
 
     def step() -> torch.Tensor:
         with phase("data"):
@@ -181,11 +185,8 @@ def train_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Cal
 def eval_step(model, batch: dict, precision: str = "fp32", device: torch.device | str = "cpu") -> Callable[[], torch.Tensor]:
     """One evaluation step, as minift's evaluation runs it: the model in eval mode (no dropout),
     forward only, no autograd record (`torch.no_grad`), under autocast for bf16. Returns the logits."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     device = torch.device(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = _autocast(precision, device)
 
     def step() -> torch.Tensor:
         model.eval()

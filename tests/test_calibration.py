@@ -4,12 +4,12 @@ timing, keyed by the machine, a corrupt or unwritable file reported and survived
 the buckets, that calibrating touches no RNG and never runs in a training step, and greedy decoding
 against transformers whichever order wins."""
 
-import contextlib
 import json
 
 import pytest
 import torch
 import transformers
+from tests_support import threads
 
 from minift.generate import generate
 from minift.models import calibration, gpt2_fast
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/con
 
 CONFIG = {"n_embd": 20, "n_head": 4, "n_layer": 2, "vocab_size": 41, "n_positions": 32, "resid_pdrop": 0.0,
           "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    """torch's intra-op thread count set to n inside the block (the slab order needs several)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture

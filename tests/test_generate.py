@@ -2,11 +2,10 @@
 cache, one prompt and a left-padded batch, EOS stopping), the sampling filters against transformers'
 logits warpers, seeded sampling, and every argument error."""
 
-import contextlib
-
 import pytest
 import torch
 import transformers
+from tests_support import threads
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -57,18 +56,6 @@ def models(tmp_path_factory):
     ref.save_pretrained(folder)
     ours = {impl: GPT2LMHeadModel.from_pretrained(folder, attn_impl=impl) for impl in ("eager", "sdpa")}
     return ref, ours
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    """torch's intra-op thread count set to n inside the block: the fast path cuts weights into one
-    slab per thread, so its tests choose the count (a machine with fewer cores still runs them)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def hf_generate(ref, ids, new, mask=None, eos=None, pad=None, use_cache=True):

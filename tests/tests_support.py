@@ -2,6 +2,7 @@
 with a vocabulary made here, a keyword sentiment dataset it can learn in a few steps, and two tokenizers
 small enough that a language model trains in seconds."""
 
+import contextlib
 import json
 import string
 from pathlib import Path
@@ -15,6 +16,18 @@ GOOD = ["great", "lovely", "superb", "fun", "brilliant", "warm"]
 BAD = ["awful", "boring", "dull", "broken", "rude", "bland"]
 FILLER = ["the", "film", "was", "food", "service", "really", "quite", "and", "a", "book"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + GOOD + BAD + FILLER
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's intra-op thread count set to n inside the block: the fast decoding path cuts weights into
+    one slab per thread, so its tests choose the count (a machine with fewer cores still runs them)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
