@@ -11,7 +11,7 @@ For each seed it reads the dev accuracy before training and after every epoch (m
 epoch chosen on dev (the run's `best/`). Then every column as mean ± sample std over the seeds, with n,
 and the 95% t-interval of the chosen epoch's score (`minift.metrics.seed_summary`).
 
-- `--dataset cfimdb` (default; 2 epochs at max length 128 fit in about 35 minutes for 5 seeds on two CPU
+- `--dataset cfimdb` (default; 2 epochs at max length 128 fit in about 21 minutes for 5 seeds on two CPU
   cores): cfimdb-test.txt carries no labels — every line says 0 — so the script refuses to report a
   test accuracy and reports dev. The dev score of the chosen epoch is slightly optimistic (the epoch
   was chosen on it); the last epoch's dev score, chosen by nobody, is printed beside it. It also
