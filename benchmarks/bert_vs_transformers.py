@@ -165,6 +165,8 @@ def machine_line(device: torch.device) -> str:
 def memory_worker(lib: str, impl: str, batch_size: int, seq_len: int, device: torch.device) -> None:
     """Runs in a child process: peak memory of training steps above the memory after loading (RSS
     on the CPU; on CUDA the allocator's count of tensor bytes, cached blocks excluded)."""
+    from minift.train.memory import peak_resident_bytes, resident_bytes
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     folder = minilm_folder()
     model, opt = load(lib, impl, folder, device)
@@ -177,25 +179,15 @@ def memory_worker(lib: str, impl: str, batch_size: int, seq_len: int, device: to
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        base = _rss_now_kib() * 1024
+        base = resident_bytes()
     for _ in range(3):
         train_step(model, opt, batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        from minift.train.memory import peak_resident_bytes
-
         peak = peak_resident_bytes()  # this process's own peak: ru_maxrss would include the parent's size at fork
     print(json.dumps({"peak_mib": (peak - base) / 2**20}))
-
-
-def _rss_now_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def measure_memory(lib: str, impl: str, batch_size: int, seq_len: int, device: torch.device) -> float | None:

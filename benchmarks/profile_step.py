@@ -100,9 +100,11 @@ def optimizer(lib: str, model, foreach: bool, fused: bool):
     return torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
 
 
-def loss_fn(lib: str, kind: str, model, fast: bool):
-    """Each library's own loss, as its model computes it from labels; minift's with fast=True under sdpa,
-    as its heads choose it (torch's fused cross-entropy, the same numbers), else the readable one."""
+def loss_fn(lib: str, kind: str, model):
+    """Each library's own loss, as its model computes it from labels; minift's as its heads choose it
+    from the model's attention path (sdpa: torch's fused cross-entropy, the same numbers; eager: the
+    readable one)."""
+    fast = getattr(model.config, "attn_impl", None) == "sdpa"
     if kind == "gpt2-small":
         vocab = model.config.vocab_size
         if lib == "minift":
@@ -213,7 +215,7 @@ def main() -> None:
         opt = optimizer(lib, model, args.foreach, args.fused)
         for precision in PRECISIONS:
             steps[lib, precision] = profiling.train_step(model, opt, batch, labels,
-                                                         loss_fn(lib, kind, model, args.attn == "sdpa"),
+                                                         loss_fn(lib, kind, model),
                                                          precision)
 
     best_of = 1 if args.smoke else 5

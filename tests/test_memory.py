@@ -4,6 +4,7 @@ the estimate against the peak a training run measures, and what a run says when 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -147,13 +148,14 @@ def test_probes_leave_a_random_collate_where_it_was(minilm_dir):
     sequences = encode_documents(tok, ["The cat sat on the mat.", "Masked language models read both ways."] * 4,
                                  add_special_tokens=True)
 
-    def global_collate(rows):  # draws from torch's global generator
-        return {"input_ids": torch.tensor([r + [0] * (12 - len(r)) for r in rows])[:, :12], "noise": torch.rand(len(rows))}
+    def global_collate(rows):  # draws from torch's and Python's global generators
+        return {"input_ids": torch.tensor([r + [0] * (12 - len(r)) for r in rows])[:, :12], "noise": torch.rand(len(rows)),
+                "shuffled": torch.tensor(random.sample(range(len(rows)), len(rows)))}
 
     for make in (lambda: MLMCollate(tok, seed=5), lambda: global_collate):
-        torch.manual_seed(0)
+        torch.manual_seed(0), random.seed(0)
         expected = next(iter(DataLoader(sequences, batch_size=4, collate_fn=make())))
-        torch.manual_seed(0)
+        torch.manual_seed(0), random.seed(0)
         loader = DataLoader(sequences, batch_size=4, collate_fn=make())
         memory.probe_batches(loader)
         first = next(iter(loader))

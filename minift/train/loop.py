@@ -168,8 +168,7 @@ def train(
     scaler = make_loss_scaler(args.precision)
     sampler = getattr(train_loader, "batch_sampler", None)  # EpochBatchSampler: epochs and resume
     # A collate that draws random numbers of its own (MLMCollate's masks) is training state too.
-    collate = getattr(train_loader, "collate_fn", None)
-    collate = collate if hasattr(collate, "state_dict") else None
+    collate = state.stateful_collate(train_loader)
     writes = world.is_main  # only rank 0 writes the log and the checkpoints
     # where the run is: step (optimizer steps done), epoch in progress, micro-batches of it done,
     # evaluations in a row without a better best_metric (early stopping)

@@ -49,6 +49,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from minift.train import state
+
 GIB = 2**30
 
 # Resident memory under glibc's malloc (Linux) after the heap has settled, above what the process held
@@ -213,19 +215,14 @@ def probe_batches(loader, batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES) -> l
     """Batches of copies of the loader's longest example (by its text), built with the loader's own
     collate but without iterating the loader: its order and the random state stay untouched.
 
-    A collate may draw random numbers (masked-LM batches choose their masked tokens): from torch's
-    global generator, restored by `fork_rng`, or from a generator of its own, saved and restored through
-    its `state_dict` (minift/data/lm.py's `MLMCollate`). Otherwise the probes would move the run onto
-    other masks, and a run would train differently for having been estimated."""
+    A collate may draw random numbers (masked-LM batches choose their masked tokens), from the global
+    generators or from one of its own (minift/data/lm.py's `MLMCollate`): the state a checkpoint keeps
+    is restored afterwards (`state.random_state_kept`), or the probes would move the run onto other
+    masks, and a run would train differently for having been estimated."""
     examples = loader.dataset
     longest = max(examples, key=lambda e: len(str(e)))
-    collate = loader.collate_fn
-    saved = collate.state_dict() if callable(getattr(collate, "state_dict", None)) else None
-    with torch.random.fork_rng(devices=[]):
-        batches = [collate([longest] * b) for b in batch_sizes]
-    if saved is not None:
-        collate.load_state_dict(saved)
-    return batches
+    with state.random_state_kept(loader):
+        return [loader.collate_fn([longest] * b) for b in batch_sizes]
 
 
 def estimate(model: torch.nn.Module, loss_fn, loader, *, device: torch.device, autocast, precision: str,

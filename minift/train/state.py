@@ -15,6 +15,7 @@ checkpoints as they were, and a half-written folder is never mistaken for a chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -67,6 +68,29 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def stateful_collate(loader):
+    """The loader's collate if it keeps random state of its own (a `state_dict`: MLMCollate's masks),
+    else None. That state is training state: a checkpoint saves it, and work outside the run must leave
+    it where it was."""
+    collate = getattr(loader, "collate_fn", None)
+    return collate if callable(getattr(collate, "state_dict", None)) else None
+
+
+@contextlib.contextmanager
+def random_state_kept(loader=None):
+    """Every RNG a step draws from (`rng_state`) and the loader's collate's own, restored on exit: what
+    runs inside (the memory estimate's probe batches) leaves the run's random draws as they were."""
+    tensors, meta = rng_state()
+    collate = stateful_collate(loader)
+    saved = collate.state_dict() if collate is not None else None
+    try:
+        yield
+    finally:
+        set_rng_state(tensors, meta)
+        if saved is not None:
+            collate.load_state_dict(saved)
 
 
 # --- optimizer -----------------------------------------------------------------------------------
