@@ -376,6 +376,9 @@ def test_long_text_warns_once(real):
     readable, fast, _ = real
     for ours in (readable, fast):
         ours._warned_long_text = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # cut by the max_length asked for: a choice, no warning
+            assert len(ours.encode("a " * 600, max_length=128)) == 128
         with pytest.warns(UserWarning, match=r"a text of 602 tokens was cut to 512"):
             assert len(ours.encode("a " * 600)) == 512
         with warnings.catch_warnings():

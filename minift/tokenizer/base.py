@@ -321,7 +321,9 @@ class BaseTokenizer:
         specials = self.num_special_tokens_to_add(second is not None) if add_special_tokens else 0
         length = len(first.ids) + (len(second.ids) if second is not None else 0) + specials
         limit = self._length_limit(max_length, truncation, specials)
-        if length > self.model_max_length:
+        # Warn only when the model's own limit is what cuts (or cannot cut) the text: a shorter
+        # max_length the caller asked for is a choice, not a surprise.
+        if length > self.model_max_length and (limit is None or limit >= self.model_max_length):
             self._warn_long_text(length, limit)
         if limit is not None and length > limit:
             keep_a, keep_b = truncation_lengths(len(first.ids), None if second is None else len(second.ids),
