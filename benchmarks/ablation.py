@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py [--rows head-only,last-block,all,lora] [--seeds 42,43,44] [--epochs 2]
                                   [--max-length 128] [--max-steps N] [--out runs/ablation] [--smoke]
+    python benchmarks/ablation.py --merge runs/ablation     # one table from the runs already in a folder
 
 Each row is one `minift finetune ... --quiet` command per seed, run as a subprocess exactly as printed
 (the interpreter aside), so the table is what a reader gets by typing the commands. From each run it
@@ -22,6 +23,11 @@ normally run:
   RoBERTa-base on most GLUE tasks.
 None of them was tuned on this data. Everything else is `minift finetune`'s default recipe (AdamW with
 weight decay 0.01, linear schedule with 10% warmup, clipping at 1.0).
+
+Each run's result is also written beside its run folder (`OUT/ROW-seedS.json`), so the rows can be
+run by several commands at once (`--rows head-only,last-block` and `--rows all,lora`, each with
+`OMP_NUM_THREADS=1` on a two-core machine) and `--merge OUT` prints the table of everything there; it
+refuses a folder whose rows were not run with the same seeds and settings.
 
 Data: ../shared/data/minbert (the dev set is the evaluation set: CFIMDB's test file carries no labels).
 Without it the script says so and exits with status 0. --smoke (make bench-smoke): the head-only and
@@ -45,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seeds import mean_std, parse_seeds
+
+from minift.io import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "minbert"
@@ -94,10 +102,38 @@ def run(row: Row, args: argparse.Namespace, seed: int, out: Path) -> dict:
     if len(accuracy) < 2:
         raise SystemExit(f"{out / 'metrics.jsonl'}: expected a dev evaluation before training and after each "
                          f"epoch, found {len(accuracy)}")
-    return {"row": row.label, "seed": seed, "command": shlex.join(cmd), "lr": row.lr,
-            "trainable": trainable(result, proc.stderr), "steps": result["steps"], "before": accuracy[0],
-            "epochs": accuracy[1:], "best": max(accuracy[1:]), "train_seconds": result["train_seconds"],
-            "wall_seconds": round(seconds, 1)}
+    record = {"row": row.label, "seed": seed, "command": shlex.join(cmd), "lr": row.lr,
+              "trainable": trainable(result, proc.stderr), "steps": result["steps"], "before": accuracy[0],
+              "epochs": accuracy[1:], "best": max(accuracy[1:]), "train_seconds": result["train_seconds"],
+              "wall_seconds": round(seconds, 1),
+              "settings": {"epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
+                           "max_steps": args.max_steps, "data": str(args.data)}}
+    write_text(out.with_name(out.name + ".json"), json.dumps(record) + "\n")  # for --merge
+    return record
+
+
+def merge(folder: Path) -> tuple[dict[str, list[dict]], list[int]]:
+    """The runs whose results `run` wrote into ``folder``, as `report` holds them: rows in the table's
+    order, seeds ascending. Every row present must have the same seeds and settings, or the table would
+    compare unlike things."""
+    found: dict[str, dict[int, dict]] = {}
+    for name in ROWS:
+        for path in sorted(folder.glob(f"{name}-seed*.json")):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            found.setdefault(name, {})[record["seed"]] = record
+    if not found:
+        raise SystemExit(f"--merge {folder}: no results (ROW-seedS.json files written by this script) found there")
+    seeds = sorted(next(iter(found.values())))
+    settings = next(iter(found.values()))[seeds[0]]["settings"]
+    for name, runs in found.items():
+        if sorted(runs) != seeds:
+            raise SystemExit(f"--merge {folder}: row {name} has seeds {sorted(runs)}, another row has {seeds}; "
+                             "run the missing ones (--rows ... --seeds ...) before merging")
+        for seed, record in runs.items():
+            if record["settings"] != settings:
+                raise SystemExit(f"--merge {folder}: {name}-seed{seed}.json was run with {record['settings']}, "
+                                 f"another with {settings}")
+    return {name: [runs[s] for s in seeds] for name, runs in found.items()}, seeds
 
 
 def trainable(result: dict, stderr: str) -> tuple[int, int | None]:
@@ -141,7 +177,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="run folders (default runs/ablation; with --smoke a temporary folder)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
+    p.add_argument("--merge", type=Path, metavar="OUT",
+                   help="print the table of the runs already in OUT (written by earlier commands) and exit")
     args = p.parse_args()
+    if args.merge is not None:
+        results, seeds = merge(args.merge)
+        settings = next(iter(results.values()))[0]["settings"]
+        print_table(results, seeds, settings["epochs"], settings["max_length"], settings["batch_size"],
+                    smoke=settings["max_steps"] is not None)
+        return
     if args.smoke:
         # two rows: a frozen encoder and LoRA (whose count comes from stderr) cover the script's paths
         args.seeds, args.epochs, args.max_steps, args.max_length, args.batch_size = "42", 1, 1, 32, 8
@@ -178,10 +222,15 @@ def report(args: argparse.Namespace, names: list[str], seeds: list[int]) -> None
             print(f"{ROWS[name].label}, seed {seed} ...", file=sys.stderr, flush=True)
             results[name].append(run(ROWS[name], args, seed, args.out.resolve() / f"{name}-seed{seed}"))
             print(json.dumps(results[name][-1]), flush=True)
-    print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {args.epochs} epochs, "
-          f"max length {args.max_length}, batch {args.batch_size}; dev accuracy, mean ± std over "
+    print_table(results, seeds, args.epochs, args.max_length, args.batch_size, args.smoke)
+
+
+def print_table(results: dict[str, list[dict]], seeds: list[int], epochs: int, max_length: int, batch_size: int,
+                smoke: bool = False) -> None:
+    print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {epochs} epochs, "
+          f"max length {max_length}, batch {batch_size}; dev accuracy, mean ± std over "
           f"n = {len(seeds)} seeds ({', '.join(map(str, seeds))})"
-          f"{' (SMOKE RUN: numbers meaningless)' if args.smoke else ''}:\n")
+          f"{' (SMOKE RUN: numbers meaningless)' if smoke else ''}:\n")
     print(table(results))
     print("\n```text")
     for runs in results.values():

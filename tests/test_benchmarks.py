@@ -107,3 +107,45 @@ def test_machine_line_names_the_cpu():
     line = machine_line(torch.device("cpu"))
     assert torch.backends.cpu.get_cpu_capability() in line and torch.__version__ in line
     assert f"{torch.get_num_threads()} threads" in line
+
+
+def _ablation_record(name: str, seed: int, before: float, epochs: list[float], **settings) -> dict:
+    import ablation
+
+    return {"row": ablation.ROWS[name].label, "seed": seed, "command": f"cmd {name} {seed}", "lr": 1e-3,
+            "trainable": [770, 22_000_000], "steps": 2, "before": before, "epochs": epochs,
+            "best": max(epochs), "train_seconds": 1.0, "wall_seconds": 1.0,
+            "settings": {"epochs": len(epochs), "max_length": 128, "batch_size": 32, "max_steps": None,
+                         "data": "d", **settings}}
+
+
+def test_ablation_merge_pools_the_runs_of_several_commands(tmp_path, capsys):
+    """Rows run by two commands into one folder make one table, rows in the script's order and seeds
+    ascending; rows with other seeds or other settings are refused, not averaged together."""
+    import json
+    import statistics
+
+    import ablation
+
+    for name, seed, before, epochs in [("lora", 43, 0.5, [0.6, 0.7]), ("head-only", 43, 0.4, [0.5, 0.52]),
+                                       ("lora", 42, 0.3, [0.62, 0.66]), ("head-only", 42, 0.45, [0.5, 0.55])]:
+        record = _ablation_record(name, seed, before, epochs)
+        (tmp_path / f"{name}-seed{seed}.json").write_text(json.dumps(record))
+    results, seeds = ablation.merge(tmp_path)
+    assert seeds == [42, 43] and list(results) == ["head-only", "lora"]
+    assert [r["seed"] for r in results["lora"]] == [42, 43]
+    ablation.print_table(results, seeds, 2, 128, 32)
+    out = capsys.readouterr().out
+    lora = next(line for line in out.splitlines() if line.startswith("| LoRA"))
+    assert f"{statistics.mean([0.66, 0.7]):.3f} ± {statistics.stdev([0.66, 0.7]):.3f}" in lora  # best epoch
+    assert "cmd head-only 42" in out and "n = 2 seeds (42, 43)" in out
+
+    (tmp_path / "lora-seed43.json").unlink()
+    with pytest.raises(SystemExit, match="row lora has seeds \\[42\\], another row has \\[42, 43\\]"):
+        ablation.merge(tmp_path)
+    (tmp_path / "lora-seed43.json").write_text(json.dumps(_ablation_record("lora", 43, 0.5, [0.6, 0.7],
+                                                                           max_length=64)))
+    with pytest.raises(SystemExit, match="lora-seed43.json was run with"):
+        ablation.merge(tmp_path)
+    with pytest.raises(SystemExit, match="no results"):
+        ablation.merge(tmp_path / "empty")
