@@ -2,6 +2,7 @@
 
     python benchmarks/real_data.py [--datasets sst,cfimdb] [--libs minift,transformers] [--seeds 42,43,44]
                                    [--epochs 3] [--max-steps N] [--out runs/real_data] [--smoke]
+    python benchmarks/real_data.py --merge runs/real_data    # the tables of the runs already there
 
 Every dataset runs both libraries by default, seed by seed in the same run (`--datasets sst` gives the
 SST-5 rows of minift and transformers from one command), so each table compares numbers of one run.
@@ -16,6 +17,10 @@ its Python API (benchmarks/seeds.py `run_seed`, which prints the command line of
 transformers runs as a plain PyTorch loop over `transformers.BertForSequenceClassification` (no
 Trainer), as in the issue's reference figures. Wall times are in the JSON lines only: on a shared
 machine they are not a speed comparison (benchmarks/bert_vs_transformers.py is).
+Each run's result is also written to OUT/DATASET-LIB-seedS.json, so the libraries can run as two
+commands at once (`--libs minift` and `--libs transformers`, each with `OMP_NUM_THREADS=1` on a
+two-core machine) and `--merge OUT` prints the tables of everything there; it refuses a dataset whose
+libraries were not run with the same seeds and settings.
 Data: ../shared/data/minbert. CFIMDB's test file carries no labels (all 0), so its dev set is the
 evaluation set; at max length 128 (not 256) a CFIMDB run costs half as much, which is what lets every
 row be run with three seeds. --smoke (make bench-smoke): both datasets and libraries, one seed, 2 epochs
@@ -35,10 +40,12 @@ import torch
 from seeds import DATA, mean_std, parse_seeds, run_seed, unlabelled
 
 from minift.data import read_classification
+from minift.io import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"sst": ("sst-train.txt", "sst-dev.txt", "sst-test.txt", 64),
             "cfimdb": ("cfimdb-train.txt", "cfimdb-dev.txt", "cfimdb-test.txt", 128)}
+SMOKE_NOTE = "\n\nSMOKE RUN: a few steps on a few lines, numbers meaningless"
 RECIPE = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "warmup_ratio": 0.1, "max_grad_norm": 1.0}
 
 
@@ -148,7 +155,13 @@ def main() -> None:
                    "temporary folder)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny settings and data, the whole path end to end in seconds (numbers meaningless)")
+    p.add_argument("--merge", type=Path, metavar="OUT",
+                   help="print the tables of the runs already in OUT (written by earlier commands) and exit")
     args = p.parse_args()
+    if args.merge is not None:
+        for name, (rows, seeds, smoke) in merge(args.merge).items():
+            print("\n" + table(name, rows, seeds) + (SMOKE_NOTE if smoke else ""))
+        return
     if args.smoke:
         # 24 lines at batch 32: one step per epoch, so two epochs exercise every per-epoch column
         args.seeds, args.epochs, args.max_steps = args.seeds.split(",")[0], 2, None
@@ -181,10 +194,40 @@ def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) ->
                 r = run_minift(name, seed, args.epochs, out, args.max_steps, data) if lib == "minift" else \
                     run_transformers(name, seed, args.epochs, args.max_steps, data)
                 results.setdefault(name, {}).setdefault(lib, []).append(r)
-                print(json.dumps({"dataset": name, "lib": lib, "seed": seed, **r}), flush=True)
-    note = "\n\nSMOKE RUN: a few steps on a few lines, numbers meaningless" if args.smoke else ""
+                record = {"dataset": name, "lib": lib, "seed": seed, **r}
+                print(json.dumps(record), flush=True)
+                settings = {"epochs": args.epochs, "max_steps": args.max_steps, "smoke": args.smoke, "data": str(data)}
+                write_text(out / f"{name}-{lib}-seed{seed}.json", json.dumps({**record, "settings": settings}) + "\n")
     for name, rows in results.items():
-        print("\n" + table(name, rows, seeds) + note)
+        print("\n" + table(name, rows, seeds) + (SMOKE_NOTE if args.smoke else ""))
+
+
+def merge(folder: Path) -> dict[str, tuple[dict[str, list[dict]], list[int], bool]]:
+    """The results `report` wrote into ``folder``: per dataset, (rows per library in the usual order,
+    seeds ascending, smoke). The libraries of a dataset must share seeds and settings, or its table would
+    compare unlike runs."""
+    found: dict[str, dict[str, dict[int, dict]]] = {}
+    for path in sorted(folder.glob("*-seed*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        found.setdefault(record["dataset"], {}).setdefault(record["lib"], {})[record["seed"]] = record
+    if not found:
+        raise SystemExit(f"--merge {folder}: no results (DATASET-LIB-seedS.json files written by this script) there")
+    merged = {}
+    for name in [n for n in DATASETS if n in found]:
+        libs = found[name]
+        seeds = sorted(next(iter(libs.values())))
+        settings = next(iter(libs.values()))[seeds[0]]["settings"]
+        for lib, runs in libs.items():
+            if sorted(runs) != seeds:
+                raise SystemExit(f"--merge {folder}: {name} with {lib} has seeds {sorted(runs)}, another library "
+                                 f"has {seeds}; run the missing ones before merging")
+            for seed, record in runs.items():
+                if record["settings"] != settings:
+                    raise SystemExit(f"--merge {folder}: {name}-{lib}-seed{seed}.json was run with "
+                                     f"{record['settings']}, another with {settings}")
+        order = [lib for lib in ("minift", "transformers") if lib in libs]
+        merged[name] = ({lib: [libs[lib][s] for s in seeds] for lib in order}, seeds, settings["smoke"])
+    return merged
 
 
 if __name__ == "__main__":

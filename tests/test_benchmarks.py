@@ -149,3 +149,31 @@ def test_ablation_merge_pools_the_runs_of_several_commands(tmp_path, capsys):
         ablation.merge(tmp_path)
     with pytest.raises(SystemExit, match="no results"):
         ablation.merge(tmp_path / "empty")
+
+
+def test_real_data_merge_pools_the_libraries_run_apart(tmp_path):
+    """`--libs minift` and `--libs transformers` run as two commands make one table per dataset; a library
+    missing a seed, or run with other settings, is refused."""
+    import json
+
+    import real_data
+
+    def write(lib: str, seed: int, dev: float, epochs: int = 3) -> None:
+        record = {"dataset": "cfimdb", "lib": lib, "seed": seed, "before": 0.5, "epochs": [dev] * 2, "test": None,
+                  "chosen_epoch": 1, "seconds": 1.0,
+                  "settings": {"epochs": epochs, "max_steps": None, "smoke": False, "data": "d"}}
+        (tmp_path / f"cfimdb-{lib}-seed{seed}.json").write_text(json.dumps(record))
+
+    for lib, seed, dev in [("transformers", 43, 0.8), ("minift", 43, 0.9), ("transformers", 42, 0.7),
+                           ("minift", 42, 0.85)]:
+        write(lib, seed, dev)
+    rows, seeds, smoke = real_data.merge(tmp_path)["cfimdb"]
+    assert seeds == [42, 43] and list(rows) == ["minift", "transformers"] and not smoke
+    text = real_data.table("cfimdb", rows, seeds)
+    assert "| transformers | 0.500 ± 0.000 | 0.750 ± 0.071 |" in text and "n = 2 seeds (42, 43)" in text
+    (tmp_path / "cfimdb-minift-seed43.json").unlink()
+    with pytest.raises(SystemExit, match="has seeds \\[42\\], another library has \\[42, 43\\]|has seeds \\[42, 43\\], another library has \\[42\\]"):
+        real_data.merge(tmp_path)
+    write("minift", 43, 0.9, epochs=2)
+    with pytest.raises(SystemExit, match="was run with"):
+        real_data.merge(tmp_path)
