@@ -22,7 +22,11 @@ its heads compute: with sdpa torch's fused cross-entropy, with --attn eager the 
 Printed, beside the CPU (torch's vector level, model name, the bf16 flags) and the thread count:
 1. step time: after --warmup steps of every configuration, --repeats rounds; each round times
    --steps consecutive steps of every (library, precision), in an order rotated by one each round, so
-   that drifting load hits all alike; the median of the rounds' per-step means, with min-max;
+   that drifting load hits all alike; the median of the rounds' per-step means, with min-max.
+   Consecutive steps, not the single interleaved calls of bert_vs_transformers.py's `time_rotated`:
+   MFU describes a training loop's steady state, where each step follows a step of the same model
+   (its weights and the fused optimizer's buffers still in cache), and one step is long (seconds)
+   against what a switch between configurations costs;
 2. FLOPs of one step counted by torch.utils.flop_counter.FlopCounterMode; the peak measured in this
    run (a --peak-size square matmul, fp32 and bf16, best of 5 runs of 5 products); MFU = FLOPs /
    step time / the peak of the step's precision;
