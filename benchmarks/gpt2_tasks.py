@@ -13,7 +13,7 @@ Three steps, each one `minift` command run as a user types it (subprocess), on .
    the first 20 the train file, both written under --out/data. Dev perplexity before and after.
 3. `minift finetune --task classification` of the same pretrained checkpoint on minbert/cfimdb-train.txt
    (GPT2ForSequenceClassification: the last real token's state, right padding with <|endoftext|>),
-   dev accuracy on cfimdb-dev.txt before and after, and the wall time.
+   dev accuracy on cfimdb-dev.txt before and after.
 
 The three steps run once per seed (`--seed` of every command: the fresh model's initialisation, the
 dropout masks, the batch order, the classifier head), and the Markdown table at the end gives every
@@ -73,21 +73,27 @@ def run_seed(seed: int, args: argparse.Namespace, data: Path = DATA) -> dict:
     cap = ["--max-steps", "3"] if args.smoke else []
     out = args.out / f"seed{seed}"
     pretrained = out / "pretrained"
-    pre, _ = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", data / "text" / "corpus.en",
+    pre, pre_s = minift("pretrain", "--arch", "gpt2", "--size", "tiny", "--text", data / "text" / "corpus.en",
                     "--tokenizer", data / "gpt2", "--out", pretrained,
                     "--max-steps", 5 if args.smoke else args.pretrain_steps,
                     "--block-size", 64, "--batch-size", 8, "--lr", "1e-3", "--seed", seed, "--quiet", "--overwrite")
 
     train, dev = split_tinystories(out / "data", data)
-    lm, _ = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
+    lm, lm_s = minift("finetune", "--task", "causal-lm", "--model", pretrained, "--train", train, "--dev", dev,
                    "--out", out / "tinystories", "--epochs", args.lm_epochs, *cap, "--batch-size", 4,
-                   "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", seed, "--quiet")
+                   "--max-length", 64, "--lr", "1e-3", "--warmup-ratio", "0.1", "--seed", seed, "--quiet", "--overwrite")
 
-    cls, _ = minift("finetune", "--task", "classification", "--model", pretrained,
+    cls, cls_s = minift("finetune", "--task", "classification", "--model", pretrained,
                     "--train", data / "minbert" / "cfimdb-train.txt", "--dev", data / "minbert" / "cfimdb-dev.txt",
                     "--out", out / "cfimdb", "--epochs", args.cls_epochs, *cap, "--batch-size", 16,
                     "--max-length", 32 if args.smoke else args.cls_max_length, "--lr", "5e-4", "--warmup-ratio", "0.1", "--seed", seed,
                     "--quiet", "--overwrite")
+    # one line per seed, before the table: the numbers behind each mean, and each stage's wall time
+    print(json.dumps({"seed": seed,
+                      "pretrain_dev_perplexity": [pre["dev_perplexity_before"], pre["dev_perplexity"]],
+                      "lm_dev_perplexity": [lm["dev_perplexity_before"], lm["dev_perplexity"]],
+                      "cls_dev_accuracy": [cls["dev_accuracy_before"], cls["dev_accuracy"]],
+                      "seconds": [round(t, 1) for t in (pre_s, lm_s, cls_s)]}), flush=True)
     return {"pretrain": pre, "lm": lm, "cls": cls}
 
 

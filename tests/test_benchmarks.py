@@ -177,3 +177,26 @@ def test_real_data_merge_pools_the_libraries_run_apart(tmp_path):
     write("minift", 43, 0.9, epochs=2)
     with pytest.raises(SystemExit, match="was run with"):
         real_data.merge(tmp_path)
+
+
+def test_gpt2_tasks_reruns_into_the_same_folder(tmp_path, monkeypatch, capsys):
+    """Every stage's command passes --overwrite with its --out, so the benchmark can be run a second time
+    (a rerun used to stop at the causal-LM stage: 'already holds a finished run')."""
+    import argparse
+    import json
+
+    import gpt2_tasks
+
+    calls = []
+    fake = {"dev_perplexity_before": 2.0, "dev_perplexity": 1.0, "dev_accuracy_before": 0.5, "dev_accuracy": 0.6}
+    monkeypatch.setattr(gpt2_tasks, "minift", lambda *a: (calls.append([str(x) for x in a]) or fake, 1.0))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "tinystories_sample.txt").write_text("".join(f"line {i}\n" for i in range(25)))
+    args = argparse.Namespace(smoke=False, out=tmp_path / "runs", pretrain_steps=3, lm_epochs=1, cls_epochs=1,
+                              cls_max_length=32)
+    gpt2_tasks.run_seed(7, args, tmp_path)
+    assert len(calls) == 3
+    for call in calls:
+        assert "--out" in call and "--overwrite" in call, call
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the per-seed line
+    assert line["seed"] == 7 and line["cls_dev_accuracy"] == [0.5, 0.6] and line["seconds"] == [1.0] * 3
