@@ -121,7 +121,8 @@ def command(method: Method, args: argparse.Namespace, data: dict[str, Path], out
     return ["python", "-m", "minift", "finetune", "--model", model, "--train", rel(data["train"]),
             "--dev", rel(data["dev"]), "--test", rel(data["test"]), "--shots", str(args.shots),
             "--seeds", args.seeds, "--epochs", str(args.epochs), "--batch-size", "8", "--max-length",
-            str(args.max_length), "--lr", f"{method.lr:g}", *method.flags, "--out", rel(out), "--quiet"]
+            str(args.max_length), "--lr", f"{method.lr:g}", *method.flags, "--out", rel(out), "--quiet",
+            "--overwrite"]  # a rerun replaces the previous one instead of stopping at its first seed
 
 
 def measure_child(argv: list[str]) -> None:

@@ -52,3 +52,17 @@ def test_merge_pools_seeds_and_timings_come_from_the_timing_run(few_shot, tmp_pa
     table = few_shot.table(list(timed.values()))
     assert "| head | 10 | 0.600 ± 0.100 (3) | 0.500 0.600 0.700 | 950 | 0.57 |" in table
     assert table.splitlines()[-1].endswith("| 600 | – |")
+
+
+def test_every_method_reruns_into_the_same_folder(few_shot, tmp_path):
+    """Each method's command replaces an earlier run in its --out (without --overwrite a second run of
+    a README command stopped at its first seed: 'already holds a finished run')."""
+    import argparse
+
+    args = argparse.Namespace(mlm_model="m", model="m", shots=16, seeds="13", epochs=1, max_length=64)
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("train", "dev", "test")}
+    for name, method in few_shot.METHODS.items():
+        if name == "zero-shot":
+            continue
+        cmd = few_shot.command(method, args, data, tmp_path / name)
+        assert "--out" in cmd and "--overwrite" in cmd, name
