@@ -158,7 +158,7 @@ def table(results: dict[str, list[dict]]) -> str:
              "|---|---|---|---|" + "---|" * (epochs + 1)]
     for runs in results.values():
         n, total = runs[0]["trainable"]
-        share = f" ({100 * n / total:.2f}%)" if total else ""
+        share = f" ({100 * n / total:.3g}%)" if total else ""
         columns = [[r["before"] for r in runs], *([r["epochs"][e] for r in runs] for e in range(epochs)),
                    [r["best"] for r in runs]]
         lines.append(f"| {runs[0]['row']} | {n:,}{share} | {runs[0]['lr']:g} | "
