@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from seeds import mean_std, parse_seeds
+from seeds import mean_std, parse_seeds, pooled_seeds
 
 from minift.io import write_text
 
@@ -106,16 +106,20 @@ def run(row: Row, args: argparse.Namespace, seed: int, out: Path) -> dict:
               "trainable": trainable(result, proc.stderr), "steps": result["steps"], "before": accuracy[0],
               "epochs": accuracy[1:], "best": max(accuracy[1:]), "train_seconds": result["train_seconds"],
               "wall_seconds": round(seconds, 1),
-              "settings": {"epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
-                           "max_steps": args.max_steps, "data": str(args.data)}}
+              "settings": settings(args)}
     write_text(out.with_name(out.name + ".json"), json.dumps(record) + "\n")  # for --merge
     return record
 
 
-def merge(folder: Path) -> tuple[dict[str, list[dict]], list[int]]:
-    """The runs whose results `run` wrote into ``folder``, as `report` holds them: rows in the table's
-    order, seeds ascending. Every row present must have the same seeds and settings, or the table would
-    compare unlike things."""
+def settings(args: argparse.Namespace) -> dict:
+    """What must be equal for runs to share a table (kept with each result, shown in its header)."""
+    return {"epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
+            "max_steps": args.max_steps, "data": str(args.data)}
+
+
+def merge(folder: Path) -> tuple[dict[str, list[dict]], list[int], dict]:
+    """The runs whose results `run` wrote into ``folder``, as `report` holds them (rows in the table's
+    order, seeds ascending), and their settings; rows with other seeds or settings are refused."""
     found: dict[str, dict[int, dict]] = {}
     for name in ROWS:
         for path in sorted(folder.glob(f"{name}-seed*.json")):
@@ -123,17 +127,9 @@ def merge(folder: Path) -> tuple[dict[str, list[dict]], list[int]]:
             found.setdefault(name, {})[record["seed"]] = record
     if not found:
         raise SystemExit(f"--merge {folder}: no results (ROW-seedS.json files written by this script) found there")
-    seeds = sorted(next(iter(found.values())))
-    settings = next(iter(found.values()))[seeds[0]]["settings"]
-    for name, runs in found.items():
-        if sorted(runs) != seeds:
-            raise SystemExit(f"--merge {folder}: row {name} has seeds {sorted(runs)}, another row has {seeds}; "
-                             "run the missing ones (--rows ... --seeds ...) before merging")
-        for seed, record in runs.items():
-            if record["settings"] != settings:
-                raise SystemExit(f"--merge {folder}: {name}-seed{seed}.json was run with {record['settings']}, "
-                                 f"another with {settings}")
-    return {name: [runs[s] for s in seeds] for name, runs in found.items()}, seeds
+    seeds = pooled_seeds(found, f"--merge {folder}", "row")
+    results = {name: [runs[s] for s in seeds] for name, runs in found.items()}
+    return results, seeds, results[next(iter(results))][0]["settings"]
 
 
 def trainable(result: dict, stderr: str) -> tuple[int, int | None]:
@@ -181,10 +177,7 @@ def main() -> None:
                    help="print the table of the runs already in OUT (written by earlier commands) and exit")
     args = p.parse_args()
     if args.merge is not None:
-        results, seeds = merge(args.merge)
-        settings = next(iter(results.values()))[0]["settings"]
-        print_table(results, seeds, settings["epochs"], settings["max_length"], settings["batch_size"],
-                    smoke=settings["max_steps"] is not None)
+        print_table(*merge(args.merge))
         return
     if args.smoke:
         # two rows: a frozen encoder and LoRA (whose count comes from stderr) cover the script's paths
@@ -222,15 +215,15 @@ def report(args: argparse.Namespace, names: list[str], seeds: list[int]) -> None
             print(f"{ROWS[name].label}, seed {seed} ...", file=sys.stderr, flush=True)
             results[name].append(run(ROWS[name], args, seed, args.out.resolve() / f"{name}-seed{seed}"))
             print(json.dumps(results[name][-1]), flush=True)
-    print_table(results, seeds, args.epochs, args.max_length, args.batch_size, args.smoke)
+    print_table(results, seeds, settings(args))
 
 
-def print_table(results: dict[str, list[dict]], seeds: list[int], epochs: int, max_length: int, batch_size: int,
-                smoke: bool = False) -> None:
-    print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {epochs} epochs, "
-          f"max length {max_length}, batch {batch_size}; dev accuracy, mean ± std over "
+def print_table(results: dict[str, list[dict]], seeds: list[int], settings: dict) -> None:
+    """The header (a run capped by --max-steps, as --smoke is, is marked meaningless), the table, the commands."""
+    print(f"\nall-MiniLM-L6-v2 on CFIMDB ({TRAIN}, dev {DEV}), {settings['epochs']} epochs, "
+          f"max length {settings['max_length']}, batch {settings['batch_size']}; dev accuracy, mean ± std over "
           f"n = {len(seeds)} seeds ({', '.join(map(str, seeds))})"
-          f"{' (SMOKE RUN: numbers meaningless)' if smoke else ''}:\n")
+          f"{' (SMOKE RUN: numbers meaningless)' if settings['max_steps'] is not None else ''}:\n")
     print(table(results))
     print("\n```text")
     for runs in results.values():

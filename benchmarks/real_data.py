@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from seeds import DATA, mean_std, parse_seeds, run_seed, unlabelled
+from seeds import DATA, mean_std, parse_seeds, pooled_seeds, run_seed, unlabelled
 
 from minift.data import read_classification
 from minift.io import write_text
@@ -187,6 +187,7 @@ def main() -> None:
 def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) -> None:
     """Every dataset, seed and library on `data`'s files (minift's run folders under `out`); the tables."""
     results: dict[str, dict[str, list[dict]]] = {}
+    settings = {"epochs": args.epochs, "max_steps": args.max_steps, "smoke": args.smoke, "data": str(data)}
     for name in args.datasets.split(","):
         for seed in seeds:  # both libraries for a seed before the next seed: a partial log compares them
             for lib in args.libs.split(","):
@@ -196,7 +197,6 @@ def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) ->
                 results.setdefault(name, {}).setdefault(lib, []).append(r)
                 record = {"dataset": name, "lib": lib, "seed": seed, **r}
                 print(json.dumps(record), flush=True)
-                settings = {"epochs": args.epochs, "max_steps": args.max_steps, "smoke": args.smoke, "data": str(data)}
                 write_text(out / f"{name}-{lib}-seed{seed}.json", json.dumps({**record, "settings": settings}) + "\n")
     for name, rows in results.items():
         print("\n" + table(name, rows, seeds) + (SMOKE_NOTE if args.smoke else ""))
@@ -204,8 +204,7 @@ def report(args: argparse.Namespace, seeds: list[int], data: Path, out: Path) ->
 
 def merge(folder: Path) -> dict[str, tuple[dict[str, list[dict]], list[int], bool]]:
     """The results `report` wrote into ``folder``: per dataset, (rows per library in the usual order,
-    seeds ascending, smoke). The libraries of a dataset must share seeds and settings, or its table would
-    compare unlike runs."""
+    seeds ascending, smoke); libraries of a dataset with other seeds or settings are refused."""
     found: dict[str, dict[str, dict[int, dict]]] = {}
     for path in sorted(folder.glob("*-seed*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -215,18 +214,10 @@ def merge(folder: Path) -> dict[str, tuple[dict[str, list[dict]], list[int], boo
     merged = {}
     for name in [n for n in DATASETS if n in found]:
         libs = found[name]
-        seeds = sorted(next(iter(libs.values())))
-        settings = next(iter(libs.values()))[seeds[0]]["settings"]
-        for lib, runs in libs.items():
-            if sorted(runs) != seeds:
-                raise SystemExit(f"--merge {folder}: {name} with {lib} has seeds {sorted(runs)}, another library "
-                                 f"has {seeds}; run the missing ones before merging")
-            for seed, record in runs.items():
-                if record["settings"] != settings:
-                    raise SystemExit(f"--merge {folder}: {name}-{lib}-seed{seed}.json was run with "
-                                     f"{record['settings']}, another with {settings}")
+        seeds = pooled_seeds(libs, f"--merge {folder} ({name})", "library")
         order = [lib for lib in ("minift", "transformers") if lib in libs]
-        merged[name] = ({lib: [libs[lib][s] for s in seeds] for lib in order}, seeds, settings["smoke"])
+        smoke = libs[order[0]][seeds[0]]["settings"]["smoke"]
+        merged[name] = ({lib: [libs[lib][s] for s in seeds] for lib in order}, seeds, smoke)
     return merged
 
 

@@ -147,6 +147,26 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def pooled_seeds(groups: dict[str, dict[int, dict]], where: str, what: str) -> list[int]:
+    """The seeds of runs that one table pools (`--merge` of ablation.py and real_data.py), ascending.
+
+    ``groups``: a table's rows, {name: {seed: the run's result, with its "settings"}}. Every row must
+    have the same seeds and every run the same settings, or the table would compare unlike runs;
+    ``where`` and ``what`` ("row", "library") name them in the error."""
+    first = next(iter(groups.values()))
+    seeds = sorted(first)
+    settings = first[seeds[0]]["settings"]
+    for name, runs in groups.items():
+        if sorted(runs) != seeds:
+            raise SystemExit(f"{where}: {what} {name} has seeds {sorted(runs)}, another {what} has {seeds}; "
+                             "run the missing ones before merging")
+        for seed, record in runs.items():
+            if record["settings"] != settings:
+                raise SystemExit(f"{where}: {what} {name}, seed {seed}, was run with {record['settings']}, "
+                                 f"another with {settings}")
+    return seeds
+
+
 def mean_std(values: list[float], digits: int = 3) -> str:
     """"mean ± std" (sample std) of one metric over the seeds; a single run is printed alone, without
     a spread it does not have. Tables say n in their header or row name."""

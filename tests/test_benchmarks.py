@@ -131,10 +131,10 @@ def test_ablation_merge_pools_the_runs_of_several_commands(tmp_path, capsys):
                                        ("lora", 42, 0.3, [0.62, 0.66]), ("head-only", 42, 0.45, [0.5, 0.55])]:
         record = _ablation_record(name, seed, before, epochs)
         (tmp_path / f"{name}-seed{seed}.json").write_text(json.dumps(record))
-    results, seeds = ablation.merge(tmp_path)
-    assert seeds == [42, 43] and list(results) == ["head-only", "lora"]
+    results, seeds, settings = ablation.merge(tmp_path)
+    assert seeds == [42, 43] and list(results) == ["head-only", "lora"] and settings["max_length"] == 128
     assert [r["seed"] for r in results["lora"]] == [42, 43]
-    ablation.print_table(results, seeds, 2, 128, 32)
+    ablation.print_table(results, seeds, settings)
     out = capsys.readouterr().out
     lora = next(line for line in out.splitlines() if line.startswith("| LoRA"))
     assert f"{statistics.mean([0.66, 0.7]):.3f} ± {statistics.stdev([0.66, 0.7]):.3f}" in lora  # best epoch
@@ -145,7 +145,7 @@ def test_ablation_merge_pools_the_runs_of_several_commands(tmp_path, capsys):
         ablation.merge(tmp_path)
     (tmp_path / "lora-seed43.json").write_text(json.dumps(_ablation_record("lora", 43, 0.5, [0.6, 0.7],
                                                                            max_length=64)))
-    with pytest.raises(SystemExit, match="lora-seed43.json was run with"):
+    with pytest.raises(SystemExit, match="row lora, seed 43, was run with"):
         ablation.merge(tmp_path)
     with pytest.raises(SystemExit, match="no results"):
         ablation.merge(tmp_path / "empty")
