@@ -312,3 +312,17 @@ def test_transformers_arguments_are_refused_with_what_to_write_instead():
     with pytest.raises(TypeError, match="RobertaModel.forward got"):
         ours.roberta(ids, output_attentions=True)
     assert isinstance(ours.roberta, RobertaModel)
+
+
+@pytest.mark.parametrize("config_index", range(len(RANDOM_CONFIGS)))
+def test_evaluation_runs_the_last_layer_for_the_first_token_only(config_index):
+    """The classification head reads <s> alone: evaluation on sdpa runs the last layer for it alone
+    (tests/test_bert.py has the BERT side and the conditions)."""
+    from test_bert import check_first_token_only
+
+    cls = "RobertaForSequenceClassification"
+    config = dict(RANDOM_CONFIGS[config_index], num_labels=3)
+    ours, ref = pair(config, cls, "sdpa", seed=config_index)
+    batch = make_batch(config, seed=config_index, left_padding=config_index == 1)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    check_first_token_only(ours, ref, inputs, ours.roberta.encoder)

@@ -188,10 +188,12 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.impl = config.attn_impl
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None,
+                first_token_only: bool = False) -> torch.Tensor:
         """prefix: prefix tuning's learned (key, value), each (B, H, n, D), put before the tokens' own: every
-        query may attend to them (the mask then covers n + T keys; minift/peft/prefix.py)."""
-        q = split_heads(self.query(x), self.num_heads)  # (B, H, T, D)
+        query may attend to them (the mask then covers n + T keys; minift/peft/prefix.py).
+        first_token_only: the query of position 0 alone, (B, 1, C) out; keys and values of every position."""
+        q = split_heads(self.query(x[:, :1] if first_token_only else x), self.num_heads)  # (B, H, T or 1, D)
         k = split_heads(self.key(x), self.num_heads)  # (B, H, T, D)
         v = split_heads(self.value(x), self.num_heads)  # (B, H, T, D)
         if prefix is not None:
@@ -223,8 +225,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertResidualOutput(config, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
-        return self.output(self.self(x, mask, prefix), residual=x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None,
+                first_token_only: bool = False) -> torch.Tensor:
+        out = self.self(x, mask, prefix, first_token_only)  # (B, T, C), or (B, 1, C)
+        return self.output(out, residual=x[:, :1] if first_token_only else x)
 
 
 class BertIntermediate(nn.Module):
@@ -248,9 +252,11 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None) -> torch.Tensor:
-        """x (B, T, C), mask additive (B, 1, 1, T) or None -> (B, T, C)."""
-        a = self.attention(x, mask, prefix)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """x (B, T, C), mask additive (B, 1, 1, T) or None -> (B, T, C); with first_token_only, (B, 1, C):
+        position 0's output alone, which still attends to every position."""
+        a = self.attention(x, mask, prefix, first_token_only)
         return self.output(self.intermediate(a), residual=a)
 
 
@@ -271,9 +277,11 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                prefixes: list[Prefix] | None = None) -> torch.Tensor:
+                prefixes: list[Prefix] | None = None, first_token_only: bool = False) -> torch.Tensor:
+        """-> (B, T, C); with first_token_only, (B, 1, C): the last layer computes position 0 alone."""
+        last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, None if prefixes is None else prefixes[i])  # (B, T, C)
+            x = layer(x, mask, None if prefixes is None else prefixes[i], first_token_only and i == last)
         return x
 
 
@@ -335,16 +343,23 @@ class BertModel(BertPretrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        first_token_only: bool = False,
         **unsupported: Any,
     ) -> BertModelOutput:
-        """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T)."""
+        """input_ids (B, T); attention_mask (B, T) of 1 = token, 0 = padding; token_type_ids (B, T).
+
+        first_token_only: last_hidden_state is (B, 1, C), the first position alone (what the pooler and
+        a sequence classifier read): the last layer skips its query, attention output and feed-forward
+        work at the other T - 1 positions, whose outputs nothing reads (their keys and values it still
+        computes: position 0 attends to them). The first position's numbers are those of the full run.
+        """
         refuse_unsupported(self, unsupported)
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         prompt, prefixes, attention_mask = self._virtual_tokens(input_ids.shape[0], attention_mask)
         x = self.embeddings(input_ids, token_type_ids, prompt)  # (B, T, C), (B, n + T, C) with a prompt
         # Built once per forward and shared by every layer: (B, 1, 1, T), 0 or the dtype's minimum.
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)
-        x = self.encoder(x, mask, prefixes)  # (B, T, C)
+        x = self.encoder(x, mask, prefixes, first_token_only)  # (B, T, C), or (B, 1, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -394,6 +409,16 @@ class BertModel(BertPretrainedModel):
 # ----------------------------------------------------------------------------------------------------
 
 
+def first_token_only(model: nn.Module) -> bool:
+    """Whether a head that reads only the first position runs the encoder's last layer for it alone:
+    on the fast path (attn_impl="sdpa"), in evaluation (eval mode, autograd not recording, as
+    minift's `evaluate` runs it). The readable path and training keep every position: in training,
+    skipping positions would draw fewer dropout masks and change the random stream after it; with
+    autograd on (`minift verify` hooks every layer and runs backward) the last layer's output keeps
+    its full (B, T, C) shape. Same logits either way (tests/test_bert.py)."""
+    return model.config.attn_impl == "sdpa" and not model.training and not torch.is_grad_enabled()
+
+
 def _classifier_dropout(config: BertConfig) -> float:
     return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
 
@@ -417,7 +442,8 @@ class BertForSequenceClassification(BertPretrainedModel):
         **unsupported: Any,
     ) -> BertHeadOutput:
         refuse_unsupported(self, unsupported)
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
+        pooled = self.bert(input_ids, attention_mask, token_type_ids,
+                           first_token_only=first_token_only(self)).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
         return BertHeadOutput(logits=logits, loss=loss)

@@ -40,6 +40,7 @@ from minift.models.bert import (
     BertPretrainedModel,
     _check_ids,
     _classifier_dropout,
+    first_token_only,
 )
 from minift.models.config import Check, is_int
 from minift.models.heads import sequence_classification_loss, token_classification_loss
@@ -172,16 +173,18 @@ class RobertaModel(RobertaPretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        first_token_only: bool = False,
         **unsupported: Any,
     ) -> BertModelOutput:
         """input_ids (B, T) or inputs_embeds (B, T, C), one of them; attention_mask (B, T) of 1 =
-        token, 0 = padding; token_type_ids (B, T), all 0 in RoBERTa's own data."""
+        token, 0 = padding; token_type_ids (B, T), all 0 in RoBERTa's own data. first_token_only: the
+        last layer computes position 0 alone, last_hidden_state (B, 1, C) (as `BertModel.forward`)."""
         refuse_unsupported(self, unsupported)
         batch = self._check_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)[0]
         prompt, prefixes, attention_mask = self._virtual_tokens(batch, attention_mask)
         x = self.embeddings(input_ids, token_type_ids, inputs_embeds, prompt)  # (B, T, C); (B, n + T, C)
         mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
-        x = self.encoder(x, mask, prefixes)  # (B, T, C)
+        x = self.encoder(x, mask, prefixes, first_token_only)  # (B, T, C), or (B, 1, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -250,8 +253,9 @@ class RobertaForSequenceClassification(RobertaPretrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 inputs_embeds=None, **unsupported: Any) -> BertHeadOutput:
         refuse_unsupported(self, unsupported)
-        hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
-        logits = self.classifier(hidden)  # (B, num_labels)
+        hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds,
+                              first_token_only=first_token_only(self)).last_hidden_state
+        logits = self.classifier(hidden)  # (B, num_labels), from the first position
         loss = None if labels is None else sequence_classification_loss(
             logits, labels, self.config.num_labels, self.config.problem_type, fast=self.config.attn_impl == "sdpa")
         return BertHeadOutput(logits=logits, loss=loss)
