@@ -281,7 +281,11 @@ class BertEncoder(nn.Module):
         """-> (B, T, C); with first_token_only, (B, 1, C): the last layer computes position 0 alone."""
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, None if prefixes is None else prefixes[i], first_token_only and i == last)
+            prefix = None if prefixes is None else prefixes[i]
+            if first_token_only and i == last:
+                x = layer(x, mask, prefix, first_token_only=True)  # (B, 1, C)
+            else:  # the flag only where it is used: a layer whose forward a reader replaced still runs
+                x = layer(x, mask, prefix)  # (B, T, C)
         return x
 
 
