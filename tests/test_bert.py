@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tests_support import grad_tolerance, max_diff
+from tests_support import check_first_token_only, grad_tolerance, last_layer_shapes, max_diff
 from tokenizers import Tokenizer
 
 from minift.models import (
@@ -508,36 +508,6 @@ def test_dropout_is_on_in_train_mode_only(tiny):
 # Evaluation on the fast path: the last layer for the first position only
 
 
-def last_layer_shapes(model, encoder, run) -> list[tuple]:
-    """The output shapes of the encoder's last layer during `run()`."""
-    shapes = []
-    handle = encoder.layer[-1].register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return shapes
-
-
-def check_first_token_only(ours, ref, inputs: dict, encoder) -> None:
-    """Under no_grad in eval mode on sdpa the last layer runs position 0 alone, with transformers' logits;
-    with autograd on, in train mode or on the readable path it runs every position."""
-    batch, length = inputs["input_ids"].shape
-    with torch.no_grad():
-        want = ref(**inputs).logits
-        shapes = last_layer_shapes(ours, encoder, lambda: ours(**inputs))
-        got = ours(**inputs).logits
-    assert shapes == [(batch, 1, ours.config.hidden_size)]
-    assert max_diff(got, want) <= 1e-5  # fp32 activations
-    full = ours(**inputs).logits.detach()  # autograd on: every position
-    assert last_layer_shapes(ours, encoder, lambda: ours(**inputs))[0][1] == length
-    assert max_diff(got, full) <= 1e-5
-    ours.train()
-    with torch.no_grad():
-        assert last_layer_shapes(ours, encoder, lambda: ours(**inputs))[0][1] == length
-    ours.eval()
-
-
 @pytest.mark.parametrize("config_index", range(len(RANDOM_CONFIGS)))
 def test_evaluation_runs_the_last_layer_for_the_first_token_only(config_index):
     config = dict(RANDOM_CONFIGS[config_index], num_labels=3)
@@ -554,7 +524,7 @@ def test_evaluation_runs_the_last_layer_for_the_first_token_only(config_index):
             check_first_token_only(ours, ref, inputs, ours.bert.encoder)
         else:  # the readable path: every position, always
             with torch.no_grad():
-                shapes = last_layer_shapes(ours, ours.bert.encoder, lambda: ours(**inputs))
+                shapes = last_layer_shapes(ours.bert.encoder, lambda: ours(**inputs))
             assert shapes[0][1] == inputs["input_ids"].shape[1]
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tests_support import grad_tolerance, max_diff
+from tests_support import check_first_token_only, grad_tolerance, max_diff
 
 from minift.models import (
     RobertaConfig,
@@ -318,8 +318,6 @@ def test_transformers_arguments_are_refused_with_what_to_write_instead():
 def test_evaluation_runs_the_last_layer_for_the_first_token_only(config_index):
     """The classification head reads <s> alone: evaluation on sdpa runs the last layer for it alone
     (tests/test_bert.py has the BERT side and the conditions)."""
-    from test_bert import check_first_token_only
-
     cls = "RobertaForSequenceClassification"
     config = dict(RANDOM_CONFIGS[config_index], num_labels=3)
     ours, ref = pair(config, cls, "sdpa", seed=config_index)

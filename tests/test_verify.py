@@ -49,13 +49,13 @@ def _seed_bug(monkeypatch, layer: int, where: str):
     if where == "attention":
         query_forward = torch.nn.Linear.forward
 
-        def forward(self, x, mask, prefix=None, first_token_only=False):
+        def forward(self, x, mask, prefix=None):
             if getattr(self, "buggy", False):
                 q = bert.split_heads(query_forward(self.query, x) * 1.05, self.num_heads)
                 k, v = (bert.split_heads(m(x), self.num_heads) for m in (self.key, self.value))
                 out = bert.attention(q, k, v, mask, impl=self.impl)
                 return bert.merge_heads(out)
-            return original(self, x, mask, prefix, first_token_only)
+            return original(self, x, mask, prefix)
 
         original = bert.BertSelfAttention.forward
         monkeypatch.setattr(bert.BertSelfAttention, "forward", forward)

@@ -1,6 +1,7 @@
 """Small fixtures shared by the CLI, resume and pretraining tests: a tiny random BERT written by transformers,
 with a vocabulary made here, a keyword sentiment dataset it can learn in a few steps, and two tokenizers
-small enough that a language model trains in seconds."""
+small enough that a language model trains in seconds; and the check, shared by the BERT and RoBERTa tests,
+that a classifier's evaluation runs the last layer for the first position alone."""
 
 import contextlib
 import json
@@ -38,6 +39,37 @@ def grad_tolerance(ref: torch.Tensor) -> float:
     """1e-5 absolute for gradients up to 1; larger ones are sums over batch and positions whose fp32
     rounding grows with their size, so the bound is 1e-5 relative to the largest entry."""
     return 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def last_layer_shapes(encoder, run) -> list[tuple]:
+    """The output shapes of the encoder's last layer during `run()`."""
+    shapes = []
+    handle = encoder.layer[-1].register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return shapes
+
+
+def check_first_token_only(ours, ref, inputs: dict, encoder) -> None:
+    """`ours`, a sequence classifier on sdpa in eval mode: under no_grad the encoder's last layer runs
+    position 0 alone, with transformers' logits; with autograd on, or in train mode, every position (the
+    readable path, which always runs every position, is checked by the callers)."""
+    batch, length = inputs["input_ids"].shape
+    with torch.no_grad():
+        want = ref(**inputs).logits
+        shapes = last_layer_shapes(encoder, lambda: ours(**inputs))
+        got = ours(**inputs).logits
+    assert shapes == [(batch, 1, ours.config.hidden_size)]
+    assert max_diff(got, want) <= 1e-5  # fp32 activations
+    full = ours(**inputs).logits.detach()  # autograd on: every position
+    assert last_layer_shapes(encoder, lambda: ours(**inputs))[0][1] == length
+    assert max_diff(got, full) <= 1e-5
+    ours.train()
+    with torch.no_grad():
+        assert last_layer_shapes(encoder, lambda: ours(**inputs))[0][1] == length
+    ours.eval()
 
 
 def write_tiny_bert(folder: Path, dropout: float = 0.1, seed: int = 0) -> Path:

@@ -227,8 +227,9 @@ class BertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix | None = None,
                 first_token_only: bool = False) -> torch.Tensor:
-        out = self.self(x, mask, prefix, first_token_only)  # (B, T, C), or (B, 1, C)
-        return self.output(out, residual=x[:, :1] if first_token_only else x)
+        if first_token_only:  # the flag only where used (see BertEncoder.forward)
+            return self.output(self.self(x, mask, prefix, first_token_only=True), residual=x[:, :1])  # (B, 1, C)
+        return self.output(self.self(x, mask, prefix), residual=x)  # (B, T, C)
 
 
 class BertIntermediate(nn.Module):
@@ -256,7 +257,10 @@ class BertLayer(nn.Module):
                 first_token_only: bool = False) -> torch.Tensor:
         """x (B, T, C), mask additive (B, 1, 1, T) or None -> (B, T, C); with first_token_only, (B, 1, C):
         position 0's output alone, which still attends to every position."""
-        a = self.attention(x, mask, prefix, first_token_only)
+        if first_token_only:  # the flag only where used (see BertEncoder.forward)
+            a = self.attention(x, mask, prefix, first_token_only=True)  # (B, 1, C)
+        else:
+            a = self.attention(x, mask, prefix)  # (B, T, C)
         return self.output(self.intermediate(a), residual=a)
 
 
@@ -284,8 +288,8 @@ class BertEncoder(nn.Module):
             prefix = None if prefixes is None else prefixes[i]
             if first_token_only and i == last:
                 x = layer(x, mask, prefix, first_token_only=True)  # (B, 1, C)
-            else:  # the flag only where it is used: a layer whose forward a reader replaced still runs
-                x = layer(x, mask, prefix)  # (B, T, C)
+            else:  # the flag only where it is used, at every depth: a forward(x, mask, prefix) that a
+                x = layer(x, mask, prefix)  # reader put in place of a layer's or a sublayer's still runs
         return x
 
 
@@ -413,7 +417,7 @@ class BertModel(BertPretrainedModel):
 # ----------------------------------------------------------------------------------------------------
 
 
-def first_token_only(model: nn.Module) -> bool:
+def runs_first_token_only(model: nn.Module) -> bool:
     """Whether a head that reads only the first position runs the encoder's last layer for it alone:
     on the fast path (attn_impl="sdpa"), in evaluation (eval mode, autograd not recording, as
     minift's `evaluate` runs it). The readable path and training keep every position: in training,
@@ -447,7 +451,7 @@ class BertForSequenceClassification(BertPretrainedModel):
     ) -> BertHeadOutput:
         refuse_unsupported(self, unsupported)
         pooled = self.bert(input_ids, attention_mask, token_type_ids,
-                           first_token_only=first_token_only(self)).pooler_output  # (B, C)
+                           first_token_only=runs_first_token_only(self)).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else self._loss(logits, labels)
         return BertHeadOutput(logits=logits, loss=loss)

@@ -40,7 +40,7 @@ from minift.models.bert import (
     BertPretrainedModel,
     _check_ids,
     _classifier_dropout,
-    first_token_only,
+    runs_first_token_only,
 )
 from minift.models.config import Check, is_int
 from minift.models.heads import sequence_classification_loss, token_classification_loss
@@ -254,7 +254,7 @@ class RobertaForSequenceClassification(RobertaPretrainedModel):
                 inputs_embeds=None, **unsupported: Any) -> BertHeadOutput:
         refuse_unsupported(self, unsupported)
         hidden = self.roberta(input_ids, attention_mask, token_type_ids, inputs_embeds,
-                              first_token_only=first_token_only(self)).last_hidden_state
+                              first_token_only=runs_first_token_only(self)).last_hidden_state
         logits = self.classifier(hidden)  # (B, num_labels), from the first position
         loss = None if labels is None else sequence_classification_loss(
             logits, labels, self.config.num_labels, self.config.problem_type, fast=self.config.attn_impl == "sdpa")
